@@ -1,0 +1,33 @@
+# One venv, made from nothing; every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= monitord.yaml
+
+.PHONY: install run test lint typecheck check bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,speed]'
+	touch $@
+
+run: install  ## run the daemon on the sample config (SQLite file monitord.db here)
+	$(BIN)/monitord run -c $(CONFIG)
+
+test: install lint typecheck  ## lint, type-check and run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check monitord tests migrations bench
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install  ## benchmarks (not part of the tests); figures go to BENCHMARKS.md
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,164 @@
+"""The adapter contract and the pure helpers every adapter shares.
+
+An adapter knows *what* to ask a server and *how* to read its answers. It never owns an HTTP session,
+never sleeps, never retries and never stores: `probe.py` does all of that around `observe`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from monitord.model import ErrorClass, ModelInfo, ProviderSpec, Status
+
+
+@dataclass(frozen=True, slots=True)
+class TypeDefaults:
+    """What a provider type looks like when the config says nothing more."""
+
+    port: int
+    models_path: str = "/v1/models"
+    health_path: str | None = None  # None: the server has no health route
+    chat_path: str = "/v1/chat/completions"
+    capabilities: frozenset[str] = frozenset({"chat", "completion", "streaming"})
+    streaming: bool = True
+    scheme: str = "http"
+    summary: str = ""  # one line for the docs
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A fully read (size-capped) response."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    path: str
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """Parsed JSON body; a body that is not JSON (HTML, text, truncated) raises BAD_PAYLOAD."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            kind = "HTML" if self.body.lstrip()[:1] == b"<" else "non-JSON"
+            raise ProbeError(
+                ErrorClass.BAD_PAYLOAD, f"{self.path}: {kind} body where JSON was expected", self.status
+            ) from None
+
+
+class ProbeHttp(Protocol):
+    """HTTP as an adapter sees it: relative paths, auth and caps already applied by probe.py.
+
+    Transport failures (refused, timeout, TLS, too large) raise; any HTTP status is returned.
+    """
+
+    async def get(self, path: str, *, authenticated: bool = True) -> HttpResponse: ...
+
+    async def post(self, path: str, payload: Any, *, authenticated: bool = True) -> HttpResponse: ...
+
+
+class ProbeError(Exception):
+    """A classified failure an adapter or the HTTP layer found; probe.py turns it into a ProbeResult."""
+
+    def __init__(self, error_class: ErrorClass, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.http_status = http_status
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What an adapter learned from a server that answered."""
+
+    status: Status = Status.UP
+    models: tuple[ModelInfo, ...] = ()
+    server_version: str | None = None
+    error_class: ErrorClass | None = None  # why status is not UP (LOADING, EMPTY_MODELS, ...)
+    message: str | None = None
+    # False where the server's list can legitimately miss the serving model (mlx-lm, LM Studio JIT):
+    # probe.py then does not call an empty list or a missing configured model "degraded".
+    models_authoritative: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Adapter(Protocol):
+    """One API family. `observe` may raise ProbeError or transport errors; probe.py classifies them."""
+
+    defaults: TypeDefaults
+
+    async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation: ...
+
+
+def error_for_status(response: HttpResponse) -> ProbeError:
+    """The ProbeError an unexpected HTTP status means, with the server's own message when it has one."""
+    status = response.status
+    if status in (401, 403):
+        error_class = ErrorClass.AUTH
+    elif status == 429:
+        error_class = ErrorClass.RATE_LIMITED
+    elif status >= 500:
+        error_class = ErrorClass.HTTP_5XX
+    else:
+        error_class = ErrorClass.HTTP_4XX
+    detail = server_message(response)
+    message = f"{response.path}: HTTP {status}" + (f" {detail}" if detail else "")
+    return ProbeError(error_class, message, status)
+
+
+def expect_ok(response: HttpResponse) -> HttpResponse:
+    """Return the response when it is 2xx, else raise its classified ProbeError."""
+    if 200 <= response.status < 300:
+        return response
+    raise error_for_status(response)
+
+
+def server_message(response: HttpResponse, limit: int = 160) -> str:
+    """Best-effort error text from any of the servers' error shapes (see the provider reference)."""
+    try:
+        body = orjson.loads(response.body) if response.body else None
+    except orjson.JSONDecodeError:
+        body = None
+    message: Any = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        detail = body.get("detail")
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(detail, dict):
+            inner = detail.get("error")
+            message = detail.get("msg") or (inner.get("message") if isinstance(inner, dict) else inner)
+        elif detail is not None:
+            message = detail
+        else:
+            message = body.get("message")
+    elif isinstance(body, str):
+        message = body
+    elif body is None and response.body and response.content_type.startswith("text/plain"):
+        message = response.text()
+    text = " ".join(str(message).split()) if message else ""
+    return text[:limit]
+
+
+def openai_model_cards(body: Any, path: str) -> list[Mapping[str, Any]]:
+    """The `data[]` cards of an OpenAI-style model list. `data: null` (Ollama) is an empty list."""
+    if not isinstance(body, dict) or "data" not in body:
+        raise ProbeError(ErrorClass.BAD_PAYLOAD, f"{path}: expected an object with 'data'")
+    data = body["data"]
+    if data is None:
+        return []
+    if not isinstance(data, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), str) for c in data):
+        raise ProbeError(ErrorClass.BAD_PAYLOAD, f"{path}: 'data' is not a list of model cards with ids")
+    return data
