@@ -1,0 +1,1 @@
+"""Database fixtures: sqlite_url, postgres_url, db (parametrised over both)."""
