@@ -95,7 +95,8 @@ class Observation:
 class Adapter(Protocol):
     """One API family. `observe` may raise ProbeError or transport errors; probe.py classifies them."""
 
-    defaults: TypeDefaults
+    @property
+    def defaults(self) -> TypeDefaults: ...
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation: ...
 

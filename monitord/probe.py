@@ -1,0 +1,278 @@
+"""Run one adapter against one provider and turn every outcome into a ProbeResult.
+
+The one place that applies timeouts, retries with backoff, the body cap, auth headers and timings, and the one
+place that classifies failures. `probe_provider` never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import structlog
+
+from monitord.model import ErrorClass, HttpCall, ProbeResult, ProviderSpec, Status
+from monitord.providers.base import Adapter, HttpResponse, Observation, ProbeError
+
+log = structlog.get_logger("monitord.probe")
+
+# Retrying these can help within the budget: a stale keep-alive socket, a restarting server, a brief 5xx.
+RETRYABLE = frozenset({ErrorClass.REFUSED, ErrorClass.CONNECTION, ErrorClass.TIMEOUT, ErrorClass.HTTP_5XX})
+_CHUNK = 64 * 1024
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_session(*, limit: int = 100) -> aiohttp.ClientSession:
+    """The daemon's one client session, with the trace hooks that measure connect time."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_start.append(_on_connect_start)
+    trace.on_connection_create_end.append(_on_connect_end)
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=4, ttl_dns_cache=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=[trace],
+        auto_decompress=True,
+        # Providers are reached by IP or local names; never send cookies one server set to another.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": "monitord"},
+    )
+
+
+async def _on_connect_start(_s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+    timing = ctx.trace_request_ctx
+    if isinstance(timing, _Timing):
+        timing.connect_started = time.perf_counter()
+
+
+async def _on_connect_end(_s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+    timing = ctx.trace_request_ctx
+    if isinstance(timing, _Timing) and timing.connect_started is not None:
+        elapsed = (time.perf_counter() - timing.connect_started) * 1000
+        timing.connect_ms = elapsed if timing.connect_ms is None else timing.connect_ms + elapsed
+
+
+@dataclass(slots=True)
+class _Timing:
+    connect_started: float | None = None
+    connect_ms: float | None = None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the requests of one attempt recorded."""
+
+    calls: list[HttpCall] = field(default_factory=list)
+    connect_ms: float | None = None
+    ttfb_ms: float | None = None
+
+
+class AiohttpProbeHttp:
+    """ProbeHttp over the shared session for one attempt: auth, headers, deadline, body cap, timings."""
+
+    def __init__(self, session: aiohttp.ClientSession, spec: ProviderSpec, deadline: float,
+                 ssl_context: ssl.SSLContext | bool, attempt: _Attempt) -> None:
+        self._session = session
+        self._spec = spec
+        self._deadline = deadline
+        self._ssl = ssl_context
+        self._attempt = attempt
+
+    async def get(self, path: str, *, authenticated: bool = True) -> HttpResponse:
+        return await self._request("GET", path, None, authenticated)
+
+    async def post(self, path: str, payload: Any, *, authenticated: bool = True) -> HttpResponse:
+        return await self._request("POST", path, payload, authenticated)
+
+    def _headers(self, authenticated: bool) -> dict[str, str]:
+        headers = {name: value.reveal() for name, value in self._spec.headers}
+        if authenticated and self._spec.api_key:
+            # Every server in the reference accepts a Bearer token (TabbyAPI, LocalAI and llama.cpp also
+            # take X-Api-Key); a user-set Authorization header wins.
+            headers.setdefault("Authorization", f"Bearer {self._spec.api_key.reveal()}")
+        return headers
+
+    async def _request(self, method: str, path: str, payload: Any, authenticated: bool) -> HttpResponse:
+        remaining = self._deadline - time.perf_counter()
+        if remaining <= 0:
+            raise TimeoutError
+        timing = _Timing()
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            async with self._session.request(
+                method, self._spec.base_url + path, json=payload, headers=self._headers(authenticated),
+                timeout=aiohttp.ClientTimeout(total=remaining), ssl=self._ssl, max_redirects=5,
+                trace_request_ctx=timing,
+            ) as resp:
+                status = resp.status
+                if self._attempt.ttfb_ms is None:
+                    self._attempt.ttfb_ms = (time.perf_counter() - started) * 1000
+                body = await _read_capped(resp, self._spec.max_body_bytes, path)
+                return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body, path=path)
+        finally:
+            self._attempt.calls.append(HttpCall(method, path, status, (time.perf_counter() - started) * 1000))
+            if timing.connect_ms is not None:
+                self._attempt.connect_ms = (self._attempt.connect_ms or 0.0) + timing.connect_ms
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, path: str) -> bytes:
+    """Read the body but never more than `cap` bytes: a bigger one is TOO_LARGE, not a memory spike."""
+    declared = resp.content_length
+    if declared is not None and declared > cap:
+        resp.close()
+        raise ProbeError(ErrorClass.TOO_LARGE, f"{path}: body of {declared} bytes exceeds the {cap}-byte cap",
+                         resp.status)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > cap:
+            resp.close()
+            raise ProbeError(ErrorClass.TOO_LARGE, f"{path}: body exceeds the {cap}-byte cap", resp.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def ssl_context_for(spec: ProviderSpec) -> ssl.SSLContext | bool:
+    """True: default verification; False: `insecure`; a context when a CA file is configured."""
+    if not spec.base_url.startswith("https"):
+        return True
+    if not spec.verify_tls:
+        return False
+    if spec.ca_file:
+        return ssl.create_default_context(cafile=spec.ca_file)
+    return True
+
+
+def classify(exc: BaseException) -> tuple[ErrorClass, str]:
+    """The one place an exception becomes a failure class and a short message."""
+    if isinstance(exc, ProbeError):
+        return exc.error_class, exc.message
+    if isinstance(exc, TimeoutError):
+        return ErrorClass.TIMEOUT, "timed out"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return ErrorClass.REDIRECT, "too many redirects"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return ErrorClass.TLS, f"TLS handshake failed: {_short(exc)}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _classify_connect(exc)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ErrorClass.CONNECTION, "server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ErrorClass.CONNECTION, "response body cut short"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ErrorClass.CONNECTION, f"malformed HTTP response: {exc.message}"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return ErrorClass.CONNECTION, _short(exc)
+    return ErrorClass.INTERNAL, f"{type(exc).__name__}: {_short(exc)}"
+
+
+def _classify_connect(exc: aiohttp.ClientConnectorError) -> tuple[ErrorClass, str]:
+    where = f"{exc.host}:{exc.port}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ErrorClass.DNS, f"name did not resolve: {exc.host}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return ErrorClass.TLS, f"certificate rejected by {where}: {exc.certificate_error}"
+    if exc.os_error.errno == errno.ECONNREFUSED or isinstance(exc.os_error, ConnectionRefusedError):
+        return ErrorClass.REFUSED, f"connection refused ({where})"
+    return ErrorClass.CONNECTION, f"cannot connect to {where}: {exc.os_error.strerror or _short(exc)}"
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _scrub(message: str, spec: ProviderSpec) -> str:
+    """Errors can echo request data; make sure no configured secret survives into the record."""
+    secrets = [spec.api_key.reveal()] if spec.api_key else []
+    secrets += [value.reveal() for _, value in spec.headers]
+    for secret in secrets:
+        if len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return message
+
+
+def judge(observation: Observation, spec: ProviderSpec) -> tuple[Status, ErrorClass | None, str | None]:
+    """Checks every type shares, on top of what the adapter saw: no models, configured models missing."""
+    status, error_class, message = observation.status, observation.error_class, observation.message
+    if status is not Status.UP or not observation.models_authoritative:
+        return status, error_class, message
+    served = {m.id for m in observation.models}
+    if not served:
+        return Status.DEGRADED, ErrorClass.EMPTY_MODELS, "serves no model"
+    missing = [m for m in spec.models if m not in served]
+    if missing:
+        return Status.DEGRADED, ErrorClass.MODEL_MISSING, f"configured model(s) not served: {', '.join(missing)}"
+    return status, error_class, message
+
+
+async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.ClientSession, *,
+                         now: Callable[[], datetime] = utcnow) -> ProbeResult:
+    """Probe once (with retries inside `spec.timeout_s`). Never raises, except on cancellation."""
+    started_at = now()
+    started = time.perf_counter()
+    deadline = started + spec.timeout_s
+    ssl_context = ssl_context_for(spec)
+    calls: list[HttpCall] = []
+    attempts = 0
+    while True:
+        attempts += 1
+        attempt = _Attempt()
+        http = AiohttpProbeHttp(session, spec, deadline, ssl_context, attempt)
+        try:
+            remaining = max(deadline - time.perf_counter(), 0.0)
+            observation = await asyncio.wait_for(adapter.observe(http, spec), remaining)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure below us is classified here, once
+            calls += attempt.calls
+            error_class, message = classify(exc)
+            if error_class is ErrorClass.INTERNAL:
+                log.exception("probe.internal_error", provider=spec.name, type=spec.type)
+            backoff = spec.retry_backoff_s * 2 ** (attempts - 1)
+            if (error_class in RETRYABLE and attempts <= spec.max_retries
+                    and time.perf_counter() + backoff < deadline):
+                await asyncio.sleep(backoff)
+                continue
+            status = Status.LOADING if error_class is ErrorClass.LOADING else Status.DOWN
+            return _result(spec, started_at, started, status, error_class, _scrub(message, spec), calls,
+                           attempt, attempts, http_status=getattr(exc, "http_status", None))
+        calls += attempt.calls
+        status, judged_class, judged_message = judge(observation, spec)
+        return _result(spec, started_at, started, status, judged_class,
+                       _scrub(judged_message, spec) if judged_message else None, calls, attempt, attempts,
+                       observation=observation)
+
+
+def _result(spec: ProviderSpec, started_at: datetime, started: float, status: Status,
+            error_class: ErrorClass | None, message: str | None, calls: list[HttpCall], last: _Attempt,
+            attempts: int, *, http_status: int | None = None,
+            observation: Observation | None = None) -> ProbeResult:
+    last_status = calls[-1].status if calls else None
+    return ProbeResult(
+        provider=spec.name,
+        provider_type=spec.type,
+        started_at=started_at,
+        status=status,
+        total_ms=(time.perf_counter() - started) * 1000,
+        error_class=error_class,
+        error=message,
+        connect_ms=last.connect_ms,
+        ttfb_ms=last.ttfb_ms,
+        http_status=last_status if last_status is not None else http_status,
+        calls=tuple(calls),
+        models=observation.models if observation else (),
+        server_version=observation.server_version if observation else None,
+        attempts=attempts,
+    )
