@@ -1,0 +1,65 @@
+"""structlog set-up: JSON lines under systemd or when piped, readable console output on a terminal.
+
+Not named logging.py, which would shadow the standard library. A last processor masks any field whose name
+says it holds a secret, so a careless `log.info(..., api_key=...)` still prints `***`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["auto", "json", "console"]
+
+_SECRET_WORDS = ("api_key", "apikey", "authorization", "token", "secret", "password", "signature")
+
+
+def _mask_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event:
+        if any(word in key.lower() for word in _SECRET_WORDS) and event[key] is not None:
+            event[key] = "***"
+    return event
+
+
+def wants_json(fmt: LogFormat, stream: TextIO) -> bool:
+    """JSON for journald (JOURNAL_STREAM is set by systemd) and pipes; console for a person at a terminal."""
+    if fmt != "auto":
+        return fmt == "json"
+    return bool(os.environ.get("JOURNAL_STREAM")) or not stream.isatty()
+
+
+def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog (and route stdlib logging, e.g. APScheduler's, through the same output)."""
+    out = stream or sys.stderr
+    numeric = logging.getLevelName(level.upper())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _mask_secrets,
+    ]
+    renderer: Any
+    if wants_json(fmt, out):
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.INFO) if level != "debug" else logging.DEBUG)
+    # APScheduler is chatty at INFO ("Running job ..."): keep it to warnings unless debugging.
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
