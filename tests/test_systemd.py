@@ -44,7 +44,9 @@ def test_no_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unreachable_socket_never_raises(tmp_path: Path) -> None:
-    assert Notifier(str(tmp_path / "nobody-listens")).ready() is False
+    notifier = Notifier(str(tmp_path / "nobody-listens"))
+    assert notifier.ready() is False
+    notifier.close()
 
 
 @pytest.mark.parametrize(
