@@ -1,0 +1,143 @@
+"""The Store facade: the only thing other modules import from the store.
+
+One class for SQLite and PostgreSQL; it connects and reads and writes, but never creates the schema
+(that is `monitord.store.migrate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from monitord.model import ProbeResult, ProviderSpec
+from monitord.store import dialects, queries, rows
+from monitord.store.queries import Bucket, ProbeSample, StoredModel
+from monitord.store.schema import providers
+from monitord.store.writer import Writer
+
+__all__ = ["Bucket", "ProbeSample", "Store", "StoredModel"]
+
+
+class Store:
+    """Probe history and model sightings, written in batches and read by the API and at start-up."""
+
+    def __init__(self, engine: AsyncEngine, writer: Writer) -> None:
+        self._engine = engine
+        self._writer = writer
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        buffer_limit: int = 100_000,
+    ) -> Store:
+        """Connect to `url` (see dialects.create_engine for the URL options). Does not migrate.
+
+        An unreachable database is reported, not raised: writes are buffered until it answers.
+        """
+        engine = dialects.create_engine(url)
+        store = cls(
+            engine,
+            Writer(engine, batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit),
+        )
+        if not await store.ping():
+            structlog.get_logger("monitord.store").warning(
+                "store.unreachable", url=engine.url.render_as_string(hide_password=True)
+            )
+        return store
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    @property
+    def pending(self) -> int:
+        """Rows buffered and not yet committed."""
+        return self._writer.pending
+
+    @property
+    def dropped_total(self) -> int:
+        """Rows given up on: buffer overflow during an outage, rejected batches, or lost at close."""
+        return self._writer.dropped_total
+
+    @property
+    def written_total(self) -> int:
+        return self._writer.written_total
+
+    async def start(self) -> None:
+        """Start the writer task (batches by size, or every flush_interval_s)."""
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Flush pending rows, stop the writer and release every connection. Never raises for the database."""
+        await self._writer.close()
+        await self._engine.dispose()
+
+    def enqueue(self, result: ProbeResult) -> None:
+        """Queue one probe result for writing. Non-blocking; never raises."""
+        self._writer.enqueue(result)
+
+    async def flush(self) -> None:
+        """Write everything buffered now; if the database is away the rows stay buffered (see `pending`)."""
+        await self._writer.flush()
+
+    async def sync_providers(self, specs: Sequence[ProviderSpec], now: datetime) -> None:
+        """Upsert the configuration snapshot of `specs` (no secrets; endpoints redacted)."""
+        if not specs:
+            return
+        stmt = dialects.upsert(
+            self.dialect,
+            providers,
+            ("name",),
+            lambda excluded: {
+                "type": excluded.type,
+                "endpoint": excluded.endpoint,
+                "enabled": excluded.enabled,
+                "settings": excluded.settings,
+                "updated_at": excluded.updated_at,
+            },
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt, [rows.provider_row(spec, now) for spec in specs])
+
+    async def history(
+        self,
+        provider: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[ProbeSample]:
+        """Samples of one provider with since <= ts < until, newest first."""
+        return await queries.history(self._engine, provider, since=since, until=until, limit=limit)
+
+    async def latest(self) -> dict[str, ProbeSample]:
+        """The newest sample of every provider that has one."""
+        return await queries.latest(self._engine)
+
+    async def recent(self, since: datetime) -> list[ProbeSample]:
+        """Samples of every provider with ts >= since, oldest first (to rebuild live state)."""
+        return await queries.recent(self._engine, since)
+
+    async def models(self, provider: str | None = None) -> list[StoredModel]:
+        return await queries.models(self._engine, provider)
+
+    async def aggregate(self, provider: str, *, step_s: int, since: datetime, until: datetime) -> list[Bucket]:
+        """step_s-wide buckets over since <= ts < until, oldest first; empty buckets are left out."""
+        return await queries.aggregate(self._engine, provider, step_s=step_s, since=since, until=until)
+
+    async def ping(self) -> bool:
+        """True if the database answers a trivial query now."""
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:  # any failure to reach or query the database means "no"
+            return False
+        return True

@@ -1,0 +1,136 @@
+"""Every difference between SQLite and PostgreSQL lives here, and nowhere else.
+
+Engine creation (drivers, pragmas, search_path), the upsert statement, time bucketing and percentiles.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import BigInteger, ColumnElement, Connection, Integer, Table, event, func, text
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+# Autoincrement ids: BIGINT on PostgreSQL; SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid).
+ID_TYPE = BigInteger().with_variant(Integer(), SQLITE)
+
+# Drivers the store runs on, by the backend a URL names; a driverless URL gets the async one.
+_ASYNC_DRIVERS = {SQLITE: "aiosqlite", POSTGRESQL: "asyncpg"}
+_BACKEND_ALIASES = {"postgres": POSTGRESQL}
+
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",  # readers never block the writer
+    "PRAGMA synchronous=NORMAL",  # safe with WAL; an fsync per checkpoint, not per commit
+    "PRAGMA busy_timeout=5000",  # wait for a lock (a second process, a migration) instead of failing at once
+    "PRAGMA foreign_keys=ON",
+)
+PG_CONNECT_TIMEOUT_S = 5.0  # asyncpg waits 60 s by default: too long for a writer that retries anyway
+PG_APPLICATION_NAME = "monitord"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL and pin it to the async driver; refuse backends the store does not support."""
+    parsed = make_url(url)
+    backend = _BACKEND_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name())
+    driver = _ASYNC_DRIVERS.get(backend)
+    if driver is None:
+        shown = parsed.render_as_string(hide_password=True)
+        raise ValueError(
+            f"unsupported database URL {shown!r}: use sqlite+aiosqlite:///PATH or postgresql+asyncpg://..."
+        )
+    return parsed.set(drivername=f"{backend}+{driver}")
+
+
+def search_path(url: URL) -> str | None:
+    """The PostgreSQL search_path a URL asks for with `?search_path=schema[,schema...]`, if any."""
+    value = url.query.get("search_path")
+    if isinstance(value, tuple):
+        value = value[-1]
+    return value or None
+
+
+def create_engine(url: str | URL) -> AsyncEngine:
+    """An async engine for `url` with the per-database settings applied on every new connection.
+
+    PostgreSQL URLs may carry `search_path=<schema>` (tables live in that schema, e.g. one
+    database shared by several monitord instances) and `timeout=<seconds>` (connect timeout).
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == SQLITE:
+        engine = create_async_engine(parsed, pool_pre_ping=True)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        return engine
+    query = dict(parsed.query)
+    server_settings = {"application_name": PG_APPLICATION_NAME}
+    path = search_path(parsed)
+    query.pop("search_path", None)
+    if path is not None:
+        server_settings["search_path"] = path
+    timeout = query.pop("timeout", None)
+    timeout_s = float(timeout if isinstance(timeout, str) else PG_CONNECT_TIMEOUT_S)
+    connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": timeout_s}
+    return create_async_engine(parsed.set(query=query), pool_pre_ping=True, connect_args=connect_args)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def prepare_for_migrations(connection: Connection) -> None:
+    """Run inside the migration transaction, before any revision.
+
+    PostgreSQL: serialize concurrent migrators (two daemons starting at once) with a transaction-scoped
+    advisory lock, and create the schema the search_path names first so the tables have a home.
+    """
+    if connection.dialect.name != POSTGRESQL:
+        return
+    path = connection.exec_driver_sql("SELECT current_setting('search_path')").scalar_one()
+    first = str(path).split(",")[0].strip().strip('"')
+    lock_key = zlib.crc32(f"monitord.migrate:{first}".encode())
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+    if first and not first.startswith("$"):
+        quoted = connection.dialect.identifier_preparer.quote_identifier(first)
+        connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+
+
+def upsert(
+    dialect_name: str,
+    table: Table,
+    key_columns: tuple[str, ...],
+    set_: Callable[[Any], Mapping[str, Any]],
+) -> Any:
+    """INSERT ... ON CONFLICT (key_columns) DO UPDATE SET set_(excluded), executed with a list of rows.
+
+    `set_` receives the statement's `excluded` pseudo-table so updates can refer to the new values.
+    """
+    insert = postgresql.insert if dialect_name == POSTGRESQL else sqlite.insert
+    stmt = insert(table)
+    return stmt.on_conflict_do_update(index_elements=list(key_columns), set_=dict(set_(stmt.excluded)))
+
+
+def epoch_bucket(dialect_name: str, ts: ColumnElement[Any], step_s: int) -> ColumnElement[int]:
+    """floor(unix seconds of `ts` / step_s): the index of the step_s-wide bucket a timestamp falls in."""
+    if dialect_name == POSTGRESQL:
+        epoch_s: ColumnElement[Any] = func.extract("epoch", ts)
+        return sql_cast(func.floor(epoch_s / step_s), BigInteger)
+    # Stored as UTC text; strftime('%s') reads it back as integer unix seconds.
+    return sql_cast(func.strftime("%s", ts), Integer) // step_s
+
+
+def percentile(dialect_name: str, fraction: float, column: ColumnElement[Any]) -> ColumnElement[Any] | None:
+    """The continuous percentile aggregate where the database has one (None: compute it in Python)."""
+    if dialect_name == POSTGRESQL:
+        return func.percentile_cont(fraction).within_group(column)
+    return None

@@ -1,0 +1,239 @@
+"""Reads of the time series: history, latest per provider, recent samples, models and aggregates.
+
+Plain functions over an AsyncEngine that return frozen values; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from monitord.model import ErrorClass, ModelInfo, Status
+from monitord.store import dialects
+from monitord.store.schema import probes, provider_models
+
+P95 = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSample:
+    """One stored probe, as the probes table holds it."""
+
+    ts: datetime  # timezone-aware UTC
+    provider: str
+    status: Status
+    error_class: ErrorClass | None
+    error: str | None
+    connect_ms: float | None
+    ttfb_ms: float | None
+    total_ms: float
+    http_status: int | None
+    model_count: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """A model a provider has served, and when it was first and last seen doing so."""
+
+    provider: str
+    model_id: str
+    info: ModelInfo
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Probes of one provider within [start, start + step_s).
+
+    ok means status up; latency figures cover ok probes only (a failed probe's time is its timeout).
+    """
+
+    start: datetime
+    step_s: int
+    count: int
+    ok_count: int
+    latency_avg_ms: float | None
+    latency_p95_ms: float | None
+
+    @property
+    def availability(self) -> float:
+        return self.ok_count / self.count if self.count else 0.0
+
+
+_SAMPLE_COLUMNS = (
+    probes.c.ts,
+    probes.c.provider,
+    probes.c.status,
+    probes.c.error_class,
+    probes.c.error,
+    probes.c.connect_ms,
+    probes.c.ttfb_ms,
+    probes.c.total_ms,
+    probes.c.http_status,
+    probes.c.model_count,
+    probes.c.attempts,
+)
+
+
+def _sample(row: Row[*tuple[Any, ...]]) -> ProbeSample:
+    return ProbeSample(
+        ts=row.ts,
+        provider=row.provider,
+        status=Status(row.status),
+        error_class=ErrorClass(row.error_class) if row.error_class is not None else None,
+        error=row.error,
+        connect_ms=row.connect_ms,
+        ttfb_ms=row.ttfb_ms,
+        total_ms=row.total_ms,
+        http_status=row.http_status,
+        model_count=row.model_count,
+        attempts=row.attempts,
+    )
+
+
+async def history(
+    engine: AsyncEngine,
+    provider: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 1000,
+) -> list[ProbeSample]:
+    """Samples of one provider with since <= ts < until, newest first, at most `limit`."""
+    stmt = select(*_SAMPLE_COLUMNS).where(probes.c.provider == provider)
+    if since is not None:
+        stmt = stmt.where(probes.c.ts >= since)
+    if until is not None:
+        stmt = stmt.where(probes.c.ts < until)
+    stmt = stmt.order_by(probes.c.ts.desc(), probes.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [_sample(row) for row in rows]
+
+
+async def latest(engine: AsyncEngine) -> dict[str, ProbeSample]:
+    """The newest sample of every provider that has one.
+
+    Walks the distinct providers through the (provider, ts) index one step at a time (a "loose
+    index scan"), then takes each one's newest row, so the cost grows with providers, not rows.
+    """
+    inner = probes.alias("inner_probes")
+    names = select(func.min(probes.c.provider).label("provider")).cte("provider_names", recursive=True)
+    names = names.union_all(
+        select(
+            select(func.min(inner.c.provider)).where(inner.c.provider > names.c.provider).scalar_subquery()
+        ).where(names.c.provider.is_not(None))
+    )
+    newest_id = (
+        select(inner.c.id)
+        .where(inner.c.provider == names.c.provider)
+        .order_by(inner.c.ts.desc(), inner.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    stmt = select(*_SAMPLE_COLUMNS).join(names, probes.c.id == newest_id)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return {row.provider: _sample(row) for row in rows}
+
+
+async def recent(engine: AsyncEngine, since: datetime) -> list[ProbeSample]:
+    """Samples of every provider with ts >= since, oldest first: enough to rebuild live state."""
+    stmt = select(*_SAMPLE_COLUMNS).where(probes.c.ts >= since).order_by(probes.c.ts, probes.c.id)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [_sample(row) for row in rows]
+
+
+async def models(engine: AsyncEngine, provider: str | None = None) -> list[StoredModel]:
+    """Models ever seen, by provider then model id."""
+    stmt = select(provider_models).order_by(provider_models.c.provider, provider_models.c.model_id)
+    if provider is not None:
+        stmt = stmt.where(provider_models.c.provider == provider)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        StoredModel(
+            provider=row.provider,
+            model_id=row.model_id,
+            info=ModelInfo.from_dict(row.details),
+            first_seen=row.first_seen,
+            last_seen=row.last_seen,
+        )
+        for row in rows
+    ]
+
+
+async def aggregate(
+    engine: AsyncEngine, provider: str, *, step_s: int, since: datetime, until: datetime
+) -> list[Bucket]:
+    """Per-bucket counts, availability and latency of one provider over since <= ts < until.
+
+    Buckets are aligned to multiples of step_s since the Unix epoch; empty buckets are left out.
+    """
+    if step_s <= 0:
+        raise ValueError(f"step_s must be positive, got {step_s}")
+    dialect_name = engine.dialect.name
+    bucket = dialects.epoch_bucket(dialect_name, probes.c.ts, step_s).label("bucket")
+    is_ok = probes.c.status == Status.UP.value
+    ok_ms = case((is_ok, probes.c.total_ms))
+    p95_expr = dialects.percentile(dialect_name, P95, ok_ms)
+    columns = [
+        bucket,
+        func.count().label("probe_count"),
+        func.sum(case((is_ok, 1), else_=0)).label("ok_count"),
+        func.avg(ok_ms).label("latency_avg_ms"),
+    ]
+    if p95_expr is not None:
+        columns.append(p95_expr.label("latency_p95_ms"))
+    in_range = and_(probes.c.provider == provider, probes.c.ts >= since, probes.c.ts < until)
+    stmt = select(*columns).where(in_range).group_by(bucket).order_by(bucket)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+        if p95_expr is None:
+            p95_by_bucket = await _p95_in_python(conn, bucket, in_range, is_ok)
+        else:
+            p95_by_bucket = {int(row.bucket): row.latency_p95_ms for row in rows}
+    return [
+        Bucket(
+            start=datetime.fromtimestamp(int(row.bucket) * step_s, UTC),
+            step_s=step_s,
+            count=int(row.probe_count),
+            ok_count=int(row.ok_count or 0),
+            latency_avg_ms=float(row.latency_avg_ms) if row.latency_avg_ms is not None else None,
+            latency_p95_ms=_float_or_none(p95_by_bucket.get(int(row.bucket))),
+        )
+        for row in rows
+    ]
+
+
+async def _p95_in_python(conn: Any, bucket: Any, in_range: Any, is_ok: Any) -> dict[int, float | None]:
+    stmt = select(bucket, probes.c.total_ms).where(in_range, is_ok)
+    latencies: dict[int, list[float]] = defaultdict(list)
+    for row in (await conn.execute(stmt)).all():
+        latencies[int(row.bucket)].append(float(row.total_ms))
+    return {key: percentile_cont(values, P95) for key, values in latencies.items()}
+
+
+def percentile_cont(values: Sequence[float], fraction: float) -> float | None:
+    """The same linear interpolation as SQL's percentile_cont, so both databases give one answer."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    lower = math.floor(position)
+    upper = math.ceil(position)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if value is not None else None

@@ -1,0 +1,195 @@
+"""The one batched writer: probe rows, model sightings and server versions, in Core batches.
+
+Buffers while the database is away (bounded, oldest dropped and counted) and never raises to callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+
+import structlog
+from sqlalchemy import bindparam, case, update
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from monitord.model import ProbeResult
+from monitord.store import dialects, rows
+from monitord.store.schema import probes, provider_models, providers
+
+MAX_BACKOFF_S = 30.0
+
+# Errors of the rows themselves: retrying cannot help, so the batch is dropped instead of
+# blocking everything behind it. Anything else (refused, locked, timed out) is retried.
+_POISON_ERRORS = (DataError, IntegrityError)
+
+
+class Writer:
+    """Owns the buffer and the single task that drains it into the database."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, batch_size: int, flush_interval_s: float, buffer_limit: int
+    ) -> None:
+        if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0:
+            raise ValueError("need batch_size >= 1, buffer_limit >= batch_size and flush_interval_s > 0")
+        self._engine = engine
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._buffer_limit = buffer_limit
+        self._buffer: deque[ProbeResult] = deque()
+        self._in_flight: list[ProbeResult] = []  # taken from the buffer, not yet committed
+        self._write_lock = asyncio.Lock()
+        self._batch_ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._failures_in_a_row = 0
+        self._log = structlog.get_logger("monitord.store")
+        self.dropped_total = 0
+        self.written_total = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + len(self._in_flight)
+
+    def enqueue(self, result: ProbeResult) -> None:
+        """Buffer one result for the next batch. Non-blocking; never raises."""
+        if self._closed:
+            self._drop(1, reason="closed")
+            return
+        self._buffer.append(result)
+        overflow = self.pending - self._buffer_limit
+        if overflow > 0:
+            for _ in range(min(overflow, len(self._buffer))):
+                self._buffer.popleft()
+            self._drop(overflow, reason="buffer_full")
+        if len(self._buffer) >= self._batch_size:
+            self._batch_ready.set()
+
+    def start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._run(), name="monitord.store.writer")
+
+    async def close(self) -> None:
+        """Stop the writer task, then try once more to write what is left; report what could not be."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        self._batch_ready.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self.flush()
+        if self.pending:
+            lost = self.pending
+            self._buffer.clear()
+            self._drop(lost, reason="closed_with_database_unreachable")
+
+    async def flush(self) -> bool:
+        """Write what is buffered now. Returns False (rows kept) if a batch failed; never raises.
+
+        Rows enqueued while it runs may wait for the next flush, so a busy producer cannot keep it going.
+        """
+        batches = -(-len(self._buffer) // self._batch_size)
+        for _ in range(batches):
+            if not await self._write_one_batch():
+                return False
+        return True
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_ready.wait(), self._flush_interval_s)
+            self._batch_ready.clear()
+            if await self.flush():
+                continue
+            # Back off without listening to "batch ready": a full buffer must not hammer a dead database.
+            backoff_s = min(MAX_BACKOFF_S, self._flush_interval_s * 2 ** min(self._failures_in_a_row, 16))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff_s)
+
+    async def _write_one_batch(self) -> bool:
+        async with self._write_lock:
+            if not self._buffer:
+                return True
+            count = min(self._batch_size, len(self._buffer))
+            self._in_flight = [self._buffer.popleft() for _ in range(count)]
+            batch = self._in_flight
+            try:
+                async with self._engine.begin() as conn:
+                    await _write(conn, batch)
+            except _POISON_ERRORS as exc:
+                self._in_flight = []
+                self._log.error("store.batch_rejected", rows=len(batch), error=_describe(exc))
+                self._drop(len(batch), reason="rejected")
+                return True
+            except Exception as exc:  # the database is away: keep the rows, retry later
+                self._in_flight = []
+                self._buffer.extendleft(reversed(batch))
+                self._trim_overflow()
+                self._failures_in_a_row += 1
+                self._log.warning(
+                    "store.write_failed",
+                    error=_describe(exc),
+                    failures_in_a_row=self._failures_in_a_row,
+                    pending=self.pending,
+                )
+                return False
+            self._in_flight = []
+            self.written_total += len(batch)
+            if self._failures_in_a_row:
+                self._log.info("store.write_recovered", failures_in_a_row=self._failures_in_a_row)
+                self._failures_in_a_row = 0
+            return True
+
+    def _trim_overflow(self) -> None:
+        overflow = len(self._buffer) - self._buffer_limit
+        if overflow > 0:
+            for _ in range(overflow):
+                self._buffer.popleft()
+            self._drop(overflow, reason="buffer_full")
+
+    def _drop(self, count: int, *, reason: str) -> None:
+        self.dropped_total += count
+        self._log.warning("store.rows_dropped", rows=count, reason=reason, dropped_total=self.dropped_total)
+
+
+async def _write(conn: AsyncConnection, batch: list[ProbeResult]) -> None:
+    await conn.execute(probes.insert(), [rows.probe_row(result) for result in batch])
+    model_rows = rows.model_rows(batch)
+    if model_rows:
+        await conn.execute(_model_upsert(conn.dialect.name), model_rows)
+    versions = rows.server_versions(batch)
+    if versions:
+        stmt = (
+            update(providers)
+            .where(providers.c.name == bindparam("b_name"))
+            .values(server_version=bindparam("b_version"))
+        )
+        await conn.execute(stmt, [{"b_name": name, "b_version": v} for name, v in versions.items()])
+
+
+def _model_upsert(dialect_name: str) -> Any:
+    table = provider_models
+
+    def on_conflict(excluded: Any) -> dict[str, Any]:
+        # Batches can land out of order after an outage: keep the earliest first and latest last sighting.
+        newer = excluded.last_seen >= table.c.last_seen
+        return {
+            "details": case((newer, excluded.details), else_=table.c.details),
+            "last_seen": case((newer, excluded.last_seen), else_=table.c.last_seen),
+            "first_seen": case(
+                (excluded.first_seen < table.c.first_seen, excluded.first_seen), else_=table.c.first_seen
+            ),
+        }
+
+    return dialects.upsert(dialect_name, table, ("provider", "model_id"), on_conflict)
+
+
+def _describe(exc: BaseException) -> str:
+    """Class and first line of an error: enough to act on, short enough for a log line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
