@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
-from monitord.model import ErrorClass, ModelInfo, ModelKind, Status
-from monitord.providers import kobold, llamacpp, ollama
+from monitord.model import ErrorClass, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
+from monitord.probe import create_session, probe_provider
+from monitord.providers import ADAPTERS, kobold, llamacpp, ollama
 from monitord.providers.base import HttpResponse, ProbeError
-from tests.doubles.base import fixture_bytes
+from tests.doubles.base import DoubleFactory, ProviderDouble, Scenario, fixture_bytes
+from tests.doubles.kobold import koboldai_client_app, koboldcpp_app
+from tests.doubles.llamacpp import llamacpp_app
+from tests.doubles.ollama import host_allowed, ollama_app
 
 CHAT = frozenset({"chat", "completion", "streaming"})
 
@@ -256,3 +263,221 @@ def test_kobold_describe() -> None:
     client = kobold.describe(None, None, None, "1.2.1")
     assert (client.status, client.error_class, client.server_version, dict(client.extra)) == (
         Status.DEGRADED, ErrorClass.EMPTY_MODELS, None, {"server": "KoboldAI", "api_version": "1.2.1"})
+
+
+# -- whole probes against the doubles ----------------------------------------------------------------------------
+
+# "koboldai" is probed against the KoboldAI Client double here; its registered double is KoboldCpp's
+ADAPTER_FOR = {server: ADAPTERS[server] for server in ("ollama", "koboldcpp", "koboldai", "llamacpp")}
+DOUBLE_FOR: dict[str, DoubleFactory] = {
+    "ollama": ollama_app, "koboldcpp": koboldcpp_app, "koboldai": koboldai_client_app, "llamacpp": llamacpp_app,
+}
+UP, DOWN, DEGRADED, LOADING = Status.UP, Status.DOWN, Status.DEGRADED, Status.LOADING
+E = ErrorClass
+
+# Scenario → (status, error class) per server, probed with no api key configured and a 0.5 s budget.
+OUTCOMES: dict[str, dict[Scenario, tuple[Status, ErrorClass | None]]] = {
+    "llamacpp": {
+        Scenario.UP: (UP, None), Scenario.DOWN: (DOWN, E.REFUSED), Scenario.SLOW: (DOWN, E.TIMEOUT),
+        Scenario.HANG: (DOWN, E.TIMEOUT), Scenario.LOADING: (LOADING, E.LOADING),
+        Scenario.UNAUTHORIZED: (DOWN, E.AUTH),  # /health and /v1/models open, /props is not
+        Scenario.HTML: (DOWN, E.BAD_PAYLOAD), Scenario.HUGE: (DOWN, E.TOO_LARGE),
+        Scenario.EMPTY: (DEGRADED, E.EMPTY_MODELS), Scenario.ERROR: (DOWN, E.HTTP_5XX),
+    },
+    "ollama": {
+        Scenario.UP: (UP, None), Scenario.DOWN: (DOWN, E.REFUSED), Scenario.SLOW: (DOWN, E.TIMEOUT),
+        Scenario.HANG: (DOWN, E.TIMEOUT),
+        Scenario.LOADING: (UP, None),  # loads on demand: on disk, not in memory, still serving
+        Scenario.UNAUTHORIZED: (UP, None),  # Ollama has no api key
+        Scenario.HTML: (DOWN, E.BAD_PAYLOAD), Scenario.HUGE: (DOWN, E.TOO_LARGE),
+        Scenario.EMPTY: (DEGRADED, E.EMPTY_MODELS), Scenario.ERROR: (DOWN, E.HTTP_5XX),
+    },
+    "koboldcpp": {
+        Scenario.UP: (UP, None), Scenario.DOWN: (DOWN, E.REFUSED), Scenario.SLOW: (DOWN, E.TIMEOUT),
+        Scenario.HANG: (DOWN, E.TIMEOUT),
+        Scenario.LOADING: (DOWN, E.REFUSED),  # the model loads before the HTTP server starts
+        Scenario.UNAUTHORIZED: (DOWN, E.AUTH),  # 200 "koboldcpp/protected-model"
+        Scenario.HTML: (DOWN, E.BAD_PAYLOAD), Scenario.HUGE: (DOWN, E.TOO_LARGE),
+        Scenario.EMPTY: (DEGRADED, E.EMPTY_MODELS), Scenario.ERROR: (DOWN, E.HTTP_5XX),
+    },
+    "koboldai": {
+        Scenario.UP: (UP, None), Scenario.DOWN: (DOWN, E.REFUSED), Scenario.SLOW: (DOWN, E.TIMEOUT),
+        Scenario.HANG: (DOWN, E.TIMEOUT), Scenario.LOADING: (DOWN, E.REFUSED),
+        Scenario.UNAUTHORIZED: (UP, None),  # KoboldAI Client has no password
+        Scenario.HTML: (DOWN, E.BAD_PAYLOAD), Scenario.HUGE: (DOWN, E.TOO_LARGE),
+        Scenario.EMPTY: (DEGRADED, E.EMPTY_MODELS), Scenario.ERROR: (DOWN, E.HTTP_5XX),
+    },
+}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    client = create_session()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[..., Awaitable[ProviderDouble]]]:
+    doubles: list[ProviderDouble] = []
+
+    async def start_double(server: str, scenario: Scenario = Scenario.UP, **changes: Any) -> ProviderDouble:
+        double = ProviderDouble(server, DOUBLE_FOR[server])
+        doubles.append(double)
+        await double.set(scenario, **changes)
+        return await double.start()
+
+    yield start_double
+    for double in doubles:
+        await double.stop()
+
+
+def spec_for(server: str, double: ProviderDouble, **changes: Any) -> ProviderSpec:
+    spec = ProviderSpec(name=f"{server}-1", type=server, base_url=double.url, timeout_s=0.5, max_retries=0,
+                        retry_backoff_s=0.01)
+    return replace(spec, **changes)
+
+
+async def probe(server: str, double: ProviderDouble, session: aiohttp.ClientSession, **changes: Any) -> ProbeResult:
+    return await probe_provider(spec_for(server, double, **changes), ADAPTER_FOR[server], session)
+
+
+@pytest.mark.parametrize(("server", "scenario", "expected"), [
+    (server, scenario, outcome) for server, table in OUTCOMES.items() for scenario, outcome in table.items()
+])
+async def test_scenarios(server: str, scenario: Scenario, expected: tuple[Status, ErrorClass | None],
+                         start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start(server, scenario, delay_s=2.0)
+    result = await probe(server, double, session)
+    assert (result.status, result.error_class) == expected, result.error
+    assert len(result.calls) <= 3
+
+
+@pytest.mark.parametrize("server", sorted(OUTCOMES))
+async def test_flapping_alternates_probe_by_probe(server: str, start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start(server, Scenario.FLAPPING)
+    seen = [(await probe(server, double, session)).error_class for _ in range(4)]
+    assert seen == [None, E.HTTP_5XX, None, E.HTTP_5XX]
+
+
+@pytest.mark.parametrize("server", ["llamacpp", "koboldcpp"])
+async def test_the_right_key_opens_protected_routes(server: str, start: Any,
+                                                    session: aiohttp.ClientSession) -> None:
+    double = await start(server, Scenario.UP, api_key="s3cret-key")
+    wrong = await probe(server, double, session, api_key=Secret("nope"))
+    right = await probe(server, double, session, api_key=Secret("s3cret-key"))
+    assert (wrong.status, wrong.error_class, right.status) == (DOWN, E.AUTH, UP)
+    assert double.requests[-1].header("Authorization") == "Bearer s3cret-key"
+    assert "s3cret" not in repr(wrong) and "nope" not in (wrong.error or "")
+
+
+async def test_llamacpp_up_reads_the_model_and_version(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("llamacpp", Scenario.UP, options={"multimodal": True})
+    result = await probe("llamacpp", double, session)
+    assert [(c.path, c.status) for c in result.calls] == [("/health", 200), ("/v1/models", 200), ("/props", 200)]
+    [model] = result.models
+    assert (model.id, model.context_length, model.kind, "vision" in model.capabilities) == (
+        "gemma-3-4b-it-q4_k_m.gguf", 4096, ModelKind.VISION, True)
+    assert result.server_version == "b7120-4a5b6c7d"
+
+
+async def test_llamacpp_health_and_models_stay_public(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("llamacpp", Scenario.UNAUTHORIZED)
+    result = await probe("llamacpp", double, session)
+    assert [(c.path, c.status) for c in result.calls] == [("/health", 200), ("/v1/models", 200), ("/props", 401)]
+    assert result.error == "/props: HTTP 401 Invalid API Key"
+
+
+async def test_llamacpp_accepts_x_api_key(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("llamacpp", Scenario.UP, api_key="k-123")
+    result = await probe("llamacpp", double, session, headers=(("X-Api-Key", Secret("k-123")),))
+    assert result.status is UP
+
+
+async def test_llamacpp_builds_that_protect_the_model_list(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("llamacpp", Scenario.UNAUTHORIZED, options={"models_public": False})
+    result = await probe("llamacpp", double, session)
+    assert (result.error_class, [c.status for c in result.calls]) == (E.AUTH, [200, 401])
+
+
+@pytest.mark.parametrize(("scenario", "expected"), [
+    (Scenario.UP, (UP, None, [True, False])),
+    (Scenario.LOADING, (LOADING, E.LOADING, [False, False])),
+    (Scenario.EMPTY, (DEGRADED, E.EMPTY_MODELS, [False, False])),
+])
+async def test_llamacpp_router_mode(scenario: Scenario, expected: tuple[Any, ...], start: Any,
+                                    session: aiohttp.ClientSession) -> None:
+    double = await start("llamacpp", scenario, options={"router": True})
+    result = await probe("llamacpp", double, session)
+    assert (result.status, result.error_class, [m.loaded for m in result.models]) == expected
+
+
+async def test_llamacpp_models_configured_on_the_double(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("llamacpp", Scenario.UP, models=("a.gguf",))
+    missing = await probe("llamacpp", double, session, models=("b.gguf",))
+    assert (missing.model_ids, missing.status, missing.error_class) == (("a.gguf",), DEGRADED, E.MODEL_MISSING)
+
+
+async def test_ollama_marks_loaded_models(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("ollama")
+    result = await probe("ollama", double, session)
+    assert [(c.path, c.status) for c in result.calls] == [("/api/version", 200), ("/api/tags", 200),
+                                                          ("/api/ps", 200)]
+    assert result.server_version == "0.13.0"
+    assert [(m.id, m.loaded, m.context_length) for m in result.models] == [
+        ("llama3.2:3b", True, 4096), ("gemma3:4b", False, 131072), ("nomic-embed-text:latest", False, 2048)]
+
+
+async def test_ollama_refuses_a_foreign_host_header(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("ollama")
+    result = await probe("ollama", double, session, headers=(("Host", Secret("ollama.example.com")),))
+    assert (result.status, result.error_class, result.http_status) == (DOWN, E.AUTH, 403)
+    assert "Host" in (result.error or "")
+    trusted = await probe("ollama", double, session, headers=(("Host", Secret("gpu-box.local:11434")),))
+    assert trusted.status is UP
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("127.0.0.1:11434", True), ("localhost", True), ("10.0.0.5", True), ("[::1]:11434", True), ("0.0.0.0", True),
+    ("box.internal", True), ("ollama.example.com", False), ("8.8.8.8:11434", False),
+])
+def test_ollama_double_host_rule(host: str, allowed: bool) -> None:
+    assert host_allowed(host) is allowed
+
+
+async def test_koboldcpp_reads_flags_and_context(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("koboldcpp")
+    result = await probe("koboldcpp", double, session)
+    assert [c.path for c in result.calls] == ["/api/extra/version", "/api/v1/model",
+                                              "/api/extra/true_max_context_length"]
+    [model] = result.models
+    assert (model.id, model.context_length, model.kind, result.server_version) == (
+        "koboldcpp/Meta-Llama-3.1-8B-Instruct-Q4_K_M", 8192, ModelKind.VISION, "1.98.1")
+
+
+async def test_koboldcpp_router_reload_is_loading(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("koboldcpp", Scenario.LOADING, options={"router": True})
+    result = await probe("koboldcpp", double, session)
+    assert (result.status, result.error_class, result.http_status) == (LOADING, E.LOADING, 502)
+
+
+async def test_koboldai_client_falls_back_after_the_404(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("koboldai")
+    result = await probe("koboldai", double, session)
+    assert [(c.path, c.status) for c in result.calls] == [("/api/extra/version", 404),
+                                                          ("/api/v1/info/version", 200), ("/api/v1/model", 200)]
+    assert (result.status, result.model_ids, result.server_version) == (
+        UP, ("KoboldAI/fairseq-dense-13B-Nerys-v2",), None)
+
+
+async def test_koboldcpp_double_quirks(start: Any, session: aiohttp.ClientSession) -> None:
+    double = await start("koboldcpp", Scenario.UP, api_key="pw", options={"busy": True})
+    async with session.get(double.url + "/any/prefix/api/v1/model") as resp:  # suffix routing
+        assert await resp.json() == {"result": "koboldcpp/protected-model"}
+    async with session.get(double.url + "/nope") as resp:
+        assert (resp.status, resp.content_type) == (404, "text/html")
+    async with session.post(double.url + "/api/v1/generate", json={"prompt": "hi"}) as resp:
+        assert resp.status == 401
+    headers = {"Authorization": "Bearer pw"}
+    async with session.post(double.url + "/api/v1/generate", json={"prompt": "hi"}, headers=headers) as resp:
+        assert (resp.status, (await resp.json())["detail"]["type"]) == (503, "service_unavailable")
