@@ -62,4 +62,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if level != "debug" else logging.DEBUG)
     # APScheduler is chatty at INFO ("Running job ..."): keep it to warnings unless debugging.
-    logging.getLogger("apscheduler").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    logging.getLogger("apscheduler").setLevel(quiet)
+    logging.getLogger("alembic").setLevel(quiet)
+    logging.getLogger("alembic.runtime.migration").setLevel(numeric)  # "Running upgrade ..." is worth a line

@@ -115,7 +115,8 @@ class ProbeScheduler:
             async with self._limit:
                 await self._run_probe(spec)
         except asyncio.CancelledError:
-            raise
+            # Only shutdown cancels probe tasks; ending quietly keeps APScheduler from logging it as a crash.
+            log.debug("probe.cancelled", provider=name)
         except Exception:
             # run_probe must not raise; if it does, the job must keep its schedule anyway.
             log.exception("probe.job_failed", provider=name)

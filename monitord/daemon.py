@@ -1,0 +1,195 @@
+"""Composition root: builds every part from the config, wires them, owns start, reload and graceful stop.
+
+The only module that knows every other. One client session, one store, one scheduler, one live state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import structlog
+
+from monitord.config import Config, ConfigError, load_config
+from monitord.health import HealthPolicy, LiveState
+from monitord.model import ProbeResult, ProviderSpec, Status, StatusChange
+from monitord.probe import create_session, probe_provider, utcnow
+from monitord.providers import ADAPTERS
+from monitord.scheduler import ProbeScheduler
+from monitord.store import Store
+from monitord.store.migrate import upgrade
+
+log = structlog.get_logger("monitord.daemon")
+
+Clock = Callable[[], datetime]
+
+
+async def probe_all(specs: Sequence[ProviderSpec], *, concurrency: int = 64,
+                    session: aiohttp.ClientSession | None = None, clock: Clock = utcnow) -> list[ProbeResult]:
+    """Probe every spec once, concurrently, in the given order. Used by `monitord check` and `run_once`."""
+    limit = asyncio.Semaphore(concurrency)
+    own = session is None
+    http = session or create_session(limit=concurrency)
+
+    async def one(spec: ProviderSpec) -> ProbeResult:
+        async with limit:
+            return await probe_provider(spec, ADAPTERS[spec.type], http, now=clock)
+
+    try:
+        return list(await asyncio.gather(*(one(s) for s in specs)))
+    finally:
+        if own:
+            await http.close()
+
+
+async def migrate(url: str) -> None:
+    """Apply pending Alembic migrations."""
+    await upgrade(url)
+
+
+class Daemon:
+    """Owns the loop's long-lived parts. `start`/`stop` for embedding and tests, `run` for the CLI."""
+
+    def __init__(self, config: Config, *, config_path: Path | None = None, clock: Clock = utcnow,
+                 install_signal_handlers: bool = True) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.install_signal_handlers = install_signal_handlers
+        self.live = LiveState(self._policy(config))
+        self.probed: set[str] = set()  # providers with at least one result since start: readiness
+        self._store: Store | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._scheduler: ProbeScheduler | None = None
+        self._stopping = asyncio.Event()
+
+    @staticmethod
+    def _policy(config: Config) -> HealthPolicy:
+        return HealthPolicy(failure_threshold=config.alerts.failure_threshold,
+                            success_threshold=config.alerts.success_threshold,
+                            window_s=config.ranking.window_s)
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "daemon not started"
+        return self._store
+
+    @property
+    def specs(self) -> dict[str, ProviderSpec]:
+        return {s.name: s for s in self.config.provider_specs()}
+
+    @property
+    def first_round_done(self) -> bool:
+        return all(name in self.probed for name, s in self.specs.items() if s.enabled)
+
+    async def start(self) -> None:
+        """Migrate, open the store, rebuild live state from recent history, start probing."""
+        cfg = self.config
+        await migrate(cfg.storage.url)
+        self._store = await Store.open(cfg.storage.url, batch_size=cfg.storage.batch_size,
+                                       flush_interval_s=cfg.storage.flush_interval_s,
+                                       buffer_limit=cfg.storage.buffer_limit)
+        await self._store.start()
+        specs = cfg.provider_specs()
+        now = self.clock()
+        await self._store.sync_providers(specs, now)
+        recent = await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
+        self.live.rebuild(recent, now, {s.name: s.type for s in specs})
+        self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
+        self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
+                                         jitter_s=cfg.monitor.jitter_s)
+        self._scheduler.sync(specs)
+        self._scheduler.start()
+        log.info("daemon.started", providers=len(specs), enabled=sum(s.enabled for s in specs),
+                 storage=self._store.dialect, restored=len(recent))
+
+    async def _probe(self, spec: ProviderSpec) -> None:
+        assert self._session is not None
+        result = await probe_provider(spec, ADAPTERS[spec.type], self._session, now=self.clock)
+        self.record(result)
+
+    def record(self, result: ProbeResult) -> list[StatusChange]:
+        """Fan a result out to the store and the live state; log status changes. Never raises."""
+        self.store.enqueue(result)
+        self.probed.add(result.provider)
+        changes = self.live.fold(result, self.clock())
+        log.debug("probe.done", provider=result.provider, status=result.status.value,
+                  error_class=result.error_class, total_ms=round(result.total_ms, 1))
+        for change in changes:
+            level = log.warning if change.current is Status.DOWN else log.info
+            level("provider.status_changed", provider=change.provider, previous=change.previous.value,
+                  current=change.current.value, error_class=result.error_class, error=result.error)
+        return changes
+
+    async def run_once(self) -> list[ProbeResult]:
+        """Probe every enabled provider once now, record and flush (tests, `probe --once`)."""
+        assert self._session is not None
+        specs = [s for s in self.config.provider_specs() if s.enabled]
+        results = await probe_all(specs, concurrency=self.config.monitor.concurrency, session=self._session,
+                                  clock=self.clock)
+        for result in results:
+            self.record(result)
+        await self.store.flush()
+        return results
+
+    async def reload(self) -> bool:
+        """Re-read the config; apply it completely or not at all. Returns whether it was applied."""
+        if self.config_path is None:
+            return False
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("config.reload_failed", path=str(self.config_path), problems=str(exc))
+            return False
+        if new.storage.url != self.config.storage.url:
+            log.error("config.reload_failed", path=str(self.config_path),
+                      problems="storage.url cannot change on reload; restart the daemon")
+            return False
+        self.config = new
+        specs = new.provider_specs()
+        self.live.policy = self._policy(new)
+        assert self._scheduler is not None
+        added, removed, changed = self._scheduler.sync(specs)
+        for name in removed:
+            self.live.remove(name)
+            self.probed.discard(name)
+        await self.store.sync_providers(specs, self.clock())
+        log.info("config.reloaded", added=added, removed=removed, changed=changed)
+        return True
+
+    async def stop(self) -> None:
+        """Stop probing (cancel in-flight probes), flush the store, close the session; in that order."""
+        if self._scheduler is not None:
+            await self._scheduler.shutdown()
+        if self._store is not None:
+            await self._store.close()
+            log.info("store.closed", written=self._store.written_total, dropped=self._store.dropped_total)
+        if self._session is not None:
+            await self._session.close()
+        log.info("daemon.stopped")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop cleanly. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        if self.install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+            if self.install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    with contextlib.suppress(Exception):
+                        loop.remove_signal_handler(sig)
+        return 0
