@@ -204,3 +204,403 @@ class ProbeResult:
     @property
     def model_ids(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.models)
+
+
+# --- live state and ranking ---
+
+# Spellings servers use for a capability, mapped to the one name the criteria and the ranking speak.
+CAPABILITY_ALIASES: Mapping[str, str] = {
+    "embedding": "embeddings",
+    "multimodal": "vision",
+    "thinking": "reasoning",
+    "function_calling": "tools",
+    "tool_use": "tools",
+}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model a provider currently lists, with when this run of listings first and last showed it."""
+
+    id: str
+    info: ModelInfo
+    first_seen: datetime
+    last_seen: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.info.to_dict(), "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen)}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderState:
+    """The live picture of one provider, rebuilt by health.py after every probe result (never mutated)."""
+
+    name: str
+    type: str
+    status: Status = Status.UNKNOWN
+    since: datetime | None = None  # when `status` last changed
+    failures_in_a_row: int = 0  # consecutive DOWN / LOADING results
+    successes_in_a_row: int = 0  # consecutive UP / DEGRADED results
+    last_probe_at: datetime | None = None
+    last_result_status: Status | None = None  # the last probe's own verdict (status lags it by hysteresis)
+    last_error_class: ErrorClass | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    availability: float | None = None  # share of successful probes in the window; None: no sample
+    samples: int = 0  # probes in the window
+    samples_ok: int = 0  # successful probes in the window
+    latency_p50_ms: float | None = None  # over successful probes in the window (total_ms)
+    latency_p95_ms: float | None = None
+    latency_ewma_ms: float | None = None
+    models: tuple[ServedModel, ...] = ()
+    server_version: str | None = None
+    transitions_recent: int = 0  # status changes in the flap window
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return tuple(m.id for m in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "status": self.status.value,
+            "since": _iso(self.since),
+            "failures_in_a_row": self.failures_in_a_row,
+            "successes_in_a_row": self.successes_in_a_row,
+            "last_probe_at": _iso(self.last_probe_at),
+            "last_result_status": self.last_result_status.value if self.last_result_status else None,
+            "last_error_class": self.last_error_class.value if self.last_error_class else None,
+            "last_error": self.last_error,
+            "last_error_at": _iso(self.last_error_at),
+            "last_success_at": _iso(self.last_success_at),
+            "last_failure_at": _iso(self.last_failure_at),
+            "availability": self.availability,
+            "samples": self.samples,
+            "samples_ok": self.samples_ok,
+            "latency_p50_ms": self.latency_p50_ms,
+            "latency_p95_ms": self.latency_p95_ms,
+            "latency_ewma_ms": self.latency_ewma_ms,
+            "models": [m.to_dict() for m in self.models],
+            "server_version": self.server_version,
+            "transitions_recent": self.transitions_recent,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A provider's live status changed; what alert rules and logs consume."""
+
+    provider: str
+    provider_type: str
+    previous: Status
+    current: Status
+    at: datetime  # start of the probe that caused the change
+    since_previous_s: float | None  # how long `previous` had lasted; None when it was UNKNOWN
+    error_class: ErrorClass | None = None  # from the probe that caused the change
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "provider_type": self.provider_type,
+            "previous": self.previous.value,
+            "current": self.current.value,
+            "at": _iso(self.at),
+            "since_previous_s": self.since_previous_s,
+            "error_class": self.error_class.value if self.error_class else None,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelServer:
+    """One provider serving one model, for the per-model view."""
+
+    provider: str
+    provider_type: str
+    status: Status
+    info: ModelInfo
+    first_seen: datetime
+    last_seen: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "provider_type": self.provider_type,
+            "status": self.status.value,
+            "model": self.info.to_dict(),
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+        }
+
+
+class TaskType(enum.StrEnum):
+    """What a caller wants to do; ranking.py maps each to the capabilities it implies."""
+
+    CHAT = "chat"
+    COMPLETION = "completion"
+    CODE_GENERATION = "code_generation"
+    CODE_ANALYSIS = "code_analysis"
+    EMBEDDING = "embedding"
+    RERANK = "rerank"
+    VISION = "vision"
+    TOOLS = "tools"
+    REASONING = "reasoning"
+
+
+class QualityPreference(enum.StrEnum):
+    FAST = "fast"  # latency weighs most
+    BALANCED = "balanced"
+    QUALITY = "quality"  # availability and model size / context weigh most
+
+
+_CRITERIA_KEYS = ("task_type", "required_capabilities", "max_tokens", "quality_preference", "model", "providers")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _choice(key: str, value: Any, kind: type[enum.StrEnum]) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {type(value).__name__}")
+    try:
+        return kind(value.strip().lower())
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise ValueError(f"{key}: {value!r} is not one of {allowed}") from None
+
+
+def _names(key: str, value: Any) -> list[str]:
+    """A list given as a comma-separated string (query parameter) or as a sequence of strings."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset):
+        raise ValueError(f"{key}: expected a list of strings or a comma-separated string")
+    names = []
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{key}: every entry must be a non-empty string, got {item!r}")
+        names.append(item.strip())
+    if not names:
+        raise ValueError(f"{key}: must name at least one entry")
+    return names
+
+
+def _capability(key: str, value: str) -> str:
+    name = value.lower()
+    if not set(name) <= _NAME_CHARS:
+        raise ValueError(f"{key}: {value!r} is not a capability name (letters, digits, _ . -)")
+    return CAPABILITY_ALIASES.get(name, name)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """What a caller needs from a provider; the default (all empty) ranks every healthy provider."""
+
+    task_type: TaskType | None = None
+    required_capabilities: frozenset[str] = frozenset()
+    max_tokens: int | None = None  # excludes providers whose KNOWN context is smaller
+    quality_preference: QualityPreference = QualityPreference.BALANCED
+    model: str | None = None  # exact id or glob (* ? [...]), case-insensitive
+    providers: frozenset[str] | None = None  # allow-list of provider names
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Criteria:
+        """Parse a JSON body or query parameters; raises ValueError naming the offending key.
+
+        Lists may be sequences or comma-separated strings; None means "not given"; empty strings are errors.
+        """
+        unknown = sorted(set(raw) - set(_CRITERIA_KEYS))
+        if unknown:
+            raise ValueError(f"unknown criteria field(s): {', '.join(unknown)}; "
+                             f"expected any of {', '.join(_CRITERIA_KEYS)}")
+        values: dict[str, Any] = {}
+        for key in _CRITERIA_KEYS:
+            value = raw.get(key)
+            if value is None:
+                continue
+            if isinstance(value, str) and not value.strip():
+                raise ValueError(f"{key}: must not be empty")
+            if key == "task_type":
+                values[key] = _choice(key, value, TaskType)
+            elif key == "quality_preference":
+                values[key] = _choice(key, value, QualityPreference)
+            elif key == "required_capabilities":
+                values[key] = frozenset(_capability(key, name) for name in _names(key, value))
+            elif key == "providers":
+                values[key] = frozenset(_names(key, value))
+            elif key == "max_tokens":
+                values[key] = _positive_int(key, value)
+            else:  # model
+                if not isinstance(value, str):
+                    raise ValueError(f"model: expected a string, got {type(value).__name__}")
+                values[key] = value.strip()
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_type": self.task_type.value if self.task_type else None,
+            "required_capabilities": sorted(self.required_capabilities),
+            "max_tokens": self.max_tokens,
+            "quality_preference": self.quality_preference.value,
+            "model": self.model,
+            "providers": sorted(self.providers) if self.providers is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RankedProvider:
+    """One eligible provider with its score and the parts the score is made of."""
+
+    provider: str
+    type: str
+    score: float
+    status: Status
+    components: Mapping[str, float]  # availability, latency, recency, priority, quality, task_fit, weight, ...
+    models: tuple[str, ...]  # models that matched the criteria (all listed ones when no model was asked)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "type": self.type,
+            "score": round(self.score, 6),
+            "status": self.status.value,
+            "components": {key: round(value, 6) for key, value in self.components.items()},
+            "models": list(self.models),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """Providers best first for one set of criteria, and why every other configured provider was left out."""
+
+    generated_at: datetime
+    criteria: Criteria
+    entries: tuple[RankedProvider, ...]
+    excluded: Mapping[str, tuple[str, ...]]  # provider name -> reasons
+
+    @property
+    def best(self) -> RankedProvider | None:
+        return self.entries[0] if self.entries else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "generated_at": _iso(self.generated_at),
+            "criteria": self.criteria.to_dict(),
+            "entries": [entry.to_dict() for entry in self.entries],
+            "excluded": {name: list(self.excluded[name]) for name in sorted(self.excluded)},
+        }
+
+
+# --- alerts ---
+
+
+class AlertType(enum.StrEnum):
+    """Every event a webhook can receive; the value is the JSON `type` and the `X-Monitord-Event` header."""
+
+    PROVIDER_DOWN = "provider.down"
+    PROVIDER_UP = "provider.up"  # recovery, with how long it was down
+    PROVIDER_DEGRADED = "provider.degraded"
+    PROVIDER_LOADING = "provider.loading"
+    PROVIDER_FLAPPING = "provider.flapping"
+    MODEL_ADDED = "model.added"
+    MODEL_REMOVED = "model.removed"
+    RANKING_BEST_CHANGED = "ranking.best_changed"
+    TEST = "test"
+
+
+ALERT_SCHEMA_VERSION = 1  # bump when a field of AlertEvent.to_dict() changes meaning or goes away
+
+
+@dataclass(frozen=True, slots=True)
+class AlertProvider:
+    """The provider an alert is about, as anyone may see it: the endpoint is ProviderSpec.redacted_endpoint."""
+
+    name: str
+    type: str
+    endpoint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "endpoint": self.endpoint}
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One thing worth telling the webhooks. Built by alerts.rules, stored in the outbox, rendered by formats.
+
+    `id` is a UUID that stays the same across retries and restarts (receivers de-duplicate on it).
+    `silenced_by` names the silence that matched: the event is recorded but not delivered.
+    """
+
+    id: str
+    type: AlertType
+    at: datetime  # when it happened (start of the probe that caused it), timezone-aware UTC
+    provider: AlertProvider | None = None  # None for `test`
+    previous_status: Status | None = None
+    status: Status | None = None
+    since: datetime | None = None  # when the provider entered `status` (or began failing, for down)
+    failures_in_a_row: int = 0
+    error_class: ErrorClass | None = None
+    error: str | None = None  # short message, secrets already scrubbed by the probe
+    down_for_s: float | None = None  # provider.up: how long it was not up
+    models: tuple[str, ...] = ()  # model.added / model.removed: the model ids
+    details: Mapping[str, Any] = field(default_factory=dict)  # JSON-safe extras of one event type
+    silenced_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON schema (also the `json` webhook format and the outbox payload)."""
+        return {
+            "version": ALERT_SCHEMA_VERSION,
+            "id": self.id,
+            "type": self.type.value,
+            "at": _iso(self.at),
+            "provider": self.provider.to_dict() if self.provider else None,
+            "previous_status": self.previous_status.value if self.previous_status else None,
+            "status": self.status.value if self.status else None,
+            "since": _iso(self.since),
+            "failures_in_a_row": self.failures_in_a_row,
+            "error_class": self.error_class.value if self.error_class else None,
+            "error": self.error,
+            "down_for_s": self.down_for_s,
+            "models": list(self.models),
+            "details": dict(self.details),
+            "silenced_by": self.silenced_by,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> AlertEvent:
+        provider = raw.get("provider")
+        previous, status, error_class = raw.get("previous_status"), raw.get("status"), raw.get("error_class")
+        return cls(
+            id=str(raw["id"]),
+            type=AlertType(raw["type"]),
+            at=datetime.fromisoformat(raw["at"]),
+            provider=AlertProvider(str(provider["name"]), str(provider["type"]), str(provider["endpoint"]))
+            if provider else None,
+            previous_status=Status(previous) if previous else None,
+            status=Status(status) if status else None,
+            since=_parse_time(raw.get("since")),
+            failures_in_a_row=int(raw.get("failures_in_a_row") or 0),
+            error_class=ErrorClass(error_class) if error_class else None,
+            error=raw.get("error"),
+            down_for_s=raw.get("down_for_s"),
+            models=tuple(raw.get("models") or ()),
+            details=dict(raw.get("details") or {}),
+            silenced_by=raw.get("silenced_by"),
+        )

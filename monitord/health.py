@@ -1,0 +1,342 @@
+"""Pure: fold probe results into live per-provider state (status with hysteresis, rolling windows, models).
+
+No I/O and no clock reads: every call takes `now`. Event times (since, last_*_at, StatusChange.at) are the
+probes' own start times, so a replay from the store gives the same state as the live run did.
+
+Status rules (one probe result at a time):
+- a result counts as a success when it is UP or DEGRADED (the server answered and listed what it serves) and as a
+  failure when it is DOWN or LOADING (it cannot serve a request now);
+- the first result of a provider (status UNKNOWN) sets the status directly, so a fresh daemon says up or down at once;
+- LOADING and DEGRADED results are reported immediately, from any status;
+- DOWN needs `failure_threshold` failures in a row (a LOADING result counts towards it);
+- from DOWN, UP needs `success_threshold` successes in a row; from LOADING or DEGRADED an UP result is immediate.
+Latency statistics use successful results only; the EWMA is forgotten once no latency sample is left in the window.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from monitord.model import (
+    ErrorClass,
+    ModelInfo,
+    ModelServer,
+    ProbeResult,
+    ProviderState,
+    ServedModel,
+    Status,
+    StatusChange,
+)
+
+_OK = frozenset({Status.UP, Status.DEGRADED})
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    failure_threshold: int = 3  # failures in a row before an UP/DEGRADED/LOADING provider is DOWN
+    success_threshold: int = 2  # successes in a row before a DOWN provider is UP again
+    window_s: float = 900.0  # availability and latency window
+    ewma_alpha: float = 0.3  # weight of the newest latency in the EWMA
+    flap_window_s: float = 3600.0  # status changes counted in `transitions_recent`
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.success_threshold < 1:
+            raise ValueError("failure_threshold and success_threshold must be at least 1")
+        if self.window_s <= 0 or self.flap_window_s <= 0:
+            raise ValueError("window_s and flap_window_s must be positive")
+        if not 0.0 < self.ewma_alpha <= 1.0:
+            raise ValueError("ewma_alpha must be in (0, 1]")
+
+
+class ProbeRecord(Protocol):
+    """The part of a stored probe row a rebuild needs; the store's ProbeSample fits it as it is."""
+
+    @property
+    def ts(self) -> datetime: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def status(self) -> Status | str: ...
+    @property
+    def error_class(self) -> ErrorClass | str | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def total_ms(self) -> float | None: ...
+
+
+def next_status(current: Status, result: Status, failures_in_a_row: int, successes_in_a_row: int,
+                policy: HealthPolicy) -> Status:
+    """The status after one result; the counters already include that result."""
+    if current is Status.UNKNOWN or result in (Status.LOADING, Status.DEGRADED):
+        return result
+    if result is Status.UP:
+        if current is Status.DOWN and successes_in_a_row < policy.success_threshold:
+            return Status.DOWN
+        return Status.UP
+    # DOWN (or a result that should never be UNKNOWN: treated the same way)
+    return Status.DOWN if failures_in_a_row >= policy.failure_threshold else current
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); q in [0, 1]."""
+    if not sorted_values:
+        return None
+    position = (len(sorted_values) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+def _status(value: Status | str) -> Status:
+    return value if isinstance(value, Status) else Status(value)
+
+
+def _error_class(value: ErrorClass | str | None) -> ErrorClass | None:
+    if value is None or isinstance(value, ErrorClass):
+        return value
+    try:
+        return ErrorClass(value)
+    except ValueError:  # a class a newer monitord wrote; keep the fact that it failed
+        return ErrorClass.INTERNAL
+
+
+class ProviderTracker:
+    """Mutable bookkeeping behind one provider's immutable ProviderState snapshots."""
+
+    __slots__ = ("_changes", "_ewma_ms", "_latencies", "_models", "_ok", "_samples", "name", "policy",
+                 "provider_type", "state")
+
+    def __init__(self, name: str, provider_type: str, policy: HealthPolicy) -> None:
+        self.name = name
+        self.provider_type = provider_type
+        self.policy = policy
+        self.state = ProviderState(name=name, type=provider_type)
+        self._samples: deque[tuple[float, bool, float | None]] = deque()  # (ts_s, ok, latency_ms)
+        self._ok = 0
+        self._latencies: list[float] = []  # latencies in the window, kept sorted
+        self._ewma_ms: float | None = None
+        self._changes: deque[float] = deque()  # ts_s of status changes in the flap window
+        self._models: tuple[ServedModel, ...] = ()
+
+    def fold(self, result: ProbeResult, now: datetime) -> StatusChange | None:
+        """Take one probe result; returns the status change it caused, if any."""
+        self._take_models(result)
+        return self._fold(result.started_at, result.status, result.error_class, result.error,
+                          result.total_ms, result.server_version, now)
+
+    def fold_record(self, record: ProbeRecord, now: datetime) -> StatusChange | None:
+        """Take one stored probe row (no model list: models come back with the next live probe)."""
+        return self._fold(record.ts, _status(record.status), _error_class(record.error_class), record.error,
+                          record.total_ms, None, now)
+
+    def expire(self, now: datetime) -> ProviderState:
+        """Drop samples that left the windows by `now` and publish the refreshed snapshot."""
+        if self._expire(now.timestamp()):
+            self.state = replace(self.state, **self._window())
+        return self.state
+
+    def _take_models(self, result: ProbeResult) -> None:
+        # A DOWN or LOADING answer without a list says nothing about models: keep the last known ones.
+        if not result.models and result.status not in _OK:
+            return
+        previous = {m.id: m for m in self._models}
+        at = result.started_at
+        self._models = tuple(
+            ServedModel(info.id, info, previous[info.id].first_seen if info.id in previous else at, at)
+            for info in _unique(result.models)
+        )
+
+    def _fold(self, at: datetime, result: Status, error_class: ErrorClass | None, error: str | None,
+              total_ms: float | None, server_version: str | None, now: datetime) -> StatusChange | None:
+        old = self.state
+        ok = result in _OK
+        ts_s = at.timestamp()
+        latency_ms = total_ms if ok else None
+        self._samples.append((ts_s, ok, latency_ms))
+        if ok:
+            self._ok += 1
+        if latency_ms is not None:
+            bisect.insort(self._latencies, latency_ms)
+            alpha = self.policy.ewma_alpha
+            self._ewma_ms = latency_ms if self._ewma_ms is None else alpha * latency_ms + (1 - alpha) * self._ewma_ms
+        failures = 0 if ok else old.failures_in_a_row + 1
+        successes = old.successes_in_a_row + 1 if ok else 0
+        status = next_status(old.status, result, failures, successes, self.policy)
+        change = None
+        since = old.since
+        if status is not old.status:
+            since = at
+            if old.status is not Status.UNKNOWN:
+                self._changes.append(ts_s)
+            change = StatusChange(
+                provider=self.name, provider_type=self.provider_type, previous=old.status, current=status, at=at,
+                since_previous_s=(at - old.since).total_seconds() if old.since is not None else None,
+                error_class=error_class, error=error,
+            )
+        failed = error_class is not None or not ok
+        self._expire(now.timestamp())
+        self.state = ProviderState(
+            name=self.name,
+            type=self.provider_type,
+            status=status,
+            since=since,
+            failures_in_a_row=failures,
+            successes_in_a_row=successes,
+            last_probe_at=at,
+            last_result_status=result,
+            last_error_class=error_class if failed else old.last_error_class,
+            last_error=error if failed else old.last_error,
+            last_error_at=at if failed else old.last_error_at,
+            last_success_at=at if ok else old.last_success_at,
+            last_failure_at=old.last_failure_at if ok else at,
+            server_version=server_version or old.server_version,
+            models=self._models,
+            **self._window(),
+        )
+        return change
+
+    def _expire(self, now_s: float) -> bool:
+        changed = False
+        cutoff_s = now_s - self.policy.window_s
+        samples = self._samples
+        while samples and samples[0][0] < cutoff_s:
+            _, ok, latency_ms = samples.popleft()
+            changed = True
+            if ok:
+                self._ok -= 1
+            if latency_ms is not None:
+                del self._latencies[bisect.bisect_left(self._latencies, latency_ms)]
+        if not self._latencies:
+            self._ewma_ms = None
+        flap_cutoff_s = now_s - self.policy.flap_window_s
+        while self._changes and self._changes[0] < flap_cutoff_s:
+            self._changes.popleft()
+            changed = True
+        return changed
+
+    def _window(self) -> dict[str, Any]:
+        """The window statistics of the snapshot (the window must already be aged)."""
+        count = len(self._samples)
+        latencies = self._latencies
+        return {
+            "availability": self._ok / count if count else None,
+            "samples": count,
+            "samples_ok": self._ok,
+            "latency_p50_ms": percentile(latencies, 0.5),
+            "latency_p95_ms": percentile(latencies, 0.95),
+            "latency_ewma_ms": self._ewma_ms,
+            "transitions_recent": len(self._changes),
+        }
+
+
+def _unique(models: Iterable[ModelInfo]) -> list[ModelInfo]:
+    """First listing of each id wins: a server that lists a model twice serves it once."""
+    seen: dict[str, ModelInfo] = {}
+    for info in models:
+        seen.setdefault(info.id, info)
+    return list(seen.values())
+
+
+def update(tracker: ProviderTracker, result: ProbeResult, now: datetime) -> tuple[ProviderState, list[StatusChange]]:
+    """Functional face of ProviderTracker.fold: the new snapshot and the changes (zero or one)."""
+    change = tracker.fold(result, now)
+    return tracker.state, [change] if change is not None else []
+
+
+class LiveState:
+    """Every provider's live state: a mutable container of immutable ProviderState snapshots.
+
+    `version` grows on every change so readers (API, ranking) can cache what they derive from it.
+    """
+
+    def __init__(self, policy: HealthPolicy | None = None) -> None:
+        self.policy = policy or HealthPolicy()
+        self.version = 0
+        self._trackers: dict[str, ProviderTracker] = {}
+        self._states: dict[str, ProviderState] = {}
+        self._models_view: tuple[int, Mapping[str, tuple[ModelServer, ...]]] | None = None
+
+    def track(self, name: str, provider_type: str) -> ProviderState:
+        """Make a configured provider known (UNKNOWN until its first probe); a no-op when already tracked."""
+        tracker = self._trackers.get(name)
+        if tracker is None or tracker.provider_type != provider_type:
+            tracker = self._trackers[name] = ProviderTracker(name, provider_type, self.policy)
+            self._states[name] = tracker.state
+            self.version += 1
+        return tracker.state
+
+    def fold(self, result: ProbeResult, now: datetime) -> list[StatusChange]:
+        tracker = self._trackers.get(result.provider)
+        if tracker is None:
+            self.track(result.provider, result.provider_type)
+            tracker = self._trackers[result.provider]
+        change = tracker.fold(result, now)
+        self._states[result.provider] = tracker.state
+        self.version += 1
+        return [change] if change is not None else []
+
+    def get(self, name: str) -> ProviderState | None:
+        return self._states.get(name)
+
+    def all(self) -> Mapping[str, ProviderState]:
+        """A read-only live view (not a copy): name -> state."""
+        return MappingProxyType(self._states)
+
+    def remove(self, name: str) -> bool:
+        """Forget a provider (removed from the config). Returns whether it was tracked."""
+        if self._trackers.pop(name, None) is None:
+            return False
+        del self._states[name]
+        self.version += 1
+        return True
+
+    def expire(self, now: datetime) -> None:
+        """Age every window to `now`, for providers that have not been probed lately."""
+        for name, tracker in self._trackers.items():
+            before = tracker.state
+            if tracker.expire(now) is not before:
+                self._states[name] = tracker.state
+                self.version += 1
+
+    def rebuild(self, records: Iterable[ProbeRecord], now: datetime, provider_types: Mapping[str, str]) -> None:
+        """Start over from stored probes, oldest first, so a restart remembers who was down.
+
+        Only providers in `provider_types` (name -> type, i.e. the configured ones) are kept; their records are
+        replayed as they happened (each with its own time as `now`) and the windows then aged to `now`.
+        No StatusChange is reported: those were alerted on by the run that saw them.
+        """
+        self._trackers = {name: ProviderTracker(name, kind, self.policy) for name, kind in provider_types.items()}
+        for record in records:
+            tracker = self._trackers.get(record.provider)
+            if tracker is not None:
+                tracker.fold_record(record, record.ts)
+        for tracker in self._trackers.values():
+            tracker.expire(now)
+        self._states = {name: tracker.state for name, tracker in self._trackers.items()}
+        self.version += 1
+
+    def models_view(self) -> Mapping[str, tuple[ModelServer, ...]]:
+        """model id -> the providers listing it now (by provider name), with their live status."""
+        if self._models_view is not None and self._models_view[0] == self.version:
+            return self._models_view[1]
+        servers: dict[str, list[ModelServer]] = {}
+        for name in sorted(self._states):
+            state = self._states[name]
+            for served in state.models:
+                servers.setdefault(served.id, []).append(ModelServer(
+                    provider=name, provider_type=state.type, status=state.status, info=served.info,
+                    first_seen=served.first_seen, last_seen=served.last_seen,
+                ))
+        view: Mapping[str, tuple[ModelServer, ...]] = MappingProxyType(
+            {model_id: tuple(servers[model_id]) for model_id in sorted(servers)}
+        )
+        self._models_view = (self.version, view)
+        return view

@@ -1,0 +1,370 @@
+"""Pure: rank providers for a set of criteria from their live state; every score carries its parts.
+
+No I/O and no clock reads (`now` is an argument). `Ranker` keeps the criteria-independent preparation of each
+provider between calls, keyed by the identity of its immutable state and spec, so a request pays only for
+matching and scoring; `rank()` is the one-shot form.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from fnmatch import translate
+
+from monitord.model import (
+    CAPABILITY_ALIASES,
+    Criteria,
+    ModelInfo,
+    ModelKind,
+    ProviderSpec,
+    ProviderState,
+    QualityPreference,
+    RankedProvider,
+    Ranking,
+    Status,
+    TaskType,
+)
+
+_CHAT_OR_COMPLETION = frozenset({"chat", "completion"})
+
+# Capabilities each task needs; every set is "any of", and all sets must be met.
+TASK_REQUIREMENTS: Mapping[TaskType, tuple[frozenset[str], ...]] = {
+    TaskType.CHAT: (frozenset({"chat"}),),
+    TaskType.COMPLETION: (frozenset({"completion"}),),
+    TaskType.CODE_GENERATION: (_CHAT_OR_COMPLETION,),
+    TaskType.CODE_ANALYSIS: (_CHAT_OR_COMPLETION,),
+    TaskType.REASONING: (_CHAT_OR_COMPLETION,),
+    TaskType.EMBEDDING: (frozenset({"embeddings"}),),
+    TaskType.RERANK: (frozenset({"rerank"}),),
+    TaskType.VISION: (frozenset({"chat"}), frozenset({"vision"})),
+    TaskType.TOOLS: (frozenset({"chat"}), frozenset({"tools"})),
+}
+
+# Any chat model can write or read code; one that says so (config, model card, or a "code" model id) gets the
+# task_fit part of the score instead of being required.
+TASK_PREFERENCE: Mapping[TaskType, str] = {
+    TaskType.CODE_GENERATION: "code_generation",
+    TaskType.CODE_ANALYSIS: "code_analysis",
+    TaskType.REASONING: "reasoning",
+}
+_SATISFIED_BY: Mapping[str, frozenset[str]] = {
+    "code_generation": _CHAT_OR_COMPLETION,
+    "code_analysis": _CHAT_OR_COMPLETION,
+}
+_CODE = frozenset({"code_generation", "code_analysis"})
+
+# What an embedding or rerank model cannot do, whatever its provider's type says.
+_GENERATIVE = frozenset({"chat", "completion", "streaming", "code_generation", "code_analysis", "tools", "vision",
+                         "reasoning"})
+_KIND_CAPABILITIES: Mapping[ModelKind, frozenset[str]] = {
+    ModelKind.EMBEDDING: frozenset({"embeddings"}),
+    ModelKind.RERANK: frozenset({"rerank"}),
+    ModelKind.VISION: frozenset({"vision"}),
+}
+
+# Score weights by preference; each row sums to 1 so the weighted sum stays in [0, 1].
+WEIGHTS: Mapping[QualityPreference, Mapping[str, float]] = {
+    QualityPreference.FAST: {"availability": 0.30, "latency": 0.45, "recency": 0.15, "priority": 0.05,
+                             "quality": 0.00, "task_fit": 0.05},
+    QualityPreference.BALANCED: {"availability": 0.35, "latency": 0.25, "recency": 0.15, "priority": 0.10,
+                                 "quality": 0.10, "task_fit": 0.05},
+    QualityPreference.QUALITY: {"availability": 0.35, "latency": 0.05, "recency": 0.15, "priority": 0.10,
+                                "quality": 0.30, "task_fit": 0.05},
+}
+# Degraded and loading providers stay eligible but always sort below every UP one (tier), and score less.
+_STATUS_TIER: Mapping[Status, tuple[int, float]] = {
+    Status.UP: (0, 1.0),
+    Status.DEGRADED: (1, 0.5),
+    Status.LOADING: (2, 0.25),
+}
+_UNKNOWN_QUALITY = 0.25  # neither size nor context known: scored like a small model
+
+_SIZE = re.compile(r"(?<![a-z0-9.])(?:(\d+)x)?(\d+(?:\.\d+)?)([mbt])(?![a-z])", re.IGNORECASE)
+_SIZE_UNIT_B = {"m": 1e-3, "b": 1.0, "t": 1e3}
+
+
+@dataclass(frozen=True, slots=True)
+class RankingPolicy:
+    recovery_tau_s: float = 300.0  # recency = 1 - exp(-time since last failure / tau)
+    latency_floor_ms: float = 25.0  # added to both sides of best/latency: a few ms apart is not a difference
+    wilson_z: float = 1.96  # availability is the Wilson lower bound at this z (few samples count less)
+
+
+def wilson_lower_bound(successes: int, samples: int, z: float = 1.96) -> float:
+    """Lower bound of the Wilson score interval; 0 when there is no sample."""
+    if samples <= 0:
+        return 0.0
+    p = successes / samples
+    z2 = z * z
+    centre = p + z2 / (2 * samples)
+    margin = z * math.sqrt(p * (1 - p) / samples + z2 / (4 * samples * samples))
+    return max(0.0, (centre - margin) / (1 + z2 / samples))
+
+
+def parameter_billions(text: str | None) -> float | None:
+    """'7B' -> 7.0, '137M' -> 0.137, 'mixtral-8x7b' -> 56.0; None when the text names no size."""
+    if not text:
+        return None
+    match = _SIZE.search(text)
+    if match is None:
+        return None
+    experts, number, unit = match.groups()
+    return float(number) * _SIZE_UNIT_B[unit.lower()] * (int(experts) if experts else 1)
+
+
+def model_quality(info: ModelInfo | None, model_id: str | None) -> float:
+    """A [0, 1] guess at how capable a model is from its size and context (mean of what is known)."""
+    parts: list[float] = []
+    billions = parameter_billions(info.parameter_size if info else None) or parameter_billions(model_id)
+    if billions:
+        parts.append(min(1.0, max(0.0, (math.log10(billions) + 1) / (math.log10(400) + 1))))
+    context = info.context_length if info else None
+    if context and context > 0:
+        parts.append(min(1.0, max(0.0, (math.log2(context) - 10) / 10)))
+    return sum(parts) / len(parts) if parts else _UNKNOWN_QUALITY
+
+
+class _Offer:
+    """One model a provider offers, with what it can do; id None when the provider lists no model at all."""
+
+    __slots__ = ("capabilities", "context_length", "declared", "id", "key", "quality")
+
+    def __init__(self, spec_capabilities: frozenset[str], info: ModelInfo | None, model_id: str | None) -> None:
+        own = frozenset(CAPABILITY_ALIASES.get(c, c) for c in info.capabilities) if info else frozenset()
+        if info is not None and info.kind is not None:
+            own |= _KIND_CAPABILITIES.get(info.kind, frozenset())
+        generative = spec_capabilities
+        if (info is not None and info.kind in (ModelKind.EMBEDDING, ModelKind.RERANK)) or (
+                own & {"embeddings", "rerank"} and not own & _CHAT_OR_COMPLETION):
+            generative = spec_capabilities - _GENERATIVE
+        self.id = model_id
+        self.key = model_id.lower() if model_id is not None else None
+        self.capabilities = own | generative
+        self.declared = own | spec_capabilities
+        if model_id is not None and "code" in model_id.lower() and "embed" not in model_id.lower():
+            self.declared |= _CODE
+        self.context_length = info.context_length if info else None
+        self.quality = model_quality(info, model_id)
+
+
+class _Fit:
+    """How one provider meets one query: the offers that fit and the parts of the score they decide."""
+
+    __slots__ = ("models", "quality", "reasons", "task_fit")
+
+    def __init__(self, offers: tuple[_Offer, ...], reasons: tuple[str, ...], preferred: str | None) -> None:
+        self.reasons = reasons  # () when eligible
+        self.models = tuple(o.id for o in offers if o.id is not None)
+        self.quality = max((o.quality for o in offers), default=0.0)
+        self.task_fit = 1.0 if preferred is None or any(preferred in o.declared for o in offers) else 0.0
+
+
+class _Prepared:
+    """Everything about one provider that does not depend on the criteria, and its fits to recent queries."""
+
+    __slots__ = ("availability", "fits", "last_failure_s", "latency_ms", "offers", "priority", "priority_part",
+                 "spec", "state", "status", "status_factor", "status_reasons", "tier", "weight")
+
+    def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy) -> None:
+        self.state = state
+        self.spec = spec
+        self.status = state.status if state is not None else Status.UNKNOWN
+        self.tier, self.status_factor = _STATUS_TIER.get(self.status, (3, 0.0))
+        self.status_reasons = _status_reasons(state, spec)
+        self.priority = spec.priority
+        self.priority_part = 0.5 + 0.5 * spec.priority / (abs(spec.priority) + 5)
+        self.weight = max(0.0, spec.weight)
+        if state is None:
+            self.availability, self.latency_ms, self.last_failure_s = 0.0, None, None
+        else:
+            self.availability = wilson_lower_bound(state.samples_ok, state.samples, policy.wilson_z)
+            self.latency_ms = state.latency_ewma_ms if state.latency_ewma_ms is not None else state.latency_p50_ms
+            self.last_failure_s = state.last_failure_at.timestamp() if state.last_failure_at else None
+        capabilities = frozenset(CAPABILITY_ALIASES.get(c, c) for c in spec.capabilities)
+        if not spec.streaming_support:
+            capabilities -= {"streaming"}
+        if state is not None and state.models:
+            offers = [_Offer(capabilities, m.info, m.id) for m in state.models]
+        elif spec.models:  # a server whose list is empty or not yet seen: trust the config
+            offers = [_Offer(capabilities, None, model_id) for model_id in spec.models]
+        else:
+            offers = [_Offer(capabilities, None, None)]
+        self.offers = tuple(sorted(offers, key=lambda offer: offer.id or ""))
+        # Requests repeat the same few criteria while a state lives (one probe interval): remember the fits.
+        self.fits: dict[tuple[object, ...], _Fit] = {}
+
+    def fit(self, query: _Query) -> _Fit:
+        fit = self.fits.get(query.key)
+        if fit is None:
+            if len(self.fits) >= _FITS_KEPT:
+                self.fits.clear()
+            offers, reason = query.match(self.offers)
+            reasons = self.status_reasons if reason is None else (*self.status_reasons, reason)
+            fit = self.fits[query.key] = _Fit(offers, reasons, query.preferred)
+        return fit
+
+
+_FITS_KEPT = 32
+
+
+def _status_reasons(state: ProviderState | None, spec: ProviderSpec) -> tuple[str, ...]:
+    if not spec.enabled:
+        return ("disabled in config",)
+    if state is None or state.status is Status.UNKNOWN:
+        return ("status unknown (not probed yet)",)
+    if state.status is not Status.DOWN:
+        return ()
+    reason = "status down"
+    if state.since is not None:
+        reason += f" since {state.since.isoformat()}"
+    if state.last_error_class is not None:
+        reason += f" ({state.last_error_class.value}" + (f": {state.last_error})" if state.last_error else ")")
+    return (reason,)
+
+
+class _Query:
+    """The criteria compiled once per request."""
+
+    def __init__(self, criteria: Criteria) -> None:
+        groups: list[tuple[str, frozenset[str]]] = []
+        for capability in sorted(criteria.required_capabilities):
+            groups.append((capability, frozenset({capability}) | _SATISFIED_BY.get(capability, frozenset())))
+        task = TaskType(criteria.task_type) if criteria.task_type is not None else None
+        if task is not None:
+            for group in TASK_REQUIREMENTS[task]:
+                groups.append((" or ".join(sorted(group)), group))
+        self.groups = tuple(groups)
+        self.max_tokens = criteria.max_tokens
+        self.model = criteria.model
+        self.model_match: Callable[[str], object] | None = None  # truthy on a match
+        if criteria.model is not None:
+            pattern = criteria.model.lower()
+            if any(char in pattern for char in "*?["):
+                self.model_match = re.compile(translate(pattern)).match
+            else:
+                self.model_match = pattern.__eq__
+        self.preferred = TASK_PREFERENCE.get(task) if task is not None else None
+        self.weights = WEIGHTS[QualityPreference(criteria.quality_preference)]
+        self.key = (task, criteria.required_capabilities, criteria.max_tokens, criteria.model)
+
+    def match(self, offers: tuple[_Offer, ...]) -> tuple[tuple[_Offer, ...], str | None]:
+        """The offers that meet the criteria, or why none does."""
+        if self.model_match is not None:
+            match = self.model_match
+            found = tuple(o for o in offers if o.key is not None and match(o.key))
+            if not found:
+                listed = offers[0].id is not None
+                return found, f"model {self.model!r} not served" + ("" if listed else " (no model list yet)")
+            offers = found
+        if self.groups:
+            fitting = tuple(o for o in offers if all(not g.isdisjoint(o.capabilities) for _, g in self.groups))
+            if not fitting:
+                missing = min(
+                    (tuple(label for label, g in self.groups if g.isdisjoint(o.capabilities)) for o in offers),
+                    key=len,
+                )
+                return fitting, "missing capabilities: " + ", ".join(missing)
+            offers = fitting
+        if self.max_tokens is not None:
+            limit = self.max_tokens
+            fitting = tuple(o for o in offers if o.context_length is None or o.context_length >= limit)
+            if not fitting:
+                largest = max(o.context_length or 0 for o in offers)
+                return fitting, f"context too small: largest known {largest} < max_tokens {limit}"
+            offers = fitting
+        return offers, None
+
+
+class Ranker:
+    """Ranks providers; reuses each provider's preparation while its state and spec objects stay the same."""
+
+    def __init__(self, policy: RankingPolicy | None = None) -> None:
+        self.policy = policy or RankingPolicy()
+        self._prepared: dict[str, _Prepared] = {}
+
+    def rank(self, states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec], criteria: Criteria,
+             now: datetime, *, limit: int | None = None) -> Ranking:
+        """Configured providers (`specs`) best first; every other one under `excluded` with its reasons.
+
+        Order: status tier (up, degraded, loading), then score desc, priority desc, name asc. A provider not in
+        an allow-list (`criteria.providers`) is left out silently; a listed name that is not configured is
+        excluded as such. `limit` caps the entries (not the exclusions) and saves building the rest.
+        """
+        query = _Query(criteria)
+        key = query.key
+        excluded: dict[str, tuple[str, ...]] = {}
+        candidates: list[tuple[_Prepared, _Fit]] = []
+        prepared_for = self._prepared.get
+        state_for = states.get
+        allowed = criteria.providers
+        names: Iterable[str] = specs if allowed is None else sorted(allowed & specs.keys())
+        for name in names:
+            spec = specs[name]
+            state = state_for(name)
+            prepared = prepared_for(name)
+            if prepared is None or prepared.state is not state or prepared.spec is not spec:
+                prepared = self._prepared[name] = _Prepared(state, spec, self.policy)
+            fit = prepared.fits.get(key) or prepared.fit(query)
+            if fit.reasons:
+                excluded[name] = fit.reasons
+            else:
+                candidates.append((prepared, fit))
+        if allowed is not None:
+            for name in sorted(allowed - specs.keys()):
+                excluded[name] = ("not configured",)
+        if len(self._prepared) > 2 * len(specs) + 16:
+            self._prepared = {name: p for name, p in self._prepared.items() if name in specs}
+        entries = self._score(candidates, query, now, limit)
+        return Ranking(generated_at=now, criteria=criteria, entries=entries, excluded=excluded)
+
+    def _score(self, candidates: list[tuple[_Prepared, _Fit]], query: _Query, now: datetime,
+               limit: int | None) -> tuple[RankedProvider, ...]:
+        latencies = [p.latency_ms for p, _ in candidates if p.latency_ms is not None]
+        floor_ms = self.policy.latency_floor_ms
+        best_ms = min(latencies) + floor_ms if latencies else floor_ms
+        now_s = now.timestamp()
+        tau_s = self.policy.recovery_tau_s
+        exp = math.exp
+        w = query.weights
+        w_availability, w_latency, w_recency = w["availability"], w["latency"], w["recency"]
+        w_priority, w_quality, w_task_fit = w["priority"], w["quality"], w["task_fit"]
+        # Sort keys end with the candidate's index: names are unique, so nothing past the name is compared.
+        keyed: list[tuple[int, float, int, str, int]] = []
+        parts: list[tuple[float, float]] = []
+        for index, (prepared, fit) in enumerate(candidates):
+            latency_ms = prepared.latency_ms
+            latency = best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
+            failed_s = prepared.last_failure_s
+            recency = 1.0 if failed_s is None else 1.0 - exp(-max(0.0, now_s - failed_s) / tau_s)
+            total = (w_availability * prepared.availability + w_latency * latency + w_recency * recency
+                     + w_priority * prepared.priority_part + w_quality * fit.quality + w_task_fit * fit.task_fit)
+            keyed.append((prepared.tier, -prepared.weight * prepared.status_factor * total, -prepared.priority,
+                          prepared.spec.name, index))
+            parts.append((latency, recency))
+        if limit is not None and limit < len(keyed):
+            keyed = heapq.nsmallest(max(0, limit), keyed)
+        else:
+            keyed.sort()
+        return tuple(_entry(-k[1], *candidates[k[4]], *parts[k[4]]) for k in keyed)
+
+
+def _entry(score: float, prepared: _Prepared, fit: _Fit, latency: float, recency: float) -> RankedProvider:
+    return RankedProvider(
+        provider=prepared.spec.name, type=prepared.spec.type, score=score, status=prepared.status,
+        components={
+            "availability": prepared.availability, "latency": latency, "recency": recency,
+            "priority": prepared.priority_part, "quality": fit.quality, "task_fit": fit.task_fit,
+            "weight": prepared.weight, "status_factor": prepared.status_factor,
+        },
+        models=fit.models,
+    )
+
+
+def rank(states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec], criteria: Criteria,
+         now: datetime, *, limit: int | None = None, policy: RankingPolicy | None = None) -> Ranking:
+    """One-shot ranking; hold a Ranker instead to reuse per-provider preparation across calls."""
+    return Ranker(policy).rank(states, specs, criteria, now, limit=limit)
