@@ -1,0 +1,1 @@
+"""Integration tests against real third-party servers (marker `slow`)."""
