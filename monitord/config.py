@@ -367,6 +367,9 @@ def _http_url(value: str) -> SplitResult:
         raise ValueError("must not be empty")
     if any(c.isspace() for c in text):
         raise ValueError(f"'{shown}' is not a valid URL: it contains spaces")
+    other_scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):(?!\d)", text)  # "host:8000" is no scheme
+    if "://" not in text and other_scheme:
+        raise ValueError(f"uses {other_scheme.group(1)}: but only http:// and https:// URLs are supported")
     if "://" not in text:
         raise ValueError(f"'{shown}' is not a URL: it must start with http:// or https:// "
                          f"(e.g. http://{shown})")
@@ -388,7 +391,8 @@ def _endpoint(value: str | None) -> str | None:
         return None
     parts = _http_url(value)
     if parts.query or parts.fragment:
-        raise ValueError(f"'{_redact_url(value.strip())}' must not have a query string or fragment")
+        raise ValueError("must not have a query string or fragment (put credentials in api_key or "
+                         "parameters.headers)")
     path = parts.path.rstrip("/")
     if path.lower().endswith("/v1"):
         path = path[:-3].rstrip("/")
@@ -952,6 +956,8 @@ def parse_config(text: str, *, source: str = "<string>", env: Mapping[str, str] 
     if not isinstance(data, dict):
         raise ConfigError([("", f"expected key: value lines at the top (starting with 'providers:'), "
                                 f"got {_describe(data)}")], lines=[1], source=source)
+    # `x-...` top-level keys hold YAML anchors to share (as in docker compose); they are not settings
+    data = {key: value for key, value in data.items() if not (isinstance(key, str) and key.startswith("x-"))}
     problems: list[tuple[Loc, str]] = []
     expanded = _interpolate(data, os.environ if env is None else env, (), problems)
     if problems:
