@@ -68,12 +68,12 @@ _KIND_CAPABILITIES: Mapping[ModelKind, frozenset[str]] = {
 
 # Score weights by preference; each row sums to 1 so the weighted sum stays in [0, 1].
 WEIGHTS: Mapping[QualityPreference, Mapping[str, float]] = {
-    QualityPreference.FAST: {"availability": 0.30, "latency": 0.45, "recency": 0.15, "priority": 0.05,
-                             "quality": 0.00, "task_fit": 0.05},
-    QualityPreference.BALANCED: {"availability": 0.35, "latency": 0.25, "recency": 0.15, "priority": 0.10,
-                                 "quality": 0.10, "task_fit": 0.05},
-    QualityPreference.QUALITY: {"availability": 0.35, "latency": 0.05, "recency": 0.15, "priority": 0.10,
-                                "quality": 0.30, "task_fit": 0.05},
+    QualityPreference.FAST: {"availability": 0.25, "latency": 0.45, "recency": 0.15, "priority": 0.05,
+                             "quality": 0.00, "task_fit": 0.10},
+    QualityPreference.BALANCED: {"availability": 0.30, "latency": 0.25, "recency": 0.15, "priority": 0.10,
+                                 "quality": 0.10, "task_fit": 0.10},
+    QualityPreference.QUALITY: {"availability": 0.30, "latency": 0.05, "recency": 0.15, "priority": 0.10,
+                                "quality": 0.30, "task_fit": 0.10},
 }
 # Degraded and loading providers stay eligible but always sort below every UP one (tier), and score less.
 _STATUS_TIER: Mapping[Status, tuple[int, float]] = {
@@ -90,7 +90,7 @@ _SIZE_UNIT_B = {"m": 1e-3, "b": 1.0, "t": 1e3}
 @dataclass(frozen=True, slots=True)
 class RankingPolicy:
     recovery_tau_s: float = 300.0  # recency = 1 - exp(-time since last failure / tau)
-    latency_floor_ms: float = 25.0  # added to both sides of best/latency: a few ms apart is not a difference
+    latency_floor_ms: float = 50.0  # added to both sides of best/latency: a few ms apart is no difference
     wilson_z: float = 1.96  # availability is the Wilson lower bound at this z (few samples count less)
 
 

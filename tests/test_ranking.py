@@ -1,0 +1,416 @@
+"""Ranking: every criterion, exclusion reasons, status tiers, recency, ties, preferences. Pure tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from monitord.model import (
+    Criteria,
+    ErrorClass,
+    ModelInfo,
+    ModelKind,
+    ProviderSpec,
+    ProviderState,
+    QualityPreference,
+    ServedModel,
+    Status,
+    TaskType,
+)
+from monitord.ranking import Ranker, model_quality, parameter_billions, rank, wilson_lower_bound
+
+NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
+CHAT = frozenset({"chat", "completion", "streaming"})
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def served(*models: ModelInfo | str) -> tuple[ServedModel, ...]:
+    infos = [m if isinstance(m, ModelInfo) else ModelInfo(m) for m in models]
+    return tuple(ServedModel(i.id, i, ago(3600), NOW) for i in infos)
+
+
+def state(name: str, status: Status = Status.UP, *, samples: int = 90, ok: int | None = None,
+          latency_ms: float | None = 50.0, failed_s_ago: float | None = None,
+          models: tuple[ServedModel, ...] = ()) -> ProviderState:
+    return ProviderState(
+        name=name, type="ollama", status=status, since=ago(7200), samples=samples,
+        samples_ok=samples if ok is None else ok, latency_ewma_ms=latency_ms, latency_p50_ms=latency_ms,
+        last_failure_at=ago(failed_s_ago) if failed_s_ago is not None else None, models=models,
+        last_error_class=ErrorClass.REFUSED if status is Status.DOWN else None,
+        last_error="connection refused" if status is Status.DOWN else None,
+    )
+
+
+def spec(name: str, **kwargs: Any) -> ProviderSpec:
+    kwargs.setdefault("capabilities", CHAT)
+    return ProviderSpec(name=name, type="ollama", base_url=f"http://{name}:11434", **kwargs)
+
+
+def world(*states: ProviderState, **spec_kwargs: dict[str, Any]) -> tuple[dict[str, ProviderState],
+                                                                          dict[str, ProviderSpec]]:
+    return ({s.name: s for s in states},
+            {s.name: spec(s.name, **spec_kwargs.get(s.name, {})) for s in states})
+
+
+def order(criteria: Criteria, *states: ProviderState, **spec_kwargs: dict[str, Any]) -> list[str]:
+    return [e.provider for e in rank(*world(*states, **spec_kwargs), criteria, NOW).entries]
+
+
+LLAMA = ModelInfo("llama3.1:8b", parameter_size="8.0B", context_length=8192, capabilities=frozenset({"completion"}))
+LLAVA = ModelInfo("llava:13b", parameter_size="13B", context_length=4096,
+                  capabilities=frozenset({"completion", "vision"}))
+QWEN_VL = ModelInfo("Qwen/Qwen2-VL-7B-Instruct", capabilities=frozenset({"multimodal"}))
+EMBED = ModelInfo("nomic-embed-text", kind=ModelKind.EMBEDDING, context_length=8192)
+EMBED_CAPS = ModelInfo("bge-m3", capabilities=frozenset({"embedding"}))
+CODER = ModelInfo("qwen2.5-coder:32b", parameter_size="32.8B", context_length=32768)
+BIG = ModelInfo("llama3.1:70b", parameter_size="70.6B", context_length=131072)
+
+
+def test_default_ranks_healthy_and_explains_the_rest() -> None:
+    states, specs = world(
+        state("up", models=served(LLAMA)),
+        state("down", Status.DOWN, models=served(LLAMA)),
+        state("off"),
+        state("loading", Status.LOADING),
+    )
+    specs["off"] = spec("off", enabled=False)
+    specs["never"] = spec("never")
+    ranking = rank(states, specs, Criteria(), NOW)
+    assert [(e.provider, e.status) for e in ranking.entries] == [("up", Status.UP), ("loading", Status.LOADING)]
+    assert ranking.entries[0].models == ("llama3.1:8b",)
+    assert ranking.excluded == {
+        "down": ("status down since 2025-01-01T10:00:00+00:00 (refused: connection refused)",),
+        "off": ("disabled in config",),
+        "never": ("status unknown (not probed yet)",),
+    }
+    assert ranking.best is ranking.entries[0] and ranking.generated_at == NOW
+
+
+@pytest.mark.parametrize(("statuses", "expected"), [
+    # a degraded or loading provider sinks below every up one, however good its numbers
+    ({"a": (Status.DEGRADED, 10.0), "b": (Status.UP, 900.0)}, ["b", "a"]),
+    ({"a": (Status.LOADING, 10.0), "b": (Status.UP, 900.0), "c": (Status.DEGRADED, 900.0)}, ["b", "c", "a"]),
+    ({"a": (Status.LOADING, 10.0), "b": (Status.LOADING, 900.0)}, ["a", "b"]),
+])
+def test_loading_and_degraded_sink_below_up(statuses: dict[str, tuple[Status, float]], expected: list[str]) -> None:
+    states = [state(name, status, latency_ms=latency_ms) for name, (status, latency_ms) in statuses.items()]
+    assert order(Criteria(), *states) == expected
+
+
+def test_status_factor_is_visible() -> None:
+    ranking = rank(*world(state("a", Status.DEGRADED), state("b", Status.LOADING)), Criteria(), NOW)
+    assert [e.components["status_factor"] for e in ranking.entries] == [0.5, 0.25]
+
+
+@pytest.mark.parametrize(("model", "expected", "excluded"), [
+    ("llava:13b", {"vis": ("llava:13b",)}, "model 'llava:13b' not served"),
+    ("LLaVA:13B", {"vis": ("llava:13b",)}, "model 'LLaVA:13B' not served"),  # ids match case-insensitively
+    ("llama3.1:*", {"txt": ("llama3.1:8b",), "vis": ("llama3.1:8b",)}, None),
+    ("llama*", {"txt": ("llama3.1:8b",), "vis": ("llama3.1:8b",)}, None),
+    ("*:13b", {"vis": ("llava:13b",)}, "model '*:13b' not served"),
+    ("ll?va*", {"vis": ("llava:13b",)}, "model 'll?va*' not served"),
+    ("[lq]*", {"txt": ("llama3.1:8b",), "vis": ("llama3.1:8b", "llava:13b")}, None),
+    ("mistral", {}, "model 'mistral' not served"),
+])
+def test_model_criterion(model: str, expected: dict[str, tuple[str, ...]], excluded: str | None) -> None:
+    ranking = rank(*world(state("txt", models=served(LLAMA)), state("vis", models=served(LLAVA, LLAMA))),
+                   Criteria(model=model), NOW)
+    assert {e.provider: e.models for e in ranking.entries} == expected
+    if excluded is not None:
+        assert excluded in next(iter(ranking.excluded.values()))
+
+
+def test_model_without_a_list_falls_back_to_the_config() -> None:
+    states, specs = world(state("listless"), state("configured"))
+    specs["configured"] = spec("configured", models=("mlx-community/Qwen2.5-7B",))
+    ranking = rank(states, specs, Criteria(model="mlx-community/*"), NOW)
+    assert [(e.provider, e.models) for e in ranking.entries] == [("configured", ("mlx-community/Qwen2.5-7B",))]
+    assert ranking.excluded == {"listless": ("model 'mlx-community/*' not served (no model list yet)",)}
+
+
+@pytest.mark.parametrize(("capabilities", "expected", "reasons"), [
+    ({"vision"}, ["llava", "qwenvl"],
+     {"text": "missing capabilities: vision", "embed": "missing capabilities: vision"}),
+    ({"embeddings"}, ["embed"], {"text": "missing capabilities: embeddings"}),
+    ({"embedding"}, ["embed"], {}),  # Ollama's spelling is understood
+    ({"tools"}, ["text"], {"llava": "missing capabilities: tools"}),  # text's config says tools
+    ({"streaming"}, ["llava", "qwenvl", "text"], {"embed": "missing capabilities: streaming"}),
+    ({"code_generation"}, ["llava", "qwenvl", "text"], {"embed": "missing capabilities: code_generation"}),
+    ({"vision", "tools"}, [], {"llava": "missing capabilities: tools", "text": "missing capabilities: vision"}),
+    ({"rerank"}, [], {"text": "missing capabilities: rerank"}),
+])
+def test_required_capabilities(capabilities: set[str], expected: list[str], reasons: dict[str, str]) -> None:
+    states, specs = world(
+        state("text", models=served(LLAMA)),
+        state("llava", models=served(LLAVA)),
+        state("qwenvl", models=served(QWEN_VL)),
+        state("embed", models=served(EMBED, EMBED_CAPS)),  # the type's chat capability does not make it chat
+        text={"capabilities": CHAT | {"tools"}},
+    )
+    ranking = rank(states, specs, Criteria.from_mapping({"required_capabilities": sorted(capabilities)}), NOW)
+    assert sorted(e.provider for e in ranking.entries) == expected
+    for name, reason in reasons.items():
+        assert ranking.excluded[name] == (reason,)
+
+
+def test_capabilities_must_meet_on_one_model() -> None:
+    # vision on one model and tools on another do not make a vision+tools model
+    tooly = ModelInfo("tooly", capabilities=frozenset({"tools"}))
+    ranking = rank(*world(state("mixed", models=served(LLAVA, tooly))),
+                   Criteria(required_capabilities=frozenset({"vision", "tools"})), NOW)
+    assert ranking.entries == () and ranking.excluded["mixed"] in {("missing capabilities: tools",),
+                                                                    ("missing capabilities: vision",)}
+
+
+def test_streaming_support_off_removes_streaming() -> None:
+    states, specs = world(state("a"), a={"streaming_support": False})
+    ranking = rank(states, specs, Criteria(required_capabilities=frozenset({"streaming"})), NOW)
+    assert ranking.excluded == {"a": ("missing capabilities: streaming",)}
+
+
+@pytest.mark.parametrize(("task", "expected", "excluded"), [
+    (TaskType.CHAT, ["text", "llava", "coder"], {"embed": "missing capabilities: chat"}),
+    (TaskType.EMBEDDING, ["embed"], {"text": "missing capabilities: embeddings"}),
+    (TaskType.VISION, ["llava"],
+     {"text": "missing capabilities: vision", "embed": "missing capabilities: chat, vision"}),
+    (TaskType.CODE_GENERATION, ["coder", "text", "llava"], {"embed": "missing capabilities: chat or completion"}),
+    (TaskType.CODE_ANALYSIS, ["coder", "text", "llava"], {}),
+    (TaskType.TOOLS, [], {"text": "missing capabilities: tools"}),
+    (TaskType.RERANK, [], {"text": "missing capabilities: rerank"}),
+])
+def test_task_type(task: TaskType, expected: list[str], excluded: dict[str, str]) -> None:
+    # latencies make the order without task_fit: text, llava, coder
+    ranking = rank(*world(
+        state("text", models=served(LLAMA), latency_ms=10.0),
+        state("llava", models=served(LLAVA), latency_ms=20.0),
+        state("coder", models=served(CODER), latency_ms=30.0),
+        state("embed", models=served(EMBED), latency_ms=5.0),
+    ), Criteria(task_type=task), NOW)
+    assert [e.provider for e in ranking.entries] == expected
+    for name, reason in excluded.items():
+        assert ranking.excluded[name] == (reason,)
+
+
+def test_task_fit_from_config_or_model_id() -> None:
+    states, specs = world(state("plain"), state("declared"), state("named", models=served("deepseek-coder:6.7b")),
+                          declared={"capabilities": CHAT | {"code_generation"}})
+    ranking = rank(states, specs, Criteria(task_type=TaskType.CODE_GENERATION), NOW)
+    assert {e.provider: e.components["task_fit"] for e in ranking.entries} == {
+        "declared": 1.0, "named": 1.0, "plain": 0.0}
+    assert ranking.entries[-1].provider == "plain"
+    untasked = rank(states, specs, Criteria(), NOW)
+    assert {e.components["task_fit"] for e in untasked.entries} == {1.0}
+
+
+@pytest.mark.parametrize(("max_tokens", "expected", "excluded"), [
+    (4096, {"small": ("llava:13b",), "mixed": ("llama3.1:70b", "llava:13b"), "unknown": ("mystery",)}, {}),
+    (8192, {"mixed": ("llama3.1:70b",), "unknown": ("mystery",)},
+     {"small": "context too small: largest known 4096 < max_tokens 8192"}),
+    (200_000, {"unknown": ("mystery",)}, {"mixed": "context too small: largest known 131072 < max_tokens 200000",
+                                          "small": "context too small: largest known 4096 < max_tokens 200000"}),
+])
+def test_max_tokens(max_tokens: int, expected: dict[str, tuple[str, ...]], excluded: dict[str, str]) -> None:
+    ranking = rank(*world(
+        state("small", models=served(LLAVA)),
+        state("mixed", models=served(LLAVA, BIG)),
+        state("unknown", models=served("mystery")),  # unknown context never excludes
+    ), Criteria(max_tokens=max_tokens), NOW)
+    assert {e.provider: e.models for e in ranking.entries} == expected
+    assert {name: reasons[0] for name, reasons in ranking.excluded.items()} == excluded
+
+
+def test_criteria_combine_on_the_same_model() -> None:
+    # llava has vision but only 4k; the 70b has 128k but no vision: nothing fits both
+    ranking = rank(*world(state("mixed", models=served(LLAVA, BIG))),
+                   Criteria(required_capabilities=frozenset({"vision"}), max_tokens=8192), NOW)
+    assert ranking.excluded == {"mixed": ("context too small: largest known 4096 < max_tokens 8192",)}
+
+
+def test_allow_list() -> None:
+    states, specs = world(state("a"), state("b"), state("c", Status.DOWN))
+    ranking = rank(states, specs, Criteria.from_mapping({"providers": "b,c,ghost"}), NOW)
+    assert [e.provider for e in ranking.entries] == ["b"]
+    assert set(ranking.excluded) == {"c", "ghost"} and ranking.excluded["ghost"] == ("not configured",)
+
+
+def test_excluded_lists_every_reason() -> None:
+    ranking = rank(*world(state("a", Status.DOWN, models=served(LLAMA))), Criteria(model="gpt-4o"), NOW)
+    assert ranking.excluded["a"][0].startswith("status down") and ranking.excluded["a"][1] == (
+        "model 'gpt-4o' not served")
+
+
+@pytest.mark.parametrize(("failed_s_ago", "below_steady"), [
+    (10.0, True),  # just recovered
+    (600.0, True),
+    (86400.0, False),  # a day ago: recency has decayed to nothing
+])
+def test_just_recovered_ranks_below_steady(failed_s_ago: float, below_steady: bool) -> None:
+    # "recovered" is named to win the name tie-break, so only recency can put it second
+    ranking = rank(*world(state("recovered", failed_s_ago=failed_s_ago), state("steady")), Criteria(), NOW)
+    assert [e.provider for e in ranking.entries] == (["steady", "recovered"] if below_steady
+                                                     else ["recovered", "steady"])
+    if below_steady:
+        assert ranking.entries[1].components["recency"] < ranking.entries[0].components["recency"] == 1.0
+
+
+def test_few_samples_count_less_than_many() -> None:
+    ranking = rank(*world(state("fresh", samples=3), state("known", samples=90)), Criteria(), NOW)
+    assert [e.provider for e in ranking.entries] == ["known", "fresh"]
+    assert ranking.entries[1].components["availability"] < ranking.entries[0].components["availability"]
+
+
+def test_availability_orders_providers() -> None:
+    assert order(Criteria(), state("flaky", samples=90, ok=60), state("solid", samples=90, ok=89)) == [
+        "solid", "flaky"]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({}, ["a", "b", "c"]),  # all equal: name ascending
+    ({"c": {"priority": 1}}, ["c", "a", "b"]),
+    ({"b": {"priority": -1}}, ["a", "c", "b"]),
+    ({"b": {"weight": 2.0}}, ["b", "a", "c"]),
+    ({"a": {"weight": 0.5}}, ["b", "c", "a"]),
+])
+def test_ties_priority_and_weight(kwargs: dict[str, dict[str, Any]], expected: list[str]) -> None:
+    assert order(Criteria(), state("c"), state("a"), state("b"), **kwargs) == expected
+
+
+def test_priority_breaks_exact_score_ties() -> None:
+    states, specs = world(state("a"), state("b"))
+    specs["a"] = spec("a", priority=1, weight=0.0)  # weight 0: both score exactly 0
+    specs["b"] = spec("b", priority=3, weight=0.0)
+    ranking = rank(states, specs, Criteria(), NOW)
+    assert [(e.provider, e.score) for e in ranking.entries] == [("b", 0.0), ("a", 0.0)]
+
+
+@pytest.mark.parametrize(("preference", "expected"), [
+    (QualityPreference.FAST, ["quick", "large"]),
+    (QualityPreference.BALANCED, ["quick", "large"]),
+    (QualityPreference.QUALITY, ["large", "quick"]),
+])
+def test_quality_preference(preference: QualityPreference, expected: list[str]) -> None:
+    ranking = rank(*world(state("quick", models=served(LLAMA), latency_ms=20.0),
+                          state("large", models=served(BIG), latency_ms=400.0)),
+                   Criteria(quality_preference=preference), NOW)
+    assert [e.provider for e in ranking.entries] == expected
+    assert ranking.entries[0].components["quality"] != ranking.entries[1].components["quality"]
+
+
+def test_latency_is_relative_to_the_best_candidate() -> None:
+    ranking = rank(*world(state("a", latency_ms=100.0), state("b", latency_ms=250.0), state("c", latency_ms=None)),
+                   Criteria(), NOW)
+    assert {e.provider: e.components["latency"] for e in ranking.entries} == {"a": 1.0, "b": 0.5, "c": 0.0}
+
+
+def test_components_and_json() -> None:
+    ranking = rank(*world(state("a", models=served(LLAMA))), Criteria(model="llama*"), NOW)
+    entry = ranking.entries[0]
+    assert set(entry.components) == {"availability", "latency", "recency", "priority", "quality", "task_fit",
+                                     "weight", "status_factor"}
+    assert 0.0 < entry.score <= 1.0
+    body = ranking.to_dict()
+    assert body["criteria"]["model"] == "llama*" and body["entries"][0]["models"] == ["llama3.1:8b"]
+    assert body["generated_at"] == "2025-01-01T12:00:00+00:00" and body["excluded"] == {}
+
+
+def test_limit() -> None:
+    states, specs = world(*(state(f"p{i}", latency_ms=10.0 * (i + 1)) for i in range(5)))
+    assert [e.provider for e in rank(states, specs, Criteria(), NOW, limit=2).entries] == ["p0", "p1"]
+    assert rank(states, specs, Criteria(), NOW, limit=0).entries == ()
+    assert len(rank(states, specs, Criteria(), NOW, limit=10).entries) == 5
+
+
+def test_ranker_reuses_preparation_until_a_state_changes() -> None:
+    ranker = Ranker()
+    states, specs = world(state("a"), state("b", latency_ms=500.0))
+    first = ranker.rank(states, specs, Criteria(), NOW)
+    again = ranker.rank(dict(reversed(states.items())), specs, Criteria(), NOW)
+    assert first == again  # same inputs, same answer, whatever the mapping order
+    states["a"] = state("a", Status.DOWN)
+    assert [e.provider for e in ranker.rank(states, specs, Criteria(), NOW).entries] == ["b"]
+    del specs["b"]
+    ranking = ranker.rank(states, specs, Criteria(), NOW)
+    assert ranking.entries == () and set(ranking.excluded) == {"a"}
+
+
+def test_nothing_configured() -> None:
+    ranking = rank({}, {}, Criteria(), NOW)
+    assert ranking.entries == () and ranking.excluded == {} and ranking.best is None
+
+
+@pytest.mark.parametrize(("successes", "samples", "expected"), [
+    (0, 0, 0.0),
+    (3, 3, 0.4385),
+    (90, 90, 0.9591),
+    (45, 90, 0.3988),
+    (0, 10, 0.0),
+])
+def test_wilson_lower_bound(successes: int, samples: int, expected: float) -> None:
+    assert wilson_lower_bound(successes, samples) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(("text", "billions"), [
+    ("7B", 7.0), ("8.0B", 8.0), ("137M", 0.137), ("1.5T", 1500.0), ("", None), (None, None),
+    ("llama3.1:70b-instruct-q4_K_M", 70.0), ("mixtral-8x7b", 56.0), ("Qwen/Qwen2.5-7B-Instruct", 7.0),
+    ("deepseek-r1:1.5b", 1.5), ("phi-3-mini-4k-instruct", None), ("gpt-4o", None),
+])
+def test_parameter_billions(text: str | None, billions: float | None) -> None:
+    assert parameter_billions(text) == billions
+
+
+def test_model_quality_prefers_size_and_context() -> None:
+    assert model_quality(BIG, BIG.id) > model_quality(CODER, CODER.id) > model_quality(LLAMA, LLAMA.id)
+    assert model_quality(None, "mystery") == 0.25
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({}, Criteria()),
+    ({"task_type": "Code_Generation"}, Criteria(task_type=TaskType.CODE_GENERATION)),
+    ({"required_capabilities": "vision, tools"}, Criteria(required_capabilities=frozenset({"vision", "tools"}))),
+    ({"required_capabilities": ["Embedding"]}, Criteria(required_capabilities=frozenset({"embeddings"}))),
+    ({"max_tokens": "8192"}, Criteria(max_tokens=8192)),
+    ({"max_tokens": 100}, Criteria(max_tokens=100)),
+    ({"quality_preference": "FAST"}, Criteria(quality_preference=QualityPreference.FAST)),
+    ({"model": " llama3* "}, Criteria(model="llama3*")),
+    ({"providers": ["a", "b"]}, Criteria(providers=frozenset({"a", "b"}))),
+    ({"model": None, "task_type": None}, Criteria()),
+])
+def test_criteria_from_mapping(raw: dict[str, Any], expected: Criteria) -> None:
+    parsed = Criteria.from_mapping(raw)
+    assert parsed == expected
+    assert Criteria.from_mapping({k: v for k, v in parsed.to_dict().items() if v not in (None, [])}) == parsed
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"modle": "x"}, "unknown criteria field(s): modle; expected any of task_type, required_capabilities"),
+    ({"task_type": "poetry"}, "task_type: 'poetry' is not one of chat, completion, code_generation"),
+    ({"task_type": 3}, "task_type: expected a string, got int"),
+    ({"quality_preference": "best"}, "quality_preference: 'best' is not one of fast, balanced, quality"),
+    ({"max_tokens": "-5"}, "max_tokens: expected a positive integer, got '-5'"),
+    ({"max_tokens": 0}, "max_tokens: expected a positive integer, got 0"),
+    ({"max_tokens": True}, "max_tokens: expected a positive integer, got True"),
+    ({"max_tokens": "lots"}, "max_tokens: expected a positive integer, got 'lots'"),
+    ({"model": ""}, "model: must not be empty"),
+    ({"model": 5}, "model: expected a string, got int"),
+    ({"required_capabilities": "vision,,tools"}, "required_capabilities: every entry must be a non-empty string"),
+    ({"required_capabilities": "vi sion"}, "required_capabilities: 'vi sion' is not a capability name"),
+    ({"required_capabilities": 7}, "required_capabilities: expected a list of strings"),
+    ({"providers": []}, "providers: must name at least one entry"),
+    ({"providers": ["a", 1]}, "providers: every entry must be a non-empty string, got 1"),
+])
+def test_criteria_errors(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        Criteria.from_mapping(raw)
+
+
+def test_criteria_to_dict() -> None:
+    criteria = Criteria(task_type=TaskType.CHAT, required_capabilities=frozenset({"vision", "tools"}),
+                        providers=frozenset({"b", "a"}))
+    assert criteria.to_dict() == {"task_type": "chat", "required_capabilities": ["tools", "vision"],
+                                  "max_tokens": None, "quality_preference": "balanced", "model": None,
+                                  "providers": ["a", "b"]}
