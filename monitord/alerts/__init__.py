@@ -1,0 +1,1 @@
+"""Webhook alerts: pure rules and formats, one sender, a durable outbox in the store."""

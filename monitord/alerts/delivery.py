@@ -1,0 +1,201 @@
+"""The one code path that sends alerts: a signed POST whose answer is sorted into delivered, retry later or failed.
+
+Formats build the body (pure); this module owns HTTP, headers, signing, timeouts and the retry schedule. Nothing
+here logs or returns a webhook URL (Slack and Discord put their token in it), a header value or the secret.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDict
+
+from monitord import __version__
+from monitord.alerts.formats import FORMATS, FormatOptions, Rendered
+from monitord.alerts.signing import sign
+from monitord.model import AlertEvent, Secret
+
+EVENT_HEADER = "X-Monitord-Event"
+DELIVERY_HEADER = "X-Monitord-Delivery"
+TIMESTAMP_HEADER = "X-Monitord-Timestamp"
+SIGNATURE_HEADER = "X-Monitord-Signature"
+USER_AGENT = f"monitord/{__version__}"
+# Configured headers may not replace these: receivers rely on them.
+_OWN_HEADERS = frozenset(h.lower() for h in (EVENT_HEADER, DELIVERY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER,
+                                             "Content-Type", "Content-Length", "Host"))
+_ERROR_BODY_BYTES = 512  # enough of an error answer to say why (Slack "invalid_payload", Discord's JSON error)
+_ERROR_TEXT_MAX = 200
+_MASKED_WORD_MIN = 6
+# Transient by nature though 4xx: the server timed out reading us, or asks us to slow down.
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+class WebhookTarget(Protocol):
+    """What delivery needs of a configured webhook; config.WebhookConfig has exactly these attributes."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def secret(self) -> Secret | None: ...
+    @property
+    def headers(self) -> Mapping[str, Secret]: ...
+    @property
+    def timeout_s(self) -> float: ...
+
+
+class Outcome(enum.StrEnum):
+    DELIVERED = "delivered"  # 2xx: the event leaves the outbox for this webhook
+    RETRY = "retry"  # timeout, connection error, 5xx, 408/425/429: try again later
+    FAILED = "failed"  # any other answer: retrying cannot help
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one attempt went. `error` is short and safe to store and show (no URL, header value or secret)."""
+
+    outcome: Outcome
+    http_status: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None  # what the receiver asked for (Retry-After), when it did
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits between half and all of min(max, base * 2^(n-1))."""
+
+    base_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+    max_retry_after_s: float = 3600.0  # a receiver asking for longer is waited on this long, then retried
+    give_up_after_s: float = 86400.0  # retrying stops this long after the event; the delivery is then failed
+
+    def delay_s(self, attempts: int, retry_after_s: float | None = None,
+                rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after `attempts` failed attempts (>= 1). A Retry-After the receiver sent wins."""
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
+        ceiling_s = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(max(attempts, 1) - 1, 32))
+        return ceiling_s / 2 + rand() * ceiling_s / 2
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds from `now`: delta-seconds (Discord sends fractions) or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN, inf
+        return None
+    return max(seconds, 0.0)
+
+
+def classify_status(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status >= 500 or status in _RETRYABLE_4XX:
+        return Outcome.RETRY
+    return Outcome.FAILED  # other 4xx, and 1xx/3xx: redirects are not followed with a signed body
+
+
+def request_headers(target: WebhookTarget, event: AlertEvent, rendered: Rendered, timestamp_s: int) -> CIMultiDict[str]:
+    """Configured headers, then ours (which win): event, delivery id, timestamp, signature when a secret is set."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in target.headers.items():
+        if name.lower() not in _OWN_HEADERS:
+            headers[name] = value.reveal()
+    headers.setdefault("User-Agent", USER_AGENT)
+    timestamp = str(timestamp_s)
+    headers["Content-Type"] = rendered.content_type
+    headers[EVENT_HEADER] = event.type.value
+    headers[DELIVERY_HEADER] = event.id
+    headers[TIMESTAMP_HEADER] = timestamp
+    if target.secret:
+        headers[SIGNATURE_HEADER] = sign(target.secret.reveal(), timestamp, rendered.body)
+    return headers
+
+
+async def deliver(session: aiohttp.ClientSession, target: WebhookTarget, event: AlertEvent, *, now: datetime,
+                  options: FormatOptions | None = None) -> DeliveryResult:
+    """Render `event` in the target's format and POST it once. Never raises for anything the network does.
+
+    `now` stamps X-Monitord-Timestamp and reads an HTTP-date Retry-After. The session is the daemon's shared one.
+    """
+    render = FORMATS.get(target.format)
+    if render is None:
+        return DeliveryResult(Outcome.FAILED, error=f"unknown format {target.format!r}")
+    rendered = render(event, options or FormatOptions())
+    headers = request_headers(target, event, rendered, int(now.timestamp()))
+    started = time.perf_counter()
+    try:
+        async with session.post(target.url, data=rendered.body, headers=headers, allow_redirects=False,
+                                timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as response:
+            status = response.status
+            retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now)
+            snippet = b"" if 200 <= status < 300 else await response.content.read(_ERROR_BODY_BYTES)
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        return _failure(Outcome.RETRY, f"timed out after {target.timeout_s:g}s", started)
+    except aiohttp.InvalidURL:
+        return _failure(Outcome.FAILED, "invalid URL", started)
+    except (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError):
+        return _failure(Outcome.RETRY, "TLS handshake or certificate failed", started)
+    except aiohttp.ClientConnectorDNSError:
+        return _failure(Outcome.RETRY, "cannot connect: host name did not resolve", started)
+    except aiohttp.ClientConnectorError as exc:
+        # strerror of the errno, not str(exc): the exception text names the host and port
+        reason = os.strerror(exc.errno) if exc.errno else type(exc.os_error).__name__
+        return _failure(Outcome.RETRY, f"cannot connect: {reason.lower()}", started)
+    except (aiohttp.ClientError, OSError) as exc:  # reset, disconnected, malformed answer
+        return _failure(Outcome.RETRY, f"connection error: {type(exc).__name__}", started)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    outcome = classify_status(status)
+    if outcome is Outcome.DELIVERED:
+        return DeliveryResult(outcome, http_status=status, elapsed_ms=elapsed_ms)
+    error = f"HTTP {status}"
+    detail = _answer_text(snippet, target)
+    if detail:
+        error += f": {detail}"
+    if 300 <= status < 400:
+        error += " (redirects are not followed: configure the final URL)"
+    return DeliveryResult(outcome, http_status=status, error=error, retry_after_s=retry_after_s,
+                          elapsed_ms=elapsed_ms)
+
+
+def _failure(outcome: Outcome, error: str, started: float) -> DeliveryResult:
+    return DeliveryResult(outcome, error=error, elapsed_ms=(time.perf_counter() - started) * 1000)
+
+
+def _answer_text(raw: bytes, target: WebhookTarget) -> str:
+    """The start of an error answer on one line, with anything of ours it might echo masked."""
+    text = " ".join(raw.decode("utf-8", "replace").split())
+    hidden = [target.url, *(value.reveal() for value in target.headers.values())]
+    if target.secret:
+        hidden.append(target.secret.reveal())
+    # `Bearer <token>` may come back as the bare token: mask every long word of a hidden value too.
+    hidden += [word for value in hidden for word in value.split() if len(word) >= _MASKED_WORD_MIN]
+    for value in sorted(hidden, key=len, reverse=True):
+        if value:
+            text = text.replace(value, "***")
+    return text if len(text) <= _ERROR_TEXT_MAX else text[: _ERROR_TEXT_MAX - 1] + "…"
+
