@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= monitord.yaml
 
-.PHONY: install run test lint typecheck check bench clean
+.PHONY: install run test lint typecheck docs bench clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,11 @@ test: install lint typecheck  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check monitord tests migrations bench
+	$(BIN)/ruff check monitord tests migrations bench docs
+	$(BIN)/cog --check -I . README.md
+
+docs: install  ## regenerate the README's generated blocks (CLI help, config keys, provider types)
+	$(BIN)/cog -r -I . README.md
 
 typecheck: install
 	$(BIN)/mypy

@@ -92,7 +92,7 @@ class ProviderSpec:
 
     name: str
     type: str
-    base_url: str  # scheme://host:port[/prefix], no trailing slash, no trailing /v1
+    base_url: str = field(repr=False)  # scheme://host:port[/prefix], no trailing slash, no trailing /v1
     api_key: Secret | None = None
     models: tuple[str, ...] = ()  # models the user expects this provider to serve
     enabled: bool = True
