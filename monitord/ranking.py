@@ -1,5 +1,7 @@
 """Pure: rank providers for a set of criteria from their live state; every score carries its parts.
 
+score = weight x status_factor x (weighted sum of availability, latency, recency, priority, quality, task_fit),
+each part in [0, 1] and the weights chosen by the quality preference (WEIGHTS).
 No I/O and no clock reads (`now` is an argument). `Ranker` keeps the criteria-independent preparation of each
 provider between calls, keyed by the identity of its immutable state and spec, so a request pays only for
 matching and scoring; `rank()` is the one-shot form.
@@ -231,7 +233,7 @@ class _Query:
 
     def __init__(self, criteria: Criteria) -> None:
         groups: list[tuple[str, frozenset[str]]] = []
-        for capability in sorted(criteria.required_capabilities):
+        for capability in sorted({CAPABILITY_ALIASES.get(c, c) for c in criteria.required_capabilities}):
             groups.append((capability, frozenset({capability}) | _SATISFIED_BY.get(capability, frozenset())))
         task = TaskType(criteria.task_type) if criteria.task_type is not None else None
         if task is not None:

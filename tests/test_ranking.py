@@ -414,3 +414,9 @@ def test_criteria_to_dict() -> None:
     assert criteria.to_dict() == {"task_type": "chat", "required_capabilities": ["tools", "vision"],
                                   "max_tokens": None, "quality_preference": "balanced", "model": None,
                                   "providers": ["a", "b"]}
+
+
+def test_criteria_built_in_code_are_normalised_too() -> None:
+    ranking = rank(*world(state("e", models=served(EMBED))), Criteria(required_capabilities=frozenset({"embedding"})),
+                   NOW)
+    assert [e.provider for e in ranking.entries] == ["e"]
