@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from structlog.testing import capture_logs
 
 from monitord.model import ErrorClass, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
 from monitord.store import Store, dialects, migrate, queries
@@ -382,12 +383,17 @@ async def test_rows_wait_for_an_unreachable_database_and_the_oldest_overflow(out
     try:
         assert not await store.ping()
         await store.start()
-        for i in range(30):
-            store.enqueue(result("a", T0 + timedelta(seconds=i), models=(ModelInfo(id="m"),)))
-        assert (store.pending, store.dropped_total) == (20, 10)
-        await store.flush()  # fails quietly: the rows stay
-        await asyncio.sleep(0.2)  # the writer task retries and backs off meanwhile
+        with capture_logs() as logs:
+            for i in range(30):
+                store.enqueue(result("a", T0 + timedelta(seconds=i), models=(ModelInfo(id="m"),)))
+            assert (store.pending, store.dropped_total) == (20, 10)
+            await store.flush()  # fails quietly: the rows stay
+            await asyncio.sleep(0.2)  # the writer task retries and backs off meanwhile
         assert (store.pending, store.written_total) == (20, 0)
+        events = [entry["event"] for entry in logs]
+        assert events.count("store.rows_dropped") == 1  # one line when dropping starts, not one per row
+        failed = [entry for entry in logs if entry["event"] == "store.write_failed"]
+        assert failed and failed[-1]["pending"] == 20 and failed[-1]["dropped_total"] == 10
 
         await outage.restore()
         await wait_until(lambda: store.written_total == 20, timeout_s=10)  # no flush(): the writer retries

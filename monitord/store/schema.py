@@ -26,7 +26,6 @@ from sqlalchemy import (
 
 from monitord.store.dialects import ID_TYPE
 
-# Free-form names (providers, models, versions) are Text: a long one must never fail a batch.
 # Constraint names are fixed so migrations can refer to them on every database.
 metadata = MetaData(
     naming_convention={
@@ -65,6 +64,8 @@ class UtcDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+
+# Free-form names (providers, models, versions) are Text: a long one must never fail a batch.
 
 # Configuration snapshot of each provider: what was monitored, never its secrets.
 providers = Table(

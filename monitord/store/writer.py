@@ -46,6 +46,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._failures_in_a_row = 0
+        self._dropping = False  # rows have been dropped for lack of room since the last good write
         self._log = structlog.get_logger("monitord.store")
         self.dropped_total = 0
         self.written_total = 0
@@ -60,11 +61,11 @@ class Writer:
             self._drop(1, reason="closed")
             return
         self._buffer.append(result)
-        overflow = self.pending - self._buffer_limit
-        if overflow > 0:
-            for _ in range(min(overflow, len(self._buffer))):
-                self._buffer.popleft()
-            self._drop(overflow, reason="buffer_full")
+        if self.pending > self._buffer_limit:
+            self._buffer.popleft()
+            # One line when dropping starts, not one per row: write_failed lines carry the running total.
+            self._drop(1, reason="buffer_full", log=not self._dropping)
+            self._dropping = True
         if len(self._buffer) >= self._batch_size:
             self._batch_ready.set()
 
@@ -127,34 +128,38 @@ class Writer:
                 self._drop(len(batch), reason="rejected")
                 return True
             except Exception as exc:  # the database is away: keep the rows, retry later
-                self._in_flight = []
-                self._buffer.extendleft(reversed(batch))
-                self._trim_overflow()
+                self._requeue(batch)
                 self._failures_in_a_row += 1
                 self._log.warning(
                     "store.write_failed",
                     error=_describe(exc),
                     failures_in_a_row=self._failures_in_a_row,
                     pending=self.pending,
+                    dropped_total=self.dropped_total,
                 )
                 return False
+            except BaseException:  # cancelled mid-write: the transaction rolled back, so the rows go back
+                self._requeue(batch)
+                raise
             self._in_flight = []
+            self._dropping = False
             self.written_total += len(batch)
             if self._failures_in_a_row:
                 self._log.info("store.write_recovered", failures_in_a_row=self._failures_in_a_row)
                 self._failures_in_a_row = 0
             return True
 
-    def _trim_overflow(self) -> None:
-        overflow = len(self._buffer) - self._buffer_limit
-        if overflow > 0:
-            for _ in range(overflow):
-                self._buffer.popleft()
-            self._drop(overflow, reason="buffer_full")
+    def _requeue(self, batch: list[ProbeResult]) -> None:
+        """Put a failed batch back in front: it is older than anything enqueued meanwhile."""
+        self._in_flight = []
+        self._buffer.extendleft(reversed(batch))
 
-    def _drop(self, count: int, *, reason: str) -> None:
+    def _drop(self, count: int, *, reason: str, log: bool = True) -> None:
         self.dropped_total += count
-        self._log.warning("store.rows_dropped", rows=count, reason=reason, dropped_total=self.dropped_total)
+        if log:
+            self._log.warning(
+                "store.rows_dropped", rows=count, reason=reason, dropped_total=self.dropped_total
+            )
 
 
 async def _write(conn: AsyncConnection, batch: list[ProbeResult]) -> None:
