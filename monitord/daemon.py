@@ -8,21 +8,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
 
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
-from monitord.model import ProbeResult, ProviderSpec, Status, StatusChange
+from monitord.model import Criteria, ProbeResult, ProviderSpec, Status, StatusChange
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
+from monitord.ranking import rank
 from monitord.scheduler import ProbeScheduler
 from monitord.store import Store
 from monitord.store.migrate import upgrade
+from monitord.systemd import Notifier, watchdog_interval_s
 
 log = structlog.get_logger("monitord.daemon")
 
@@ -67,6 +70,8 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: ProbeScheduler | None = None
         self._stopping = asyncio.Event()
+        self._notifier = Notifier()
+        self._background: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _policy(config: Config) -> HealthPolicy:
@@ -176,18 +181,65 @@ class Daemon:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def status_line(self) -> str:
+        """What `systemctl status` shows: "3 up, 1 down, best: vllm"."""
+        counts: dict[Status, int] = {}
+        for state in self.live.all().values():
+            counts[state.status] = counts.get(state.status, 0) + 1
+        parts = [f"{counts.get(Status.UP, 0)} up", f"{counts.get(Status.DOWN, 0)} down"]
+        parts += [f"{n} {status.value}" for status, n in counts.items()
+                  if n and status not in (Status.UP, Status.DOWN)]
+        best = self.best_provider()
+        return ", ".join(parts) + f", best: {best or 'none'}"
+
+    def best_provider(self) -> str | None:
+        ranking = rank(self.live.all(), self.specs, Criteria(), self.clock(), limit=1)
+        return ranking.entries[0].provider if ranking.entries else None
+
+    def healthy(self) -> bool:
+        """The watchdog's question: is the scheduler running and keeping time?"""
+        scheduler = self._scheduler
+        return scheduler is not None and scheduler.running and scheduler.overdue_s() < 30.0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _heartbeat(self) -> None:
+        """Tell systemd how we are; ping the watchdog only while the loop and the scheduler work."""
+        watchdog_s = watchdog_interval_s()
+        period = min(watchdog_s or 5.0, 5.0)
+        while True:
+            self._notifier.status(self.status_line())
+            if watchdog_s is not None and self.healthy():
+                self._notifier.watchdog()
+            await asyncio.sleep(period)
+
+    async def _reload_from_signal(self) -> None:
+        self._notifier.reloading()
+        await self.reload()
+        self._notifier.ready(self.status_line())
+
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop cleanly. Returns the exit code."""
         loop = asyncio.get_running_loop()
         if self.install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_from_signal()))
         try:
             await self.start()
+            self._notifier.ready(self.status_line())
+            self._spawn(self._heartbeat())
             await self._stopping.wait()
         finally:
+            self._notifier.stopping()
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
             await self.stop()
+            self._notifier.close()
             if self.install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     with contextlib.suppress(Exception):

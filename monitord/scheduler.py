@@ -45,6 +45,16 @@ class ProbeScheduler:
         return dict(self._specs)
 
     @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def overdue_s(self) -> float:
+        """How far the most overdue job is past its run time: grows without bound if scheduling stalls."""
+        now = datetime.now(UTC)
+        due = [job.next_run_time for job in self._scheduler.get_jobs() if job.next_run_time is not None]
+        return max((max(0.0, (now - t).total_seconds()) for t in due), default=0.0)
+
+    @property
     def in_flight(self) -> int:
         return len(self._tasks)
 

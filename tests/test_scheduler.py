@@ -145,3 +145,17 @@ async def test_a_raising_probe_keeps_its_schedule() -> None:
     await asyncio.sleep(0.45)
     await sched.shutdown()
     assert calls >= 3
+
+
+async def test_overdue_grows_when_the_loop_is_blocked() -> None:
+    async def run(s: ProviderSpec) -> None:
+        pass
+
+    sched = ProbeScheduler(run, concurrency=5)
+    sched.start()
+    sched.schedule(spec("a", 0.1), first_delay_s=0)
+    await asyncio.sleep(0.3)
+    assert sched.running and sched.overdue_s() < 0.1
+    time.sleep(0.5)  # a stuck event loop: nothing gets scheduled
+    assert sched.overdue_s() > 0.3
+    await sched.shutdown()
