@@ -554,7 +554,7 @@ class AlertEvent:
     provider: AlertProvider | None = None  # None for `test`
     previous_status: Status | None = None
     status: Status | None = None
-    since: datetime | None = None  # when the provider entered `status` (or began failing, for down)
+    since: datetime | None = None  # when the provider entered `status`
     failures_in_a_row: int = 0
     error_class: ErrorClass | None = None
     error: str | None = None  # short message, secrets already scrubbed by the probe
@@ -604,3 +604,22 @@ class AlertEvent:
             details=dict(raw.get("details") or {}),
             silenced_by=raw.get("silenced_by"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """A maintenance window: events for matching providers are recorded but not delivered.
+
+    `provider` is a name or a glob (`gpu-*`); active from `start` (None: already) until `end`, exclusive.
+    """
+
+    id: str
+    provider: str
+    end: datetime
+    start: datetime | None = None
+    reason: str | None = None
+    created_by: str = "config"  # "config" or "api"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "provider": self.provider, "start": _iso(self.start), "end": _iso(self.end),
+                "reason": self.reason, "created_by": self.created_by}
