@@ -64,15 +64,17 @@ def _v1_model(entry: Mapping[str, Any]) -> ModelInfo:
     allocated = int_or_none(as_mapping(instances[0].get("config")).get("context_length")) if instances else None
     flags = as_mapping(entry.get("capabilities"))
     embedding = entry.get("type") == "embedding"
+    kind = ModelKind.EMBEDDING if embedding else ModelKind.VISION if flags.get("vision") else ModelKind.LLM
     caps = capabilities(
         Capability.VISION if flags.get("vision") else None,
         Capability.TOOLS if flags.get("trained_for_tool_use") else None,
         Capability.REASONING if flags.get("reasoning") else None,
         Capability.EMBEDDINGS if embedding else None,
+        kind=kind,
     )
     return ModelInfo(
         id=entry["key"],
-        kind=ModelKind.EMBEDDING if embedding else ModelKind.VISION if flags.get("vision") else ModelKind.LLM,
+        kind=kind,
         context_length=allocated or int_or_none(entry.get("max_context_length")),
         loaded=bool(instances),
         size_bytes=int_or_none(entry.get("size_bytes")),
@@ -92,7 +94,7 @@ def read_v0_models(response: HttpResponse) -> tuple[ModelInfo, ...]:
 def _v0_model(card: Mapping[str, Any]) -> ModelInfo:
     kind = _V0_KINDS.get(str(card.get("type")))
     caps = capabilities(Capability.VISION if kind is ModelKind.VISION else None,
-                        Capability.EMBEDDINGS if kind is ModelKind.EMBEDDING else None)
+                        Capability.EMBEDDINGS if kind is ModelKind.EMBEDDING else None, kind=kind)
     state = card.get("state")
     return model_from_card(
         card,

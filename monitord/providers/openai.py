@@ -96,8 +96,10 @@ def empty_body_auth_error(response: HttpResponse, hint: str) -> ProbeError | Non
     return None
 
 
-def capabilities(*names: str | None) -> frozenset[str]:
-    return frozenset(name for name in names if name)
+def capabilities(*names: str | None, kind: ModelKind | None = None) -> frozenset[str]:
+    """The named capabilities; a model the server calls generative (LLM, vision LLM) also chats and completes."""
+    generative = (Capability.CHAT, Capability.COMPLETION) if kind in (ModelKind.LLM, ModelKind.VISION) else ()
+    return frozenset(name for name in (*names, *generative) if name)
 
 
 def kind_for(capability_names: Iterable[str], *, llm: bool = False) -> ModelKind | None:
@@ -126,9 +128,16 @@ class OpenAICompatible:
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
         health_path = spec.health_endpoint or self.defaults.health_path
         if health_path:
-            expect_ok(await http.get(health_path))
-        models = read_models(expect_ok(await http.get(spec.model_endpoint or self.defaults.models_path)))
-        return Observation(models=models)
+            expect_ok(check_loading(await http.get(health_path)))
+        response = check_loading(await http.get(spec.model_endpoint or self.defaults.models_path))
+        return Observation(models=read_models(expect_ok(response)))
+
+
+def check_loading(response: HttpResponse) -> HttpResponse:
+    """503 whose message says "loading": the llama.cpp convention many OpenAI-compatible servers share."""
+    if response.status == 503 and "loading" in server_message(response).lower():
+        raise ProbeError(ErrorClass.LOADING, f"{response.path}: HTTP 503 {server_message(response)}", 503)
+    return response
 
 
 # -- vLLM -------------------------------------------------------------------------------------------------------

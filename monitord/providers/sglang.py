@@ -40,14 +40,15 @@ def apply_model_info(models: tuple[ModelInfo, ...], info: dict[str, Any] | None)
         return models
     generation = info.get("is_generation") is not False
     vision = bool(info.get("has_image_understanding"))
+    kind = ModelKind.EMBEDDING if not generation else ModelKind.VISION if vision else ModelKind.LLM
     caps = capabilities(
         Capability.VISION if vision else None,
         Capability.AUDIO if info.get("has_audio_understanding") else None,
         Capability.TOOLS if info.get("tool_call_parser") else None,
         Capability.REASONING if info.get("reasoning_parser") else None,
         None if generation else Capability.EMBEDDINGS,
+        kind=kind,
     )
-    kind = ModelKind.EMBEDDING if not generation else ModelKind.VISION if vision else ModelKind.LLM
     architectures = info.get("architectures")
     family = info.get("model_type") if isinstance(info.get("model_type"), str) else None
     if family is None and isinstance(architectures, list) and architectures:

@@ -55,12 +55,13 @@ def read_loaded_model(response: HttpResponse) -> Observation:
         raise ProbeError(ErrorClass.BAD_PAYLOAD, f"{response.path}: expected a model card with an id")
     parameters = as_mapping(card.get("parameters"))
     vision = bool(parameters.get("use_vision"))
+    kind = ModelKind.VISION if vision else ModelKind.LLM
     model = model_from_card(
         card,
-        kind=ModelKind.VISION if vision else ModelKind.LLM,
+        kind=kind,
         context_length=int_or_none(parameters.get("max_seq_len")),
         loaded=True,
-        capabilities=capabilities(Capability.VISION if vision else None),
+        capabilities=capabilities(Capability.VISION if vision else None, kind=kind),
     )
     return Observation(models=(model,), extra={"prompt_template": str_or_none(parameters.get("prompt_template"))})
 

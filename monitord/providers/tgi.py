@@ -39,7 +39,7 @@ def read_info(response: HttpResponse) -> tuple[ModelInfo, str | None]:
         context_length=int_or_none(body.get("max_total_tokens")),
         loaded=True,
         capabilities=capabilities(Capability.VISION if kind is ModelKind.VISION else None,
-                                  Capability.EMBEDDINGS if kind is ModelKind.EMBEDDING else None),
+                                  Capability.EMBEDDINGS if kind is ModelKind.EMBEDDING else None, kind=kind),
     )
     return model, str_or_none(body.get("version"))
 

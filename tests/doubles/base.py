@@ -96,6 +96,7 @@ class DoubleControl:
     # FLAPPING bookkeeping: a path asked twice means a new probe started.
     _flap_failing: bool = field(default=False, repr=False)
     _flap_seen: set[str] = field(default_factory=set, repr=False)
+    _flap_dropped: set[str] = field(default_factory=set, repr=False)
 
     @property
     def expected_key(self) -> str | None:
@@ -113,15 +114,23 @@ class DoubleControl:
     def reset_flapping(self) -> None:
         self._flap_failing = False
         self._flap_seen.clear()
+        self._flap_dropped.clear()
 
-    def _flap_phase(self, path: str) -> Scenario:
-        # The double cannot see probe boundaries; a path requested again marks the next probe. Adapters ask
-        # each path once per attempt, so with retries off this alternates probe by probe.
+    def _flap_phase(self, path: str) -> tuple[Scenario, bool]:
+        """The phase for a request on `path`, and whether it is the client's retry of a dropped request.
+
+        The double cannot see probe boundaries; a path requested again marks the next probe. Adapters ask each
+        path once per attempt, so with probe retries off this alternates probe by probe. aiohttp itself resends
+        a request once when the connection closed unanswered: that resend belongs to the same probe.
+        """
+        if path in self._flap_dropped:
+            self._flap_dropped.discard(path)
+            return (self.flap_to if self._flap_failing else Scenario.UP), True
         if path in self._flap_seen:
             self._flap_failing = not self._flap_failing
             self._flap_seen.clear()
         self._flap_seen.add(path)
-        return self.flap_to if self._flap_failing else Scenario.UP
+        return (self.flap_to if self._flap_failing else Scenario.UP), False
 
 
 CONTROL_KEY = web.AppKey("double_control", DoubleControl)
@@ -273,6 +282,7 @@ def _framework_middleware(control: DoubleControl, gate: _Gate) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         _record(control, request)
         scenario = control.scenario
+        flap_retry: bool | None = None  # FLAPPING only: whether this request repeats a dropped one
         if scenario is Scenario.HANG:
             await gate.wait()  # released only when the scenario changes or the double stops
             return empty_response(503)
@@ -284,11 +294,14 @@ def _framework_middleware(control: DoubleControl, gate: _Gate) -> Any:
         elif scenario is Scenario.HUGE:
             return await _huge(request, control.huge_bytes)
         elif scenario is Scenario.FLAPPING:
-            scenario = control._flap_phase(request.path)
+            scenario, flap_retry = control._flap_phase(request.path)
         elif scenario in (Scenario.UNAUTHORIZED, Scenario.DOWN):
             scenario = Scenario.UP  # DOWN only reaches here on a connection accepted just before closing
         request[_SCENARIO_REQUEST_KEY] = scenario
-        return await handler(request)
+        response = await handler(request)
+        if flap_retry is False and (request.transport is None or request.transport.is_closing()):
+            control._flap_dropped.add(request.path)
+        return response
 
     return middleware
 
