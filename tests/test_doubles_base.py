@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -21,6 +23,8 @@ from tests.doubles.base import (
     new_app,
     scenario_of,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def toy_app(control: DoubleControl) -> web.Application:
@@ -151,3 +155,33 @@ async def test_family_scenarios_reach_the_handler(double: ProviderDouble, http: 
     assert orjson.loads((await get(http, double))[1]) == {"data": []}
     await double.set(Scenario.ERROR)
     assert (await get(http, double))[0] == 500
+
+
+async def test_command_line_serves_and_switches_doubles(http: aiohttp.ClientSession) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.doubles", "vllm", "mlx", "--stdin-stops",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=REPO)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        urls = {}
+        while (line := (await asyncio.wait_for(process.stdout.readline(), 10)).decode().strip()) != "ready":
+            name, url = line.split()
+            urls[name] = url
+        async with http.get(urls["vllm"] + "/v1/models") as resp:
+            assert resp.status == 200
+        process.stdin.write(b"all down\n")
+        await process.stdin.drain()
+        assert (await asyncio.wait_for(process.stdout.readline(), 10)).decode().strip() == "ok all down"
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await get_url(http, urls["mlx"] + "/health")
+        process.stdin.close()
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def get_url(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as resp:
+        return resp.status

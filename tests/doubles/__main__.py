@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+import stat
 import sys
 
 from tests.doubles import DOUBLES
@@ -39,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _stdin_reader() -> asyncio.StreamReader | None:
     """A non-blocking reader on stdin, or None when stdin cannot be watched (a regular file, /dev/null)."""
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or sys.stdin.isatty()):
+        return None  # epoll cannot watch regular files or /dev/null
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
