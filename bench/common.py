@@ -1,0 +1,261 @@
+"""What every benchmark shares: the Table it returns, CPU/RSS/percentile helpers, and the BENCHMARKS.md record.
+
+Figures are only comparable within one run on one machine, so every recorded section carries the date, the core
+count and the versions of the parts that move the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import resource
+import sqlite3
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
+POSTGRES_DSN = os.environ.get("MONITORD_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_TIMEOUT_S = 3.0
+
+T = TypeVar("T")
+
+
+@dataclass
+class Table:
+    """One benchmark's result: formatted rows for people, `figures` (JSON-able) for plots and the smoke test."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, *cells: object) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{self.title}: {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(tuple(fmt(cell) for cell in cells))
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join(" --- " for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        if self.notes:
+            lines.append("")
+            lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def text(self) -> str:
+        widths = [max(len(header), *(len(row[i]) for row in self.rows)) if self.rows else len(header)
+                  for i, header in enumerate(self.columns)]
+        rule = "  ".join("-" * width for width in widths)
+        lines = [self.title, "=" * len(self.title),
+                 "  ".join(header.ljust(width) for header, width in zip(self.columns, widths, strict=True)), rule]
+        lines += ["  ".join(cell.rjust(width) if _numeric(cell) else cell.ljust(width)
+                            for cell, width in zip(row, widths, strict=True)) for row in self.rows]
+        lines += [f"* {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _numeric(cell: str) -> bool:
+    return bool(cell) and (cell[0].isdigit() or cell[0] in "-+.") and cell != "-"
+
+
+def fmt(value: object) -> str:
+    """Numbers for a table: thousands separators, 3 significant digits below 100, '-' for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def verdict(value: float | None, *, at_most: float | None = None, at_least: float | None = None) -> str:
+    """'met' or 'NOT met' against a target bound; 'n/a' when nothing was measured."""
+    if value is None:
+        return "n/a"
+    ok = (at_most is None or value <= at_most) and (at_least is None or value >= at_least)
+    return "met" if ok else "NOT met"
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks; q in [0, 1]; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Wall and process CPU time (all threads) between two points, in seconds."""
+
+    wall_s: float
+    cpu_s: float
+
+    def cpu_us_per(self, count: int) -> float | None:
+        return self.cpu_s * 1e6 / count if count else None
+
+    def rate(self, count: int) -> float | None:
+        return count / self.wall_s if self.wall_s > 0 else None
+
+
+class Meter:
+    """Marks a start, then reports the Usage since; `with Meter() as m: ...; m.usage` after the block."""
+
+    def __init__(self) -> None:
+        self._wall0 = time.perf_counter()
+        self._cpu0 = time.process_time()
+        self._final: Usage | None = None
+
+    def reset(self) -> None:
+        self._wall0 = time.perf_counter()
+        self._cpu0 = time.process_time()
+        self._final = None
+
+    @property
+    def usage(self) -> Usage:
+        if self._final is not None:
+            return self._final
+        return Usage(time.perf_counter() - self._wall0, time.process_time() - self._cpu0)
+
+    def __enter__(self) -> Meter:
+        self.reset()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._final = self.usage
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one (thousands of sockets); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (what `monitord run` uses), else the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"uvloop {version('uvloop')}"
+    except PackageNotFoundError:
+        return "asyncio"
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh loop of the kind the daemon uses."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(coro)
+
+
+async def postgres_version(dsn: str = POSTGRES_DSN) -> str | None:
+    """The server version, or None when no PostgreSQL answers (benchmarks then skip it)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=POSTGRES_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return None
+    try:
+        version: str = await conn.fetchval("SHOW server_version")
+        return version
+    finally:
+        await conn.close()
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    cores: int
+    cpu: str | None
+    python: str
+    sqlite: str
+    postgres: str | None
+    loop: str
+
+    def line(self) -> str:
+        cpu = f" ({self.cpu})" if self.cpu else ""
+        return (f"{self.cores} cores{cpu}; Python {self.python} on {self.loop}; SQLite {self.sqlite}; "
+                f"PostgreSQL {self.postgres or 'not reachable'}")
+
+
+async def machine() -> Machine:
+    return Machine(
+        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        cpu=_cpu_model(),
+        python=platform.python_version(),
+        sqlite=sqlite3.sqlite_version,
+        postgres=await postgres_version(),
+        loop=loop_name(),
+    )
+
+
+BENCHMARKS_HEADER = """\
+# Benchmarks
+
+Measured with `make bench` (`python -m bench`; one benchmark: `python -m bench probes`). Each run appends a
+section below, dated and with the machine it ran on. Every figure sits beside a baseline measured in the same
+run, so compare ratios across runs rather than absolute numbers: on a shared 2-core machine the absolute figures
+move by 2x with load. How each figure is taken is described in the benchmark's module docstring (`bench/`).
+"""
+
+
+def record(tables: Sequence[Table], machine_info: Machine, *, images: Sequence[Path] = (),
+           path: Path = BENCHMARKS_MD, when: datetime | None = None) -> None:
+    """Append a dated section with `tables` (and links to `images`) to BENCHMARKS.md."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"## {stamp}: {machine_info.line()}", ""]
+    for image in images:
+        relative = image.resolve().relative_to(path.resolve().parent)
+        parts += [f"![{image.stem.replace('_', ' ')}]({relative.as_posix()})", ""]
+    parts += [table.markdown() for table in tables]
+    existing = path.read_text(encoding="utf-8") if path.exists() else BENCHMARKS_HEADER
+    path.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(parts).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
