@@ -1,6 +1,7 @@
 """Apply the Alembic migrations from code (`monitord migrate`, `monitord run`), on either database.
 
 The revisions live in the repository's migrations/ folder; this module only points Alembic at them.
+Alembic's context is process-wide: run one migration at a time per process (processes may race; see dialects).
 """
 
 from __future__ import annotations
