@@ -102,12 +102,12 @@ def capabilities(*names: str | None, kind: ModelKind | None = None) -> frozenset
     return frozenset(name for name in (*names, *generative) if name)
 
 
-def kind_for(capability_names: Iterable[str], *, llm: bool = False) -> ModelKind | None:
+def kind_for(capability_names: Iterable[str]) -> ModelKind | None:
     """The model kind its capabilities imply; None when nothing says."""
     names = set(capability_names)
     if Capability.VISION in names:
         return ModelKind.VISION
-    if llm or names & {Capability.CHAT, Capability.COMPLETION}:
+    if names & {Capability.CHAT, Capability.COMPLETION}:
         return ModelKind.LLM
     if Capability.EMBEDDINGS in names:
         return ModelKind.EMBEDDING
