@@ -1,0 +1,34 @@
+"""Optional bearer-token check for every route but /healthz, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from monitord.api.errors import ApiError
+from monitord.model import Secret
+
+OPEN_PATHS = frozenset({"/healthz"})  # a liveness probe must work without credentials
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="monitord"'}
+
+
+def bearer_middleware(token: Secret, open_paths: Iterable[str] = OPEN_PATHS) -> Middleware:
+    """Reject requests without `Authorization: Bearer <token>` with 401 in the API's error shape."""
+    expected = f"Bearer {token.reveal()}".encode()
+    unguarded = frozenset(open_paths)
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in unguarded:
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            # compare_digest's time depends only on the length of its inputs, never on where they differ
+            if not hmac.compare_digest(given, expected):
+                code = "unauthorized"
+                message = "missing bearer token" if not given else "invalid bearer token"
+                raise ApiError(401, code, message, headers=_CHALLENGE)
+        return await handler(request)
+
+    return require_token

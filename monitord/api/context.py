@@ -1,0 +1,87 @@
+"""ApiContext: everything the views read, handed in by the daemon (nothing here is global)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+
+from monitord.api.cache import RankingCache
+from monitord.api.events import EventHub
+from monitord.api.metrics import Metrics, StateCollector
+from monitord.health import LiveState
+from monitord.model import ProbeResult, ProviderSpec, RankedProvider, Secret, StatusChange
+from monitord.ranking import Ranker
+from monitord.store import Store
+
+log = structlog.get_logger("monitord.api")
+
+FALLBACKS_IN_EVENTS = 3
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(eq=False)
+class ApiContext:
+    """What the views read, handed in by the daemon."""
+
+    live: LiveState
+    specs: Callable[[], Mapping[str, ProviderSpec]]  # the same Mapping object until a reload changes it
+    store: Store
+    ready: Callable[[], bool]  # first probe round done
+    token: Secret | None = None  # bearer token every route but /healthz requires when set
+    clock: Callable[[], datetime] = _utcnow
+    ranker: Ranker = field(default_factory=Ranker)
+    metrics: Metrics = field(default_factory=Metrics)
+    events: EventHub = field(default_factory=EventHub)
+    best_check_interval_s: float = 0.25  # coalesces bursts of results into one best-provider check
+    ranking: RankingCache = field(init=False)
+    _state_changed: asyncio.Event = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ranking = RankingCache(self.live, self.specs, self.ranker, self.clock)
+        self._state_changed = asyncio.Event()
+        self.metrics.register(StateCollector(self.live, self.specs, self.ranking.ranking, self.store, self.ready,
+                                             lambda: self.events.subscribers))
+
+    def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
+        """Call once per probe result, after LiveState.fold: metrics, status events, ranking refresh."""
+        self.metrics.observe(result)
+        for change in changes:
+            self.events.status_changed(change)
+        self.ranking.invalidate()
+        self._state_changed.set()
+
+    def on_reload(self, removed: Iterable[str] = ()) -> None:
+        """Call after a reload applied: forgets removed providers' series and re-ranks."""
+        for name in removed:
+            self.metrics.forget(name)
+        self.ranking.invalidate()
+        self._state_changed.set()
+
+    async def watch_best(self) -> None:
+        """Publish a best-provider change whenever the default ranking's top entry changes. Runs until cancelled."""
+        best = self.ranking.ranking().best
+        while True:
+            await self._state_changed.wait()
+            self._state_changed.clear()
+            ranking = self.ranking.ranking()
+            if _name(ranking.best) != _name(best):
+                fallbacks = tuple(entry.provider for entry in ranking.entries[1:1 + FALLBACKS_IN_EVENTS])
+                self.events.best_changed(best, ranking.best, ranking.generated_at, fallbacks)
+                log.info("ranking.best_changed", previous=_name(best), current=_name(ranking.best))
+            best = ranking.best
+            await asyncio.sleep(self.best_check_interval_s)
+
+
+def _name(entry: RankedProvider | None) -> str | None:
+    return entry.provider if entry is not None else None
+
+
+CONTEXT = web.AppKey("monitord.api.context", ApiContext)

@@ -1,0 +1,157 @@
+"""Prometheus exposition for GET /metrics, on a registry of the app's own (never the process-global one).
+
+Probe counts and latencies are recorded as results arrive (`Metrics.observe`); live state, ranking and store
+figures are read at scrape time, so a removed provider's gauges vanish with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from monitord.health import LiveState
+from monitord.model import ProbeResult, ProviderSpec, Ranking, Status
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+PROBE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+NO_ERROR = "none"
+
+
+class Metrics:
+    """The app's registry: per-probe counters and histograms, process metrics, and scrape-time collectors."""
+
+    def __init__(self, *, buckets_s: tuple[float, ...] = PROBE_BUCKETS_S) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.probe_duration = Histogram(
+            "monitord_probe_duration_seconds", "Time a probe took, retries included.",
+            ["provider", "type"], registry=self.registry, buckets=buckets_s)
+        self.probes = Counter(
+            "monitord_probes", "Probes by result status and error class.",
+            ["provider", "type", "status", "error_class"], registry=self.registry)
+        self._labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> probe counter label sets, to forget
+
+    def observe(self, result: ProbeResult) -> None:
+        provider, kind = result.provider, result.provider_type
+        self.probe_duration.labels(provider, kind).observe(result.total_ms / 1000.0)
+        labels = (provider, kind, result.status.value,
+                  result.error_class.value if result.error_class else NO_ERROR)
+        self.probes.labels(*labels).inc()
+        self._labels.setdefault(provider, set()).add(labels)
+
+    def forget(self, provider: str) -> None:
+        """Drop a removed provider's probe series."""
+        seen = self._labels.pop(provider, set())
+        for labels in seen:
+            self.probes.remove(*labels)
+        for provider_and_type in {labels[:2] for labels in seen}:
+            self.probe_duration.remove(*provider_and_type)
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StoreFigures(Protocol):
+    @property
+    def pending(self) -> int: ...
+    @property
+    def dropped_total(self) -> int: ...
+    @property
+    def written_total(self) -> int: ...
+
+
+class StateCollector:
+    """Scrape-time view of live state, the default ranking, readiness, the store writer and event streams."""
+
+    def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]],
+                 ranking: Callable[[], Ranking], store: StoreFigures, ready: Callable[[], bool],
+                 subscribers: Callable[[], int]) -> None:
+        self.live = live
+        self.specs = specs
+        self.ranking = ranking
+        self.store = store
+        self.ready = ready
+        self.subscribers = subscribers
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._providers()
+        yield from self._ranking()
+        yield _gauge("monitord_ready", "1 once the first probe round is done.", float(self.ready()))
+        yield _gauge("monitord_store_pending_rows", "Probe rows buffered and not yet written.",
+                     float(self.store.pending))
+        yield _counter("monitord_store_dropped", "Probe rows given up on (outage overflow, rejected, lost).",
+                       float(self.store.dropped_total))
+        yield _counter("monitord_store_written", "Probe rows written to the database.",
+                       float(self.store.written_total))
+        yield _gauge("monitord_event_subscribers", "Open GET /v1/events streams.", float(self.subscribers()))
+        yield _gauge("monitord_models_served", "Distinct model ids listed by providers now.",
+                     float(len(self.live.models_view())))
+
+    def _providers(self) -> Iterator[Any]:
+        labels = ["provider", "type"]
+        up = GaugeMetricFamily("monitord_provider_up", "1 when the provider's live status is up.", labels=labels)
+        status = GaugeMetricFamily("monitord_provider_status", "1 for the provider's live status, else 0.",
+                                   labels=[*labels, "status"])
+        availability = GaugeMetricFamily("monitord_provider_availability_ratio",
+                                         "Share of successful probes in the window.", labels=labels)
+        latency = GaugeMetricFamily("monitord_provider_latency_seconds",
+                                    "Probe latency over the window (p50, p95, ewma).", labels=[*labels, "stat"])
+        failures = GaugeMetricFamily("monitord_provider_failures_in_a_row", "Consecutive failed probes.",
+                                     labels=labels)
+        models = GaugeMetricFamily("monitord_provider_models", "Models the provider lists now.", labels=labels)
+        specs = self.specs()
+        states = self.live.all()
+        for name in sorted(specs):
+            state = states.get(name)
+            if state is None:
+                continue
+            key = [name, specs[name].type]
+            up.add_metric(key, float(state.status is Status.UP))
+            for value in Status:
+                status.add_metric([*key, value.value], float(state.status is value))
+            if state.availability is not None:
+                availability.add_metric(key, state.availability)
+            for stat, ms in (("p50", state.latency_p50_ms), ("p95", state.latency_p95_ms),
+                             ("ewma", state.latency_ewma_ms)):
+                if ms is not None:
+                    latency.add_metric([*key, stat], ms / 1000.0)
+            failures.add_metric(key, float(state.failures_in_a_row))
+            models.add_metric(key, float(len(state.models)))
+        yield from (up, status, availability, latency, failures, models)
+
+    def _ranking(self) -> Iterator[Any]:
+        labels = ["provider", "type"]
+        rank = GaugeMetricFamily("monitord_provider_rank", "Place in the default ranking (1 is best).",
+                                 labels=labels)
+        score = GaugeMetricFamily("monitord_provider_score", "Score in the default ranking.", labels=labels)
+        for place, entry in enumerate(self.ranking().entries, start=1):
+            rank.add_metric([entry.provider, entry.type], float(place))
+            score.add_metric([entry.provider, entry.type], entry.score)
+        yield rank
+        yield score
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)

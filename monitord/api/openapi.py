@@ -1,0 +1,302 @@
+"""The OpenAPI 3.1 document of the query API, served at /openapi.json.
+
+Written by hand next to the views; tests check that it names every route the router has (and no other) and
+validate real responses against its schemas, so it cannot drift from the implementation unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitord.model import ErrorClass, ModelKind, QualityPreference, Status, TaskType
+
+Schema = dict[str, Any]
+
+ERROR_CODES = {
+    "bad_request": "the request could not be read",
+    "invalid_parameter": "a query parameter is unknown, repeated or malformed",
+    "invalid_json": "the body is not a JSON object",
+    "invalid_criteria": "a criteria field has a wrong value",
+    "unauthorized": "missing or wrong bearer token",
+    "not_found": "no such route",
+    "provider_not_found": "no configured provider has that name",
+    "method_not_allowed": "the route exists but not for this method",
+    "body_too_large": "the request body exceeds 64 KiB",
+    "no_provider": "no provider matches the selection criteria (reasons in details.excluded)",
+    "not_ready": "the first probe round is not done or the store does not answer (details.checks)",
+    "store_unavailable": "the database did not answer",
+    "too_many_subscribers": "too many event streams are open",
+    "shutting_down": "monitord is stopping",
+    "internal_error": "a bug; see the monitord log",
+}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> Schema:
+    return {"type": [kind, "null"], **extra}
+
+
+def _enum(values: type[Any]) -> list[str]:
+    return [member.value for member in values]
+
+
+def _object(properties: dict[str, Schema], *, required: list[str] | None = None, closed: bool = True) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties,
+                      "required": list(properties) if required is None else required}
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+TIME = {"type": "string", "format": "date-time"}
+TIME_OR_NULL = _nullable("string", format="date-time")
+STATUS = {"type": "string", "enum": _enum(Status)}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+
+_MODEL_INFO = _object({
+    "id": {"type": "string"},
+    "kind": {"type": "string", "enum": _enum(ModelKind)},
+    "context_length": {"type": "integer"},
+    "loaded": {"type": "boolean"},
+    "size_bytes": {"type": "integer"},
+    "family": {"type": "string"},
+    "parameter_size": {"type": "string"},
+    "quantization": {"type": "string"},
+    "owned_by": {"type": "string"},
+    "capabilities": STRINGS,
+}, required=["id"])
+
+_PROVIDER = _object({
+    "name": {"type": "string"},
+    "type": {"type": "string"},
+    "status": STATUS,
+    "since": TIME_OR_NULL,
+    "failures_in_a_row": {"type": "integer", "minimum": 0},
+    "successes_in_a_row": {"type": "integer", "minimum": 0},
+    "last_probe_at": TIME_OR_NULL,
+    "last_result_status": {"type": ["string", "null"], "enum": [*_enum(Status), None]},
+    "last_error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+    "last_error": _nullable("string"),
+    "last_error_at": TIME_OR_NULL,
+    "last_success_at": TIME_OR_NULL,
+    "last_failure_at": TIME_OR_NULL,
+    "availability": _nullable("number", minimum=0, maximum=1),
+    "samples": {"type": "integer", "minimum": 0},
+    "samples_ok": {"type": "integer", "minimum": 0},
+    "latency_p50_ms": _nullable("number"),
+    "latency_p95_ms": _nullable("number"),
+    "latency_ewma_ms": _nullable("number"),
+    "models": {"type": "array", "items": _ref("ServedModel")},
+    "server_version": _nullable("string"),
+    "transitions_recent": {"type": "integer", "minimum": 0},
+    "endpoint": {"type": "string", "description": "Base URL with any userinfo replaced by ***."},
+    "enabled": {"type": "boolean"},
+    "capabilities": STRINGS,
+    "configured_models": STRINGS,
+    "priority": {"type": "integer"},
+    "weight": {"type": "number"},
+    "probe_interval_s": {"type": "number"},
+})
+
+_CRITERIA = _object({
+    "task_type": {"type": ["string", "null"], "enum": [*_enum(TaskType), None]},
+    "required_capabilities": STRINGS,
+    "max_tokens": _nullable("integer", minimum=1),
+    "quality_preference": {"type": "string", "enum": _enum(QualityPreference)},
+    "model": _nullable("string"),
+    "providers": {"type": ["array", "null"], "items": {"type": "string"}},
+})
+
+_LIST_OR_CSV = {"oneOf": [{"type": "string"}, STRINGS]}
+_SELECT_REQUEST = _object({
+    "task_type": {"type": "string", "enum": _enum(TaskType)},
+    "required_capabilities": {**_LIST_OR_CSV, "description": "e.g. [\"vision\", \"tools\"] or \"vision,tools\""},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "quality_preference": {"type": "string", "enum": _enum(QualityPreference)},
+    "model": {"type": "string", "description": "Exact model id or glob (* ? [...]), case-insensitive."},
+    "providers": {**_LIST_OR_CSV, "description": "Allow-list of provider names."},
+    "fallbacks": {"type": "integer", "minimum": 0, "maximum": 100, "default": 3},
+}, required=[])
+
+_ENTRY = _object({
+    "provider": {"type": "string"},
+    "type": {"type": "string"},
+    "score": {"type": "number", "minimum": 0},
+    "status": STATUS,
+    "components": {"type": "object", "additionalProperties": {"type": "number"},
+                   "description": "availability, latency, recency, priority, quality, task_fit (each 0..1), "
+                                  "weight and status_factor; score = weight x status_factor x weighted sum."},
+    "models": STRINGS,
+})
+
+_EXCLUDED = {"type": "object", "additionalProperties": STRINGS,
+             "description": "Provider name -> why it was left out."}
+
+_SCHEMAS: dict[str, Schema] = {
+    "Error": _object({"error": _object({
+        "code": {"type": "string", "description": "; ".join(f"{k}: {v}" for k, v in ERROR_CODES.items())},
+        "message": {"type": "string"},
+        "details": {"type": "object"},
+    }, required=["code", "message"])}),
+    "Health": _object({"status": {"const": "ok"}, "version": {"type": "string"}}),
+    "Ready": _object({"status": {"const": "ready"},
+                      "checks": _object({"first_round": {"type": "boolean"}, "store": {"type": "boolean"}})}),
+    "ModelInfo": _MODEL_INFO,
+    "ServedModel": {**_MODEL_INFO, "properties": {**_MODEL_INFO["properties"], "first_seen": TIME,
+                                                  "last_seen": TIME},
+                    "required": ["id", "first_seen", "last_seen"]},
+    "Provider": _PROVIDER,
+    "ProviderList": _object({"generated_at": TIME, "providers": {"type": "array", "items": _ref("Provider")}}),
+    "Sample": _object({
+        "ts": TIME, "status": STATUS,
+        "error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+        "error": _nullable("string"), "connect_ms": _nullable("number"), "ttfb_ms": _nullable("number"),
+        "total_ms": {"type": "number"}, "http_status": _nullable("integer"),
+        "model_count": {"type": "integer"}, "attempts": {"type": "integer"},
+    }),
+    "Bucket": _object({
+        "start": TIME, "count": {"type": "integer"}, "ok_count": {"type": "integer"},
+        "availability": {"type": "number", "minimum": 0, "maximum": 1},
+        "latency_avg_ms": _nullable("number"), "latency_p95_ms": _nullable("number"),
+    }),
+    "History": _object({"provider": {"type": "string"}, "since": TIME_OR_NULL, "until": TIME_OR_NULL,
+                        "limit": {"type": "integer"}, "samples": {"type": "array", "items": _ref("Sample")}}),
+    "Aggregates": _object({"provider": {"type": "string"}, "step": {"type": "string"},
+                           "step_s": {"type": "integer"}, "since": TIME, "until": TIME,
+                           "buckets": {"type": "array", "items": _ref("Bucket")}}),
+    "Criteria": _CRITERIA,
+    "SelectRequest": _SELECT_REQUEST,
+    "RankedEntry": _ENTRY,
+    "Ranking": _object({"generated_at": TIME, "criteria": _ref("Criteria"),
+                        "ranking": {"type": "array", "items": _ref("RankedEntry")}, "excluded": _EXCLUDED}),
+    "Selection": _object({"generated_at": TIME, "provider": _ref("RankedEntry"),
+                          "fallbacks": {"type": "array", "items": _ref("RankedEntry")},
+                          "criteria": _ref("Criteria")}),
+    "ModelServer": _object({"provider": {"type": "string"}, "provider_type": {"type": "string"},
+                            "status": STATUS, "model": _ref("ModelInfo"), "first_seen": TIME, "last_seen": TIME}),
+    "ModelList": _object({"generated_at": TIME, "models": {"type": "array", "items": _object({
+        "id": {"type": "string"}, "up": {"type": "integer", "minimum": 0},
+        "providers": {"type": "array", "items": _ref("ModelServer")}})}}),
+    "StatusChangedEvent": _object({
+        "provider": {"type": "string"}, "provider_type": {"type": "string"}, "previous": STATUS,
+        "current": STATUS, "at": TIME, "since_previous_s": _nullable("number"),
+        "error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+        "error": _nullable("string"),
+    }),
+    "BestChangedEvent": _object({
+        "at": TIME, "previous": _nullable("string"), "current": _nullable("string"),
+        "entry": {"oneOf": [_ref("RankedEntry"), {"type": "null"}]}, "fallbacks": STRINGS,
+    }),
+}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Schema]:
+    meaning = {400: "Bad parameters or body", 401: "Missing or wrong bearer token (when api.token is set)",
+               404: "Unknown provider", 413: "Body too large", 503: "Unavailable"}
+    return {str(status): _json(_ref("Error"), meaning[status]) for status in statuses}
+
+
+def _query(name: str, schema: Schema, description: str, *, repeat: bool = False) -> Schema:
+    parameter: Schema = {"name": name, "in": "query", "required": False, "description": description,
+                         "schema": {"type": "array", "items": schema} if repeat else schema}
+    if repeat:
+        parameter.update(style="form", explode=True)
+    return parameter
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_CRITERIA_PARAMETERS = [
+    _query("task_type", {"type": "string", "enum": _enum(TaskType)}, "What the request is for."),
+    _query("capability", {"type": "string"}, "Required capability; repeat or comma-separate "
+                                             "(alias: required_capabilities).", repeat=True),
+    _query("max_tokens", {"type": "integer", "minimum": 1},
+           "Excludes providers whose known context length is smaller."),
+    _query("quality", {"type": "string", "enum": _enum(QualityPreference)},
+           "fast, balanced (default) or quality (alias: quality_preference)."),
+    _query("model", {"type": "string"}, "Exact model id or glob."),
+    _query("provider", {"type": "string"}, "Allow-list of provider names (alias: providers).", repeat=True),
+]
+
+
+def _paths() -> dict[str, Schema]:
+    return {
+        "/healthz": {"get": {"summary": "The process is alive.", "operationId": "healthz", "security": [],
+                             "responses": {"200": _json(_ref("Health"), "Alive")}}},
+        "/readyz": {"get": {"summary": "First probe round done and the store reachable.", "operationId": "readyz",
+                            "responses": {"200": _json(_ref("Ready"), "Ready"), **_errors(401, 503)}}},
+        "/v1/providers": {"get": {
+            "summary": "Live state of every configured provider, by name.", "operationId": "listProviders",
+            "responses": {"200": _json(_ref("ProviderList"), "Providers"), **_errors(400, 401)}}},
+        "/v1/providers/{name}": {"get": {
+            "summary": "Live state of one provider.", "operationId": "getProvider", "parameters": [_NAME],
+            "responses": {"200": _json(_ref("Provider"), "The provider"), **_errors(400, 401, 404)}}},
+        "/v1/providers/{name}/history": {"get": {
+            "summary": "Stored probes, newest first; with `step`, aggregates per step instead.",
+            "operationId": "getProviderHistory",
+            "parameters": [
+                _NAME,
+                _query("since", TIME, "Inclusive start (ISO 8601; no offset means UTC)."),
+                _query("until", TIME, "Exclusive end (ISO 8601; default now with step)."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 500},
+                       "Most samples or buckets returned (the newest)."),
+                _query("step", {"type": "string", "enum": ["1m", "5m", "1h", "1d"]}, "Aggregate per step."),
+            ],
+            "responses": {"200": _json({"oneOf": [_ref("History"), _ref("Aggregates")]}, "Samples or buckets"),
+                          **_errors(400, 401, 404, 503)}}},
+        "/v1/ranking": {"get": {
+            "summary": "Providers best first for the criteria, each with its score components; and the excluded.",
+            "operationId": "getRanking",
+            "parameters": [*_CRITERIA_PARAMETERS,
+                           _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000},
+                                  "Most entries returned.")],
+            "responses": {"200": _json(_ref("Ranking"), "The ranking"), **_errors(400, 401)}}},
+        "/v1/select": {"post": {
+            "summary": "The provider to use for a request, and what to fall back to.", "operationId": "select",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("SelectRequest")}}},
+            "responses": {"200": _json(_ref("Selection"), "The best provider and its fallbacks"),
+                          **_errors(400, 401, 413, 503)}}},
+        "/v1/models": {"get": {
+            "summary": "Every model id served now, with the providers serving it.", "operationId": "listModels",
+            "responses": {"200": _json(_ref("ModelList"), "Models"), **_errors(400, 401)}}},
+        "/v1/events": {"get": {
+            "summary": "Server-Sent Events: `provider.status_changed` (StatusChangedEvent) and "
+                       "`ranking.best_changed` (BestChangedEvent); `: keep-alive` comments; `shutdown` on stop.",
+            "operationId": "streamEvents",
+            "parameters": [
+                _query("provider", {"type": "string"}, "Only status changes of these providers.", repeat=True),
+                _query("last_event_id", {"type": "integer"}, "Replay newer buffered events (or the "
+                                                             "Last-Event-ID header)."),
+            ],
+            "responses": {"200": {"description": "An event stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(400, 401, 404, 503)}}},
+        "/metrics": {"get": {
+            "summary": "Prometheus text exposition.", "operationId": "metrics",
+            "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors(401)}}},
+        "/openapi.json": {"get": {
+            "summary": "This document.", "operationId": "openapi",
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"), **_errors(401)}}},
+    }
+
+
+def build_document(version: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "monitord query API", "version": version,
+                 "description": "Live state, ranking and selection of local LLM inference servers. Every error "
+                                "is {\"error\": {\"code\", \"message\", \"details\"?}}."},
+        "security": [{}, {"bearerAuth": []}],  # the token is optional (api.token)
+        "paths": _paths(),
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,91 @@
+"""GET /v1/ranking and POST /v1/select: the explained ranking, and the one provider to use with its fallbacks.
+
+The default ranking is rendered once per generation of the live state and served as bytes; a query repeated
+within a generation is too (see RankingCache); anything else is ranked on request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from monitord.api.cache import DEFAULT_CRITERIA
+from monitord.api.context import CONTEXT
+from monitord.api.errors import ApiError
+from monitord.api.replies import bytes_reply, criteria_from_query, int_param, parse_criteria
+from monitord.model import Criteria, Ranking
+
+DEFAULT_FALLBACKS = 3
+MAX_FALLBACKS = 100
+MAX_LIMIT = 10_000
+
+
+def ranking_body(result: Ranking) -> bytes:
+    return orjson.dumps({
+        "generated_at": result.generated_at.isoformat(),
+        "criteria": result.criteria.to_dict(),
+        "ranking": [entry.to_dict() for entry in result.entries],
+        "excluded": {name: list(reasons) for name, reasons in sorted(result.excluded.items())},
+    })
+
+
+async def ranking(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    if not request.query_string:  # the common case: the default ranking, already rendered
+        criteria: Criteria = DEFAULT_CRITERIA
+        limit = None
+    else:
+        query = request.query
+        criteria = criteria_from_query(query, others=("limit",))
+        limit = int_param(query, "limit", 0, 1, MAX_LIMIT) or None
+    cache = ctx.ranking
+    return bytes_reply(cache.rendered(("ranking", criteria, limit),
+                                      lambda: ranking_body(cache.ranking(criteria, limit=limit))))
+
+
+async def _select_request(request: web.Request) -> tuple[Criteria, int]:
+    body = await request.read()
+    raw: Any = {}
+    if body.strip():
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "invalid_json", f"expected a JSON object of criteria, got {type(raw).__name__}")
+    fallbacks = raw.pop("fallbacks", DEFAULT_FALLBACKS)
+    if isinstance(fallbacks, bool) or not isinstance(fallbacks, int) or not 0 <= fallbacks <= MAX_FALLBACKS:
+        raise ApiError(400, "invalid_criteria", f"fallbacks: expected a whole number from 0 to {MAX_FALLBACKS}, "
+                                                f"got {fallbacks!r}")
+    return parse_criteria(raw), fallbacks
+
+
+async def select(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    criteria, fallbacks = await _select_request(request)
+    cache = ctx.ranking
+    result = cache.ranking(criteria, limit=fallbacks + 1)
+    best = result.best
+    if best is None:
+        raise ApiError(503, "no_provider", _no_provider_message(result), details={
+            "criteria": criteria.to_dict(),
+            "excluded": {name: list(reasons) for name, reasons in sorted(result.excluded.items())},
+        })
+
+    def render() -> bytes:
+        return orjson.dumps({
+            "generated_at": result.generated_at.isoformat(),
+            "provider": best.to_dict(),
+            "fallbacks": [entry.to_dict() for entry in result.entries[1:]],
+            "criteria": criteria.to_dict(),
+        })
+
+    return bytes_reply(cache.rendered(("select", criteria, fallbacks), render))
+
+
+def _no_provider_message(result: Ranking) -> str:
+    if not result.excluded:
+        return "no provider is configured for these criteria"
+    return f"no provider matches the criteria ({len(result.excluded)} excluded; see details.excluded)"

@@ -1,0 +1,155 @@
+"""Routes, and the views of process health, provider status, models, metrics, the document and events.
+
+Ranking and selection live in `selection.py`, history in `history.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from monitord import __version__
+from monitord.api.context import CONTEXT, ApiContext
+from monitord.api.errors import ApiError
+from monitord.api.history import provider_history
+from monitord.api.metrics import CONTENT_TYPE
+from monitord.api.openapi import build_document
+from monitord.api.replies import bytes_reply, check_params, json_reply
+from monitord.api.selection import ranking, select
+from monitord.model import ProviderSpec, ProviderState, Status
+
+READY_TIMEOUT_S = 2.0  # a store that does not answer a ping by then counts as unreachable
+OPENAPI = web.AppKey("monitord.api.openapi", bytes)
+
+
+def add_routes(app: web.Application) -> None:
+    app[OPENAPI] = orjson.dumps(build_document(__version__))
+    app.router.add_routes([
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/v1/providers", providers),
+        web.get("/v1/providers/{name}", provider),
+        web.get("/v1/providers/{name}/history", provider_history),
+        web.get("/v1/ranking", ranking),
+        web.post("/v1/select", select),
+        web.get("/v1/models", models),
+        web.get("/v1/events", events),
+        web.get("/metrics", metrics),
+        web.get("/openapi.json", openapi),
+    ])
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_reply({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    first_round = ctx.ready()
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            store = await ctx.store.ping()
+    except TimeoutError:
+        store = False
+    checks = {"first_round": first_round, "store": store}
+    if not (first_round and store):
+        waiting = [name for name, ok in checks.items() if not ok]
+        raise ApiError(503, "not_ready", f"not ready: {', '.join(waiting)}", details={"checks": checks})
+    return json_reply({"status": "ready", "checks": checks})
+
+
+def provider_dict(spec: ProviderSpec, state: ProviderState | None) -> dict[str, Any]:
+    """Live state plus the configuration a caller may see: the endpoint without userinfo, never keys or headers."""
+    state = state or ProviderState(name=spec.name, type=spec.type)
+    return {
+        **state.to_dict(),
+        "endpoint": spec.redacted_endpoint,
+        "enabled": spec.enabled,
+        "capabilities": sorted(spec.capabilities),
+        "configured_models": list(spec.models),
+        "priority": spec.priority,
+        "weight": spec.weight,
+        "probe_interval_s": spec.probe_interval_s,
+    }
+
+
+def configured(ctx: ApiContext, name: str) -> ProviderSpec:
+    """The spec of provider `name`, or a 404 in the API's shape."""
+    spec = ctx.specs().get(name)
+    if spec is None:
+        raise ApiError(404, "provider_not_found", f"no provider is named {name!r}")
+    return spec
+
+
+async def providers(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    check_params(request.query, ())
+
+    def render() -> bytes:
+        specs, states = ctx.specs(), ctx.live.all()
+        return orjson.dumps({
+            "generated_at": ctx.clock().isoformat(),
+            "providers": [provider_dict(specs[name], states.get(name)) for name in sorted(specs)],
+        })
+
+    return bytes_reply(ctx.ranking.rendered(("providers",), render))
+
+
+async def provider(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    check_params(request.query, ())
+    spec = configured(ctx, request.match_info["name"])
+    return json_reply(provider_dict(spec, ctx.live.get(spec.name)))
+
+
+async def models(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    check_params(request.query, ())
+
+    def render() -> bytes:
+        return orjson.dumps({"generated_at": ctx.clock().isoformat(), "models": _models(ctx.live.models_view())})
+
+    return bytes_reply(ctx.ranking.rendered(("models",), render))
+
+
+def _models(view: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": model_id,
+            "up": sum(server.status is Status.UP for server in servers),
+            "providers": [server.to_dict() for server in servers],
+        }
+        for model_id, servers in view.items()
+    ]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[CONTEXT].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return bytes_reply(request.app[OPENAPI])
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    query = request.query
+    check_params(query, ("provider", "last_event_id"))
+    names = [part for value in query.getall("provider", []) for part in value.split(",") if part]
+    for name in names:
+        configured(ctx, name)
+    wanted = frozenset(names) if names else None
+    last_id_text = request.headers.get("Last-Event-ID") or query.get("last_event_id")
+    last_event_id = None
+    if last_id_text:
+        try:
+            last_event_id = int(last_id_text)
+        except ValueError:
+            raise ApiError(400, "invalid_parameter", f"Last-Event-ID: expected an event id, got {last_id_text!r}") \
+                from None
+    return await ctx.events.stream(request, wanted, last_event_id)
