@@ -623,3 +623,12 @@ class Silence:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "provider": self.provider, "start": _iso(self.start), "end": _iso(self.end),
                 "reason": self.reason, "created_by": self.created_by}
+
+
+class DeliveryState(enum.StrEnum):
+    """Where an alert event stands with one webhook (the outbox record and GET /v1/alerts)."""
+
+    PENDING = "pending"  # stored, not yet answered with a 2xx or a final failure
+    DELIVERED = "delivered"  # a 2xx came back
+    FAILED = "failed"  # a permanent answer (4xx), or retrying gave up
+    SILENCED = "silenced"  # recorded during a silence; never sent

@@ -21,7 +21,7 @@ from monitord.store.schema import metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC = Path(sys.executable).parent / "alembic"
-TABLES = {"providers", "probes", "provider_models"}
+TABLES = {"providers", "probes", "provider_models", "alert_events", "alert_deliveries"}
 
 
 async def inspect_db(url: str) -> dict[str, Any]:

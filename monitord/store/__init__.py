@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitord.model import ProbeResult, ProviderSpec
 from monitord.store import dialects, queries, rows
+from monitord.store.outbox import ClaimedDelivery, DeliveryRow, EventRow, OutboxStore
 from monitord.store.queries import Bucket, ProbeSample, StoredModel
 from monitord.store.schema import providers
 from monitord.store.writer import Writer
 
-__all__ = ["Bucket", "ProbeSample", "Store", "StoredModel"]
+__all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "OutboxStore", "ProbeSample", "Store", "StoredModel"]
 
 
 class Store:
@@ -56,6 +57,11 @@ class Store:
     @property
     def dialect(self) -> str:
         return self._engine.dialect.name
+
+    @property
+    def outbox(self) -> OutboxStore:
+        """The alert outbox tables (see monitord.alerts.outbox for what goes in and when)."""
+        return OutboxStore(self._engine)
 
     @property
     def pending(self) -> int:

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, Integer, Table, event, func, text
+from sqlalchemy import BigInteger, ColumnElement, Connection, Integer, Select, Table, event, func, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -134,3 +134,14 @@ def percentile(dialect_name: str, fraction: float, column: ColumnElement[Any]) -
     if dialect_name == POSTGRESQL:
         return func.percentile_cont(fraction).within_group(column)
     return None
+
+
+def skip_locked(dialect_name: str, stmt: Select[Any]) -> Select[Any]:
+    """Lock the selected rows until commit, passing over rows another transaction holds.
+
+    PostgreSQL: `FOR UPDATE SKIP LOCKED`, so monitord instances sharing one database never claim the same alert
+    delivery. SQLite has no row locks; its single writer serializes claims (one instance per SQLite file).
+    """
+    if dialect_name == POSTGRESQL:
+        return stmt.with_for_update(skip_locked=True)
+    return stmt

@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -112,4 +113,42 @@ provider_models = Table(
     Column("details", JSON, nullable=False),  # ModelInfo.to_dict()
     Column("first_seen", UtcDateTime, nullable=False),
     Column("last_seen", UtcDateTime, nullable=False),
+)
+
+
+# --- alerts: the durable outbox ---
+
+# Every alert event, silenced ones included; payload is AlertEvent.to_dict().
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", String(36), primary_key=True),  # the event's UUID, also its X-Monitord-Delivery
+    Column("type", String(32), nullable=False),
+    Column("provider", Text, nullable=True),
+    Column("at", UtcDateTime, nullable=False),  # when it happened
+    Column("created_at", UtcDateTime, nullable=False),  # when it entered the outbox
+    Column("silenced", Boolean, nullable=False),
+    Column("payload", JSON, nullable=False),
+    # Recent events (GET /v1/alerts) and pruning by age.
+    Index(None, "created_at"),
+)
+
+# One row per event and webhook, written with the event, before any attempt; kept after delivery as the record.
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("event_id", String(36), ForeignKey("alert_events.id", ondelete="CASCADE"), primary_key=True),
+    Column("webhook", Text, primary_key=True),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed | silenced
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),  # the event's, so a webhook gets its events in order
+    Column("next_attempt_at", UtcDateTime, nullable=True),  # set while pending
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("claimed_by", Text, nullable=True),  # the dispatcher sending it now, until claimed_until
+    Column("claimed_until", UtcDateTime, nullable=True),
+    # Due deliveries, oldest first per webhook.
+    Index(None, "state", "next_attempt_at"),
+    Index(None, "webhook", "state", "created_at"),
 )
