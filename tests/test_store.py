@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -357,6 +358,15 @@ class Outage:
     restore: Callable[[], Any]
 
 
+async def aiosqlite_workers_finished(timeout_s: float = 5.0) -> None:
+    """aiosqlite does not wait for the worker thread of a connection that failed to open
+    (omnilib/aiosqlite#389): let it finish while the loop is open, or it raises in its thread."""
+    await wait_until(
+        lambda: not any(t.name.endswith("(_connection_worker_thread)") for t in threading.enumerate()),
+        timeout_s,
+    )
+
+
 @pytest.fixture
 async def outage(db_url: str, tmp_path: Path) -> AsyncIterator[Outage]:
     real_url = make_url(db_url)
@@ -369,6 +379,7 @@ async def outage(db_url: str, tmp_path: Path) -> AsyncIterator[Outage]:
             await migrate.upgrade(url)
 
         yield Outage(url, make_writable)
+        await aiosqlite_workers_finished()
         return
     await migrate.upgrade(db_url)
     proxy = TcpProxy(real_url.host or "127.0.0.1", real_url.port or 5432)
