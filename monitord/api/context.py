@@ -14,7 +14,7 @@ from monitord.api.cache import RankingCache
 from monitord.api.events import EventHub
 from monitord.api.metrics import Metrics, StateCollector
 from monitord.health import LiveState
-from monitord.model import ProbeResult, ProviderSpec, RankedProvider, Secret, StatusChange
+from monitord.model import ProbeResult, ProviderSpec, RankedProvider, Ranking, Secret, StatusChange
 from monitord.ranking import Ranker
 from monitord.store import Store
 
@@ -67,17 +67,29 @@ class ApiContext:
 
     async def watch_best(self) -> None:
         """Publish a best-provider change whenever the default ranking's top entry changes. Runs until cancelled."""
-        best = self.ranking.ranking().best
+        best = self._best()
         while True:
             await self._state_changed.wait()
             self._state_changed.clear()
-            ranking = self.ranking.ranking()
-            if _name(ranking.best) != _name(best):
-                fallbacks = tuple(entry.provider for entry in ranking.entries[1:1 + FALLBACKS_IN_EVENTS])
-                self.events.best_changed(best, ranking.best, ranking.generated_at, fallbacks)
-                log.info("ranking.best_changed", previous=_name(best), current=_name(ranking.best))
-            best = ranking.best
+            ranking = self._ranking_or_none()
+            if ranking is not None:
+                if _name(ranking.best) != _name(best):
+                    fallbacks = tuple(entry.provider for entry in ranking.entries[1:1 + FALLBACKS_IN_EVENTS])
+                    self.events.best_changed(best, ranking.best, ranking.generated_at, fallbacks)
+                    log.info("ranking.best_changed", previous=_name(best), current=_name(ranking.best))
+                best = ranking.best
             await asyncio.sleep(self.best_check_interval_s)
+
+    def _best(self) -> RankedProvider | None:
+        ranking = self._ranking_or_none()
+        return ranking.best if ranking is not None else None
+
+    def _ranking_or_none(self) -> Ranking | None:
+        try:
+            return self.ranking.ranking()
+        except Exception:  # a bug must not end the watcher: the next result tries again
+            log.exception("api.best_check_failed")
+            return None
 
 
 def _name(entry: RankedProvider | None) -> str | None:
