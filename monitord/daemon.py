@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import structlog
 
+from monitord.api import ApiContext, ApiServer
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
-from monitord.model import Criteria, ProbeResult, ProviderSpec, Status, StatusChange
+from monitord.model import ProbeResult, ProviderSpec, Status, StatusChange
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
-from monitord.ranking import rank
 from monitord.scheduler import ProbeScheduler
 from monitord.store import Store
 from monitord.store.migrate import upgrade
@@ -66,6 +66,9 @@ class Daemon:
         self.install_signal_handlers = install_signal_handlers
         self.live = LiveState(self._policy(config))
         self.probed: set[str] = set()  # providers with at least one result since start: readiness
+        self._specs: dict[str, ProviderSpec] = {s.name: s for s in config.provider_specs()}
+        self.api: ApiContext | None = None
+        self._api_server: ApiServer | None = None
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: ProbeScheduler | None = None
@@ -86,14 +89,19 @@ class Daemon:
 
     @property
     def specs(self) -> dict[str, ProviderSpec]:
-        return {s.name: s for s in self.config.provider_specs()}
+        """Every configured provider by name; the same object until a reload replaces it."""
+        return self._specs
+
+    @property
+    def api_port(self) -> int | None:
+        return self._api_server.port if self._api_server else None
 
     @property
     def first_round_done(self) -> bool:
-        return all(name in self.probed for name, s in self.specs.items() if s.enabled)
+        return all(name in self.probed for name, s in self._specs.items() if s.enabled)
 
-    async def start(self) -> None:
-        """Migrate, open the store, rebuild live state from recent history, start probing."""
+    async def start(self, *, serve_api: bool = True) -> None:
+        """Migrate, open the store, rebuild live state from recent history, serve the API, start probing."""
         cfg = self.config
         await migrate(cfg.storage.url)
         self._store = await Store.open(cfg.storage.url, batch_size=cfg.storage.batch_size,
@@ -103,15 +111,22 @@ class Daemon:
         specs = cfg.provider_specs()
         now = self.clock()
         await self._store.sync_providers(specs, now)
-        recent = await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
+        recent = [r for r in await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
+                  if r.provider in self._specs]
         self.live.rebuild(recent, now, {s.name: s.type for s in specs})
+        for spec in specs:
+            self.live.track(spec.name, spec.type)
+        self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
+                              ready=lambda: self.first_round_done, token=cfg.api.token, clock=self.clock)
+        if serve_api:
+            self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
         self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
         self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
                                          jitter_s=cfg.monitor.jitter_s)
         self._scheduler.sync(specs)
         self._scheduler.start()
         log.info("daemon.started", providers=len(specs), enabled=sum(s.enabled for s in specs),
-                 storage=self._store.dialect, restored=len(recent))
+                 storage=self._store.dialect, restored=len(recent), api_port=self.api_port)
 
     async def _probe(self, spec: ProviderSpec) -> None:
         assert self._session is not None
@@ -123,6 +138,8 @@ class Daemon:
         self.store.enqueue(result)
         self.probed.add(result.provider)
         changes = self.live.fold(result, self.clock())
+        if self.api is not None:
+            self.api.on_result(result, changes)
         log.debug("probe.done", provider=result.provider, status=result.status.value,
                   error_class=result.error_class, total_ms=round(result.total_ms, 1))
         for change in changes:
@@ -134,7 +151,7 @@ class Daemon:
     async def run_once(self) -> list[ProbeResult]:
         """Probe every enabled provider once now, record and flush (tests, `probe --once`)."""
         assert self._session is not None
-        specs = [s for s in self.config.provider_specs() if s.enabled]
+        specs = [s for s in self._specs.values() if s.enabled]
         results = await probe_all(specs, concurrency=self.config.monitor.concurrency, session=self._session,
                                   clock=self.clock)
         for result in results:
@@ -157,12 +174,17 @@ class Daemon:
             return False
         self.config = new
         specs = new.provider_specs()
+        self._specs = {s.name: s for s in specs}
         self.live.policy = self._policy(new)
         assert self._scheduler is not None
         added, removed, changed = self._scheduler.sync(specs)
         for name in removed:
             self.live.remove(name)
             self.probed.discard(name)
+        for spec in specs:
+            self.live.track(spec.name, spec.type)
+        if self.api is not None:
+            self.api.on_reload(removed)
         await self.store.sync_providers(specs, self.clock())
         log.info("config.reloaded", added=added, removed=removed, changed=changed)
         return True
@@ -171,6 +193,8 @@ class Daemon:
         """Stop probing (cancel in-flight probes), flush the store, close the session; in that order."""
         if self._scheduler is not None:
             await self._scheduler.shutdown()
+        if self._api_server is not None:
+            await self._api_server.close()
         if self._store is not None:
             await self._store.close()
             log.info("store.closed", written=self._store.written_total, dropped=self._store.dropped_total)
@@ -193,8 +217,10 @@ class Daemon:
         return ", ".join(parts) + f", best: {best or 'none'}"
 
     def best_provider(self) -> str | None:
-        ranking = rank(self.live.all(), self.specs, Criteria(), self.clock(), limit=1)
-        return ranking.entries[0].provider if ranking.entries else None
+        if self.api is None:
+            return None
+        best = self.api.ranking.ranking().best
+        return best.provider if best else None
 
     def healthy(self) -> bool:
         """The watchdog's question: is the scheduler running and keeping time?"""

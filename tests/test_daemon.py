@@ -18,7 +18,8 @@ def config_text(providers: dict[str, tuple[str, str]], db_url: str, *, extra: st
     for name, (provider_type, url) in providers.items():
         lines += [f"  {name}:", f"    type: {provider_type}", f"    endpoint: {url}",
                   "    parameters: {timeout: 500ms, max_retries: 0, probe_interval: 1h}"]
-    lines += ["storage:", f"  url: {db_url}", "  flush_interval: 50ms", "alerts:", "  failure_threshold: 2",
+    lines += ["storage:", f"  url: {db_url}", "  flush_interval: 50ms", "api:", "  listen: 127.0.0.1:0",
+              "alerts:", "  failure_threshold: 2",
               "  success_threshold: 1", extra]
     return "\n".join(lines) + "\n"
 
