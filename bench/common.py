@@ -215,11 +215,12 @@ class Machine:
     sqlite: str
     postgres: str | None
     loop: str
+    load_1m: float  # other work on the machine when the run started
 
     def line(self) -> str:
         cpu = f" ({self.cpu})" if self.cpu else ""
         return (f"{self.cores} cores{cpu}; Python {self.python} on {self.loop}; SQLite {self.sqlite}; "
-                f"PostgreSQL {self.postgres or 'not reachable'}")
+                f"PostgreSQL {self.postgres or 'not reachable'}; load average {self.load_1m:.1f} at start")
 
 
 async def machine() -> Machine:
@@ -230,6 +231,7 @@ async def machine() -> Machine:
         sqlite=sqlite3.sqlite_version,
         postgres=await postgres_version(),
         loop=loop_name(),
+        load_1m=os.getloadavg()[0],
     )
 
 

@@ -1,0 +1,490 @@
+"""Probe engine cost: CPU per probe, achieved rate, scheduling lateness and peak RSS of monitord's probe path,
+beside a bare aiohttp loop that makes the same GETs to the same fleet at the same rate and concurrency.
+
+The fleet is N simulated vLLM servers (one loopback port each, up to 2,500 ports per server process, answering
+`/health`, `/v1/models` with the vLLM fixture body, and `/version`). Servers run in their own processes so their
+CPU is not counted, and each variant runs in a fresh spawned process so its CPU time and peak RSS are its own.
+The probe rate is held at RATE_PER_S for every N (interval = N / rate), so the cost per probe compares across N.
+monitord's path is the daemon's own parts, wired as `Daemon` wires them: ProbeScheduler -> probe_provider on the
+create_session() session -> Store.enqueue into a migrated SQLite file (batched writer) and LiveState.fold, with
+info-level JSON logs; plus the unfiltered ranking (Ranker.rank) recomputed once a second when the state changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.common import REPO_ROOT, Meter, Table, peak_rss_mb, percentile, raise_fd_limit, run_async, verdict
+
+ORDER = 10
+TITLE = "probe engine cost vs a bare aiohttp loop (CPU per probe, lateness, RSS)"
+
+RATE_PER_S = 100.0  # probes per second, for every fleet size; 2 cores sustain it with room to spare
+FULL_SIZES = (100, 1_000, 5_000)
+QUICK_SIZES = (50, 200)
+PORTS_PER_SERVER = 2_500
+RANK_EVERY_S = 1.0  # the ranking is recomputed at most this often, and only when some state changed
+CONCURRENCY = 64  # monitor.concurrency's default
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "vllm"
+SPAWN_TIMEOUT_S = 120.0
+
+# Targets from the issue
+CPU_RATIO_MAX = 2.0
+LATENESS_P99_MAX_MS = 250.0
+RSS_MAX_MB = 150.0
+TARGET_N = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one variant process runs."""
+
+    ports: tuple[int, ...]
+    interval_s: float
+    warmup_s: float
+    measure_s: float
+    concurrency: int
+    paths: tuple[str, ...] = ()  # the GETs of one probe (the baseline repeats monitord's)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one variant measured over its measurement window (CPU of the whole process, all threads)."""
+
+    variant: str
+    probes: int
+    failed: int
+    wall_s: float
+    cpu_s: float
+    lateness_p50_ms: float | None
+    lateness_p99_ms: float | None
+    peak_rss_mb: float
+    paths: tuple[str, ...]
+    skipped: int = 0
+    rank_runs: int = 0
+    rank_ms_mean: float | None = None
+    rows_written: int = 0
+    rows_dropped: int = 0
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.probes / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_us_per_probe(self) -> float | None:
+        return self.cpu_s * 1e6 / self.probes if self.probes else None
+
+
+# --- the simulated fleet (server processes) ---------------------------------------------------------------------
+
+
+def _serve(conn: Connection, count: int) -> None:
+    raise_fd_limit()
+    run_async(_serve_async(conn, count))
+
+
+async def _serve_async(conn: Connection, count: int) -> None:
+    models = (FIXTURES / "models.json").read_bytes()
+    version = (FIXTURES / "version.json").read_bytes()
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response()  # vLLM: 200 with an empty body while the engine lives
+
+    async def model_list(_request: web.Request) -> web.Response:
+        return web.Response(body=models, content_type="application/json")
+
+    async def server_version(_request: web.Request) -> web.Response:
+        return web.Response(body=version, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", model_list)
+    app.router.add_get("/version", server_version)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ports: list[int] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            await web.SockSite(runner, sock, backlog=256).start()
+            ports.append(sock.getsockname()[1])
+        conn.send(ports)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # any message means stop
+    finally:
+        await runner.cleanup()
+
+
+class Fleet:
+    """N simulated providers spread over server processes; `with Fleet(n) as fleet: fleet.ports`."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.servers = math.ceil(count / PORTS_PER_SERVER)
+        self.ports: tuple[int, ...] = ()
+        self._procs: list[tuple[SpawnProcess, Connection]] = []
+
+    def __enter__(self) -> Fleet:
+        ctx = _spawn()
+        ports: list[int] = []
+        try:
+            for index in range(self.servers):
+                share = self.count // self.servers + (1 if index < self.count % self.servers else 0)
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_serve, args=(child, share), name=f"bench-fleet-{index}", daemon=True)
+                proc.start()
+                self._procs.append((proc, parent))
+            for proc, parent in self._procs:
+                if not parent.poll(SPAWN_TIMEOUT_S):
+                    raise RuntimeError(f"{proc.name} did not start")
+                ports += parent.recv()
+        except BaseException:
+            self.__exit__()
+            raise
+        self.ports = tuple(ports)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for _proc, parent in self._procs:
+            with contextlib.suppress(OSError):
+                parent.send("stop")
+        for proc, _ in self._procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        self._procs.clear()
+
+
+def _spawn() -> Any:
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+# --- the two variants (each in a fresh process) -----------------------------------------------------------------
+
+
+def _variant_main(conn: Connection, variant: str, plan: Plan) -> None:
+    raise_fd_limit()
+    try:
+        if variant == "monitord":
+            from monitord import logs
+
+            with open(os.devnull, "w") as devnull:
+                logs.configure("info", "json", stream=devnull)  # production level: probe.done is not rendered
+                outcome = run_async(_run_monitord(plan))
+        else:
+            outcome = run_async(_run_baseline(plan))
+        conn.send(asdict(outcome))
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+        raise
+
+
+def measure(variant: str, plan: Plan) -> Outcome:
+    """Run one variant against the fleet in a fresh process and collect its figures."""
+    ctx = _spawn()
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_variant_main, args=(child, variant, plan), name=f"bench-{variant}")
+    proc.start()
+    try:
+        if not parent.poll(plan.warmup_s + plan.measure_s + SPAWN_TIMEOUT_S):
+            raise RuntimeError(f"{variant} run gave no result in time")
+        raw: dict[str, Any] = parent.recv()
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if "error" in raw:
+        raise RuntimeError(f"{variant} run failed:\n{raw['error']}")
+    raw["paths"] = tuple(raw["paths"])
+    return Outcome(**raw)
+
+
+class _Window:
+    """Probe and lateness counts, split at the start of the measurement window."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+        self.failed = 0
+        self.lateness_ms: deque[float] = deque(maxlen=100_000)
+        self.meter = Meter()
+
+    def start(self) -> None:
+        self.probes = self.failed = 0
+        self.lateness_ms.clear()
+        self.meter.reset()
+
+
+async def _run_monitord(plan: Plan) -> Outcome:
+    import structlog
+
+    from monitord.config import Config
+    from monitord.health import HealthPolicy, LiveState
+    from monitord.model import Criteria, ProbeResult, ProviderSpec, Status
+    from monitord.probe import create_session, probe_provider, utcnow
+    from monitord.providers import ADAPTERS
+    from monitord.ranking import Ranker
+    from monitord.scheduler import ProbeScheduler
+    from monitord.store import Store
+    from monitord.store.migrate import upgrade
+
+    workdir = tempfile.mkdtemp(prefix="monitord-bench-")
+    log = structlog.get_logger("monitord.daemon")
+    config = Config.model_validate({
+        "providers": {f"p{i:05d}": {"type": "vllm", "endpoint": f"http://127.0.0.1:{port}"}
+                      for i, port in enumerate(plan.ports)},
+        "monitor": {"interval": plan.interval_s, "concurrency": plan.concurrency},
+        "storage": {"url": f"sqlite+aiosqlite:///{workdir}/monitord.db"},
+    })
+    url = config.storage.url
+    await upgrade(url)
+    store = await Store.open(url, batch_size=config.storage.batch_size,
+                             flush_interval_s=config.storage.flush_interval_s,
+                             buffer_limit=config.storage.buffer_limit)
+    await store.start()
+    specs = config.provider_specs()
+    by_name = {spec.name: spec for spec in specs}
+    await store.sync_providers(specs, utcnow())
+    live = LiveState(HealthPolicy(failure_threshold=config.alerts.failure_threshold,
+                                  success_threshold=config.alerts.success_threshold,
+                                  window_s=config.ranking.window_s))
+    session = create_session(limit=max(config.monitor.concurrency, 10))
+    window = _Window()
+    paths: list[tuple[str, ...]] = []
+    probed: set[str] = set()  # the daemon's readiness set
+    ranker = Ranker()
+    rank_ms: list[float] = []
+
+    def record(result: ProbeResult) -> None:  # Daemon.record, step for step
+        store.enqueue(result)
+        probed.add(result.provider)
+        changes = live.fold(result, utcnow())
+        log.debug("probe.done", provider=result.provider, status=result.status.value,
+                  error_class=result.error_class, total_ms=round(result.total_ms, 1))
+        for change in changes:
+            level = log.warning if change.current is Status.DOWN else log.info
+            level("provider.status_changed", provider=change.provider, previous=change.previous.value,
+                  current=change.current.value, error_class=result.error_class, error=result.error)
+        window.probes += 1
+        window.failed += result.status is not Status.UP
+        if not paths:
+            paths.append(tuple(call.path for call in result.calls))
+
+    async def probe(spec: ProviderSpec) -> None:  # Daemon._probe
+        record(await probe_provider(spec, ADAPTERS[spec.type], session, now=utcnow))
+
+    async def rank_loop() -> None:
+        seen = -1
+        while True:
+            await asyncio.sleep(RANK_EVERY_S)
+            if live.version != seen:
+                seen = live.version
+                started = time.perf_counter()
+                ranker.rank(live.all(), by_name, Criteria(), utcnow())
+                rank_ms.append((time.perf_counter() - started) * 1000)
+
+    scheduler = ProbeScheduler(probe, concurrency=config.monitor.concurrency, jitter_s=config.monitor.jitter_s)
+    scheduler.sync(specs)
+    scheduler.start()
+    ranking = asyncio.create_task(rank_loop())
+    try:
+        await asyncio.sleep(plan.warmup_s)
+        window.start()
+        scheduler.lateness_ms.clear()
+        skipped0 = scheduler.skipped_total
+        rank_ms.clear()
+        await asyncio.sleep(plan.measure_s)
+        usage = window.meter.usage
+        probes, failed = window.probes, window.failed
+        lateness = list(scheduler.lateness_ms)
+        skipped = scheduler.skipped_total - skipped0
+        rank_runs, rank_mean = len(rank_ms), (sum(rank_ms) / len(rank_ms) if rank_ms else None)
+    finally:
+        ranking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ranking
+        await scheduler.shutdown()
+        await store.close()
+        await session.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return Outcome(
+        variant="monitord", probes=probes, failed=failed, wall_s=usage.wall_s, cpu_s=usage.cpu_s,
+        lateness_p50_ms=percentile(lateness, 0.5), lateness_p99_ms=percentile(lateness, 0.99),
+        peak_rss_mb=peak_rss_mb(), paths=paths[0] if paths else (), skipped=skipped, rank_runs=rank_runs,
+        rank_ms_mean=rank_mean, rows_written=store.written_total, rows_dropped=store.dropped_total,
+    )
+
+
+async def _run_baseline(plan: Plan) -> Outcome:
+    """Task per provider sleeping to its next due time, one session with monitord's pool settings."""
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=max(plan.concurrency, 10), limit_per_host=4)
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+    limit = asyncio.Semaphore(plan.concurrency)
+    rng = random.Random(0)
+    window = _Window()
+    started = loop.time()
+
+    async def provider(base_url: str, first_s: float) -> None:
+        due = started + first_s
+        while True:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            window.lateness_ms.append((loop.time() - due) * 1000)
+            ok = True
+            async with limit:
+                try:
+                    for path in plan.paths:
+                        async with session.get(base_url + path) as resp:
+                            await resp.read()
+                            ok = ok and resp.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+            window.probes += 1
+            window.failed += not ok
+            due = max(due + plan.interval_s, loop.time())  # after a stall run once, not once per missed slot
+
+    tasks = [asyncio.create_task(provider(f"http://127.0.0.1:{port}", rng.uniform(0, plan.interval_s)))
+             for port in plan.ports]
+    try:
+        await asyncio.sleep(plan.warmup_s)
+        window.start()
+        await asyncio.sleep(plan.measure_s)
+        usage = window.meter.usage
+        probes, failed, lateness = window.probes, window.failed, list(window.lateness_ms)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+    return Outcome(
+        variant="bare aiohttp", probes=probes, failed=failed, wall_s=usage.wall_s, cpu_s=usage.cpu_s,
+        lateness_p50_ms=percentile(lateness, 0.5), lateness_p99_ms=percentile(lateness, 0.99),
+        peak_rss_mb=peak_rss_mb(), paths=plan.paths,
+    )
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def durations(interval_s: float, quick: bool) -> tuple[float, float]:
+    """(warm-up, measurement) seconds: a whole interval to warm up (every provider probed once, connections
+    open), then two intervals measured, so every provider is probed at least twice in the window."""
+    if quick:
+        return 0.5, 1.0
+    return max(interval_s, 3.0), max(2 * interval_s, 15.0)
+
+
+def measure_size(count: int, quick: bool, progress: Callable[[str], None] = print) -> tuple[Outcome, Outcome, Plan]:
+    """Both variants against one fleet of `count` providers: (monitord, bare loop, plan)."""
+    interval_s = count / RATE_PER_S
+    warmup_s, measure_s = durations(interval_s, quick)
+    with Fleet(count) as fleet:
+        plan = Plan(ports=fleet.ports, interval_s=interval_s, warmup_s=warmup_s, measure_s=measure_s,
+                    concurrency=CONCURRENCY)
+        progress(f"  {count:,} providers on {fleet.servers} server process(es), every {interval_s:g} s: monitord")
+        ours = measure("monitord", plan)
+        if not ours.paths:
+            raise RuntimeError("monitord completed no probe; nothing to repeat in the baseline")
+        progress(f"  {count:,} providers: bare aiohttp loop ({len(ours.paths)} GETs per probe)")
+        bare = measure("baseline", Plan(**{**asdict(plan), "paths": ours.paths}))
+    return ours, bare, plan
+
+
+def _ratio(ours: Outcome, bare: Outcome) -> float | None:
+    if ours.cpu_us_per_probe is None or not bare.cpu_us_per_probe:
+        return None
+    return ours.cpu_us_per_probe / bare.cpu_us_per_probe
+
+
+async def run(quick: bool) -> list[Table]:
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    results = []
+    for count in sizes:
+        results.append(await asyncio.to_thread(measure_size, count, quick))
+    return tables(results, quick)
+
+
+def tables(results: list[tuple[Outcome, Outcome, Plan]], quick: bool) -> list[Table]:
+    main = Table(
+        "Probe engine cost",
+        ("providers", "interval s", "configured probes/s", "variant", "achieved probes/s", "CPU µs/probe",
+         "vs bare", "lateness p50 ms", "lateness p99 ms", "peak RSS MB", "failed probes"),
+    )
+    points: list[dict[str, Any]] = []
+    for ours, bare, plan in results:
+        n = len(plan.ports)
+        configured = n / plan.interval_s
+        for outcome in (ours, bare):
+            main.add(n, plan.interval_s, configured, outcome.variant, outcome.rate_per_s, outcome.cpu_us_per_probe,
+                     _ratio(ours, bare) if outcome is ours else None, outcome.lateness_p50_ms,
+                     outcome.lateness_p99_ms, outcome.peak_rss_mb, outcome.failed)
+        points.append({"n": n, "rate_per_s": configured, "interval_s": plan.interval_s,
+                       "monitord_cpu_us": ours.cpu_us_per_probe, "baseline_cpu_us": bare.cpu_us_per_probe,
+                       "ratio": _ratio(ours, bare), "monitord": asdict(ours), "baseline": asdict(bare)})
+    first = results[0][0]
+    main.notes += [
+        f"Each probe is {len(first.paths)} GETs ({', '.join(first.paths)}), what monitord's vLLM adapter asks; "
+        "the bare loop makes the same GETs with the same pool (limit 64, 4 per host) and concurrency cap (64).",
+        "CPU is the whole variant process (all threads, including the SQLite writer thread) over the measurement "
+        "window, divided by the probes completed in it; warm-up of one interval first. Servers run in other "
+        "processes. Peak RSS is ru_maxrss of the variant's own fresh process (spawned), start-up included.",
+        "Lateness: monitord's is APScheduler's submit time minus scheduled time (ProbeScheduler.lateness_ms); the "
+        "bare loop's is its wake-up time minus its due time.",
+        "monitord also recomputed the unfiltered ranking at most once a second: " + "; ".join(
+            f"{len(p.ports):,} providers: {o.rank_ms_mean:.1f} ms x {o.rank_runs}" for o, _, p in results
+            if o.rank_ms_mean is not None) + ". Rows written to SQLite: " + ", ".join(
+            f"{o.rows_written:,} ({o.rows_dropped} dropped)" for o, _, _ in results) + ".",
+        "At intervals past aiohttp's 15 s keep-alive the first GET of a probe opens a new connection (both "
+        "variants alike).",
+    ]
+    if quick:
+        main.notes.append("Quick mode: tiny fleets and a 1 s window; figures are not meaningful.")
+    main.figures["probe_cost"] = points
+    return [main, _targets(results)]
+
+
+def _targets(results: list[tuple[Outcome, Outcome, Plan]]) -> Table:
+    targets = Table("Probe engine targets", ("target", "measured", "result"))
+    for ours, bare, plan in results:
+        ratio = _ratio(ours, bare)
+        targets.add(f"CPU per probe <= {CPU_RATIO_MAX:g}x the bare loop ({len(plan.ports):,} providers)",
+                    None if ratio is None else f"{ratio:.2f}x ({ours.cpu_us_per_probe:.0f} vs "
+                                               f"{bare.cpu_us_per_probe:.0f} µs)",
+                    verdict(ratio, at_most=CPU_RATIO_MAX))
+    at_target = [(o, p) for o, _, p in results if len(p.ports) == TARGET_N]
+    for ours, plan in at_target:
+        targets.add(f"lateness p99 < {LATENESS_P99_MAX_MS:g} ms ({TARGET_N:,} providers / {plan.interval_s:g} s)",
+                    None if ours.lateness_p99_ms is None else f"{ours.lateness_p99_ms:.1f} ms",
+                    verdict(ours.lateness_p99_ms, at_most=LATENESS_P99_MAX_MS))
+        targets.add(f"peak RSS < {RSS_MAX_MB:g} MB ({TARGET_N:,} providers)", f"{ours.peak_rss_mb:.0f} MB",
+                    verdict(ours.peak_rss_mb, at_most=RSS_MAX_MB))
+    for ours, _, plan in results:
+        configured = len(plan.ports) / plan.interval_s
+        targets.add(f"achieved rate = configured ({len(plan.ports):,} providers, {configured:g}/s)",
+                    f"{ours.rate_per_s:.1f}/s ({ours.rate_per_s / configured:.0%}), {ours.skipped} skipped",
+                    verdict(ours.rate_per_s / configured, at_least=0.95))
+    return targets
