@@ -258,8 +258,8 @@ class AlertRules:
     """The daemon's handle on the rules: keeps each provider's memory between probes. No I/O, no clock."""
 
     policy: AlertPolicy = field(default_factory=AlertPolicy)
-    _providers: dict[str, ProviderMemory] = field(default_factory=dict)
-    _best: BestMemory = field(default_factory=BestMemory)
+    _providers: dict[str, ProviderMemory] = field(default_factory=dict, init=False)
+    _best: BestMemory = field(default_factory=BestMemory, init=False)
 
     def on_probe(self, state: ProviderState, changes: Sequence[StatusChange], provider: AlertProvider,
                  silences: Sequence[Silence], now: datetime) -> list[AlertEvent]:
