@@ -163,6 +163,8 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
         return ErrorClass.TIMEOUT, "timed out"
     if isinstance(exc, aiohttp.TooManyRedirects):
         return ErrorClass.REDIRECT, "too many redirects"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return _classify_connect(exc)  # before its base ClientSSLError: names the failed certificate check
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
         return ErrorClass.TLS, f"TLS handshake failed: {_short(exc)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -172,7 +174,8 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return ErrorClass.CONNECTION, "response body cut short"
     if isinstance(exc, aiohttp.ClientResponseError):
-        return ErrorClass.CONNECTION, f"malformed HTTP response: {exc.message}"
+        # aiohttp's parser errors span lines and quote the server's bytes: keep one short line
+        return ErrorClass.CONNECTION, f"malformed HTTP response: {_one_line(exc.message)}"
     if isinstance(exc, aiohttp.ClientError | OSError):
         return ErrorClass.CONNECTION, _short(exc)
     return ErrorClass.INTERNAL, f"{type(exc).__name__}: {_short(exc)}"
@@ -190,7 +193,11 @@ def _classify_connect(exc: aiohttp.ClientConnectorError) -> tuple[ErrorClass, st
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
 
 
 def _scrub(message: str, spec: ProviderSpec) -> str:
