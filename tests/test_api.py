@@ -17,11 +17,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitord.api import ApiServer, make_app
+from monitord.api.cache import DEFAULT_CRITERIA
 from monitord.api.events import Event, EventHub, Subscription
 from monitord.model import ProviderSpec, Status
 from monitord.store import Store
 from tests.plugins.api import (
     CHAT,
+    EMBED,
     LLAVA,
     NOW,
     SECRETS,
@@ -217,6 +219,41 @@ async def test_ranking_follows_each_probe_result(api: tuple[Client, World]) -> N
     for step in range(5):
         world.feed(probe(alpha, at=world.now - timedelta(seconds=10 * step), total_ms=15.0, models=(LLAVA,)))
     assert (await ranked(client))[0] == "alpha"
+
+
+async def test_status_changes_show_at_once_and_other_results_within_refresh_s(api: tuple[Client, World]) -> None:
+    client, world = api
+    beta, delta = world.specs["beta"], world.specs["delta"]
+    before = await get_json(client, "/v1/ranking")
+    world.feed(probe(delta, at=NOW, total_ms=400.0, models=(EMBED,)))  # slower, same status and models
+    assert await get_json(client, "/v1/ranking") == before  # the same generation
+    world.now = NOW + timedelta(seconds=world.ctx.ranking.refresh_s)
+    assert (await get_json(client, "/v1/ranking"))["ranking"] != before["ranking"]
+    world.feed(probe(beta, Status.LOADING, at=world.now))  # a status change: shown without waiting
+    assert "beta" not in [e["provider"] for e in (await get_json(client, "/v1/ranking"))["ranking"][:2]]
+    world.feed(probe(delta, at=world.now, total_ms=30.0))  # its model list went away
+    assert (await get_json(client, "/v1/providers/delta"))["models"] == []
+    assert "delta" in (await get_json(client, "/v1/ranking?model=nomic-embed-text"))["excluded"]
+
+
+async def test_large_answers_are_gzipped_once_for_clients_that_accept_it(api_factory: ApiFactory) -> None:
+    specs = {f"p{i:03d}": ProviderSpec(f"p{i:03d}", "vllm", f"http://127.0.0.1:{9000 + i}", capabilities=CHAT)
+             for i in range(100)}
+    client, world = await api_factory(specs=specs, feed=False)
+    for spec in specs.values():
+        world.feed(probe(spec, total_ms=10.0 + int(spec.name[1:])))
+    plain = await client.get("/v1/ranking", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+    body = await plain.read()
+    assert len(body) > 8192
+    packed = await client.get("/v1/ranking", headers={"Accept-Encoding": "br;q=1.0, gzip;q=0.8"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert await packed.read() == body  # the test client inflates it
+    assert world.ctx.ranking.rendered(("gzip", ("ranking", DEFAULT_CRITERIA, None)), lambda: b"") != b""
+    refused = await client.get("/v1/ranking", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+    small = await client.get("/v1/providers/p001", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers
 
 
 async def test_ranking_follows_a_reload(api: tuple[Client, World]) -> None:

@@ -1,7 +1,9 @@
-"""Rankings and rendered answers kept between requests while the live state stays the same.
+"""Rankings and rendered answers kept between requests while the live state stays (nearly) the same.
 
-One generation lasts until the live state changes (LiveState.version), the provider specs change (reload), or
-max_age_s passes (recency and generated_at move with time even when nothing is probed).
+A generation of cached answers ends at once when a provider's status or model list changes (`invalidate`) or the
+provider specs change (reload); other probe results (a latency, a window's availability) end it at most every
+refresh_s, so 1,000 providers probed every 30 s cost a few re-rankings a second rather than one per result; and
+every generation ends after max_age_s, since recency and generated_at move with time even when nothing is probed.
 """
 
 from __future__ import annotations
@@ -25,28 +27,39 @@ class RankingCache:
     """
 
     def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]], ranker: Ranker,
-                 clock: Callable[[], datetime], *, max_age_s: float = 2.0, max_entries: int = 128) -> None:
+                 clock: Callable[[], datetime], *, refresh_s: float = 1.0, max_age_s: float = 5.0,
+                 max_entries: int = 128) -> None:
         self.live = live
         self.specs = specs
         self.ranker = ranker
         self.clock = clock
+        self.refresh_s = refresh_s
         self.max_age_s = max_age_s
         self.max_entries = max_entries
+        self._stale = True  # end the generation on the next read, whatever its age
         self._version = -1
         self._specs: Mapping[str, ProviderSpec] | None = None  # held so its identity stays meaningful
         self._born_s = 0.0
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
 
     def invalidate(self) -> None:
-        self._version = -1
+        """Something callers must see at once changed (a status, a model list): end the generation now."""
+        self._stale = True
+
+    @property
+    def pending(self) -> bool:
+        """The live state changed since this generation began (it will show within refresh_s)."""
+        return self._stale or self.live.version != self._version
 
     def _current(self) -> tuple[Mapping[str, ProviderSpec], datetime]:
         """The specs and `now`, after starting a new generation if the old one no longer holds."""
         specs = self.specs()
         now = self.clock()
         now_s = now.timestamp()
-        if (self.live.version != self._version or specs is not self._specs
-                or not 0.0 <= now_s - self._born_s < self.max_age_s):
+        age_s = now_s - self._born_s
+        if (self._stale or specs is not self._specs or not 0.0 <= age_s < self.max_age_s
+                or (self.live.version != self._version and age_s >= self.refresh_s)):
+            self._stale = False
             self._entries.clear()
             self._version = self.live.version
             self._specs = specs

@@ -43,25 +43,35 @@ class ApiContext:
     best_check_interval_s: float = 0.25  # coalesces bursts of results into one best-provider check
     ranking: RankingCache = field(init=False)
     _state_changed: asyncio.Event = field(init=False, repr=False)
+    _models: dict[str, tuple[str, ...]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ranking = RankingCache(self.live, self.specs, self.ranker, self.clock)
         self._state_changed = asyncio.Event()
+        self._models = {name: state.model_ids for name, state in self.live.all().items()}
         self.metrics.register(StateCollector(self.live, self.specs, self.ranking.ranking, self.store, self.ready,
                                              lambda: self.events.subscribers))
 
     def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
-        """Call once per probe result, after LiveState.fold: metrics, status events, ranking refresh."""
+        """Call once per probe result, after LiveState.fold: metrics, status events, ranking refresh.
+
+        Status and model-list changes reach rankings and selections at once; other results within refresh_s.
+        """
         self.metrics.observe(result)
         for change in changes:
             self.events.status_changed(change)
-        self.ranking.invalidate()
+        state = self.live.get(result.provider)
+        models = state.model_ids if state is not None else ()
+        if changes or self._models.get(result.provider, ()) != models:
+            self._models[result.provider] = models
+            self.ranking.invalidate()
         self._state_changed.set()
 
     def on_reload(self, removed: Iterable[str] = ()) -> None:
         """Call after a reload applied: forgets removed providers' series and re-ranks."""
         for name in removed:
             self.metrics.forget(name)
+            self._models.pop(name, None)
         self.ranking.invalidate()
         self._state_changed.set()
 
@@ -79,6 +89,8 @@ class ApiContext:
                     log.info("ranking.best_changed", previous=_name(best), current=_name(ranking.best))
                 best = ranking.best
             await asyncio.sleep(self.best_check_interval_s)
+            if self.ranking.pending:  # a change the cached generation does not show yet: look again
+                self._state_changed.set()
 
     def _best(self) -> RankedProvider | None:
         ranking = self._ranking_or_none()

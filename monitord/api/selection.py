@@ -14,7 +14,7 @@ from aiohttp import web
 from monitord.api.cache import DEFAULT_CRITERIA
 from monitord.api.context import CONTEXT
 from monitord.api.errors import ApiError
-from monitord.api.replies import bytes_reply, criteria_from_query, int_param, parse_criteria
+from monitord.api.replies import cached_reply, criteria_from_query, int_param, parse_criteria
 from monitord.model import Criteria, Ranking
 
 DEFAULT_FALLBACKS = 3
@@ -41,8 +41,8 @@ async def ranking(request: web.Request) -> web.Response:
         criteria = criteria_from_query(query, others=("limit",))
         limit = int_param(query, "limit", 0, 1, MAX_LIMIT) or None
     cache = ctx.ranking
-    return bytes_reply(cache.rendered(("ranking", criteria, limit),
-                                      lambda: ranking_body(cache.ranking(criteria, limit=limit))))
+    return cached_reply(request, cache, ("ranking", criteria, limit),
+                        lambda: ranking_body(cache.ranking(criteria, limit=limit)))
 
 
 async def _select_request(request: web.Request) -> tuple[Criteria, int]:
@@ -82,7 +82,7 @@ async def select(request: web.Request) -> web.Response:
             "criteria": criteria.to_dict(),
         })
 
-    return bytes_reply(cache.rendered(("select", criteria, fallbacks), render))
+    return cached_reply(request, cache, ("select", criteria, fallbacks), render)
 
 
 def _no_provider_message(result: Ranking) -> str:

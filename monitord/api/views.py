@@ -18,7 +18,7 @@ from monitord.api.errors import ApiError
 from monitord.api.history import provider_history
 from monitord.api.metrics import CONTENT_TYPE
 from monitord.api.openapi import build_document
-from monitord.api.replies import bytes_reply, check_params, json_reply
+from monitord.api.replies import bytes_reply, cached_reply, check_params, json_reply
 from monitord.api.selection import ranking, select
 from monitord.model import ProviderSpec, ProviderState, Status
 
@@ -96,7 +96,7 @@ async def providers(request: web.Request) -> web.Response:
             "providers": [provider_dict(specs[name], states.get(name)) for name in sorted(specs)],
         })
 
-    return bytes_reply(ctx.ranking.rendered(("providers",), render))
+    return cached_reply(request, ctx.ranking, ("providers",), render)
 
 
 async def provider(request: web.Request) -> web.Response:
@@ -113,7 +113,7 @@ async def models(request: web.Request) -> web.Response:
     def render() -> bytes:
         return orjson.dumps({"generated_at": ctx.clock().isoformat(), "models": _models(ctx.live.models_view())})
 
-    return bytes_reply(ctx.ranking.rendered(("models",), render))
+    return cached_reply(request, ctx.ranking, ("models",), render)
 
 
 def _models(view: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,451 @@
+"""Serving the ranking: GET /v1/ranking and POST /v1/select with 1,000 providers in state, beside a trivial aiohttp
+handler ("ok") measured in the same run with the same load.
+
+Each server runs in its own spawned process pinned to core 0 on the loop `monitord run` uses; the load comes from
+`wrk` (one thread, 50 connections) pinned to core 1, or, without wrk, from an aiohttp load generator in another
+process. monitord's server is the real app (`make_app` over an ApiContext on a migrated SQLite store) with 1,000
+providers of mixed types, statuses, models and capabilities, and keeps folding probe results while it serves
+(RESULTS_PER_S, i.e. 1,000 providers probed every 30 s), so its caches are invalidated as in production.
+The trivial server is measured first and last; its mean is the baseline of every ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bench.common import Table, percentile, raise_fd_limit, run_async, verdict
+
+ORDER = 30
+TITLE = "query API: /v1/ranking and /v1/select vs a trivial aiohttp handler (req/s, p50/p99)"
+
+PROVIDERS = 1_000
+CONNECTIONS = 50
+RESULTS_PER_S = 1_000 / 30  # the default probe interval over 1,000 providers
+FULL_S, FULL_WARMUP_S = 10.0, 2.0
+QUICK_S, QUICK_WARMUP_S = 2.0, 0.0
+SPAWN_TIMEOUT_S = 60.0
+
+# Targets from the issue
+RATIO_MIN = 0.70
+P99_MAX_MS = 5.0
+
+SELECT_BODY = '{"task_type": "chat", "required_capabilities": ["tools"]}'
+# A different max_tokens on every request: never the same criteria twice in a generation, so nothing is cached.
+VARYING_SELECT_LUA = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{"task_type": "chat", "max_tokens": ' .. (counter % 8192 + 1) .. '}')
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    server: str  # "trivial" or "monitord"
+    method: str
+    path: str
+    body: str | None = None
+    lua: str | None = None  # a wrk script that builds each request itself
+    gzip: bool = False  # send Accept-Encoding: gzip (as aiohttp, requests and curl --compressed do)
+
+
+SCENARIOS = (
+    Scenario("trivial handler (first)", "trivial", "GET", "/ok"),
+    Scenario("GET /v1/ranking (default, all entries), gzip", "monitord", "GET", "/v1/ranking", gzip=True),
+    Scenario("GET /v1/ranking (default, all entries), identity", "monitord", "GET", "/v1/ranking"),
+    Scenario("GET /v1/ranking?limit=10", "monitord", "GET", "/v1/ranking?limit=10"),
+    Scenario("GET /v1/ranking?capability=vision", "monitord", "GET", "/v1/ranking?capability=vision"),
+    Scenario("POST /v1/select (chat + tools)", "monitord", "POST", "/v1/select", body=SELECT_BODY),
+    Scenario("POST /v1/select, new criteria each request", "monitord", "POST", "/v1/select",
+             lua=VARYING_SELECT_LUA),
+    Scenario("trivial handler (last)", "trivial", "GET", "/ok"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    requests_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: int  # non-2xx answers and socket errors
+    body_bytes: int
+
+
+# --- servers (spawned processes) ---------------------------------------------------------------------------------
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+
+
+def _serve(conn: Connection, kind: str) -> None:
+    _pin(0)
+    raise_fd_limit()
+    try:
+        run_async(_serve_async(conn, kind))
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+        raise
+
+
+async def _serve_async(conn: Connection, kind: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="monitord-bench-api-") as workdir:
+        app, feeder, closers, feed_stats = await (_monitord_app(Path(workdir)) if kind == "monitord"
+                                                  else _trivial_app())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+            await site.start()
+            conn.send({"port": runner.addresses[0][1]})
+            feeding = asyncio.create_task(feeder()) if feeder else None
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # any message means stop
+            if feeding is not None:
+                feeding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeding
+            conn.send(feed_stats)
+        finally:
+            await runner.cleanup()
+            for close in closers:
+                await close()
+
+
+async def _trivial_app() -> tuple[web.Application, None, list[Callable[[], Any]], dict[str, Any]]:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    return app, None, [], {}
+
+
+async def _monitord_app(workdir: Path) -> tuple[web.Application, Callable[[], Any], list[Callable[[], Any]],
+                                                dict[str, Any]]:
+    from monitord.api import ApiContext, make_app
+    from monitord.health import LiveState
+    from monitord.store import Store, migrate
+
+    url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    await migrate.upgrade(url)
+    store = await Store.open(url)
+    await store.start()
+    rng = random.Random(3)
+    specs = make_specs(PROVIDERS, rng)
+    live = LiveState()
+    clock_start = datetime.now(UTC)
+    for index in range(10):  # ten probes each: a window with some history
+        at = clock_start - timedelta(seconds=30 * (10 - index))
+        for spec in specs.values():
+            live.fold(make_result(spec, at, rng), at)
+    ctx = ApiContext(live=live, specs=lambda: specs, store=store, ready=lambda: True)
+    spec_list = list(specs.values())
+    feed_stats: dict[str, Any] = {}
+
+    async def feed() -> dict[str, Any]:
+        stats = {"results_fed": 0, "results_per_s": 0.0}
+        started = due = time.perf_counter()
+        try:
+            while True:
+                due += 1 / RESULTS_PER_S  # paced by deadline, so a busy loop catches up instead of drifting
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                now = datetime.now(UTC)
+                result = make_result(rng.choice(spec_list), now, rng)
+                ctx.on_result(result, live.fold(result, now))  # what the daemon does; the store is left out
+                stats["results_fed"] += 1
+                stats["results_per_s"] = stats["results_fed"] / (time.perf_counter() - started)
+        finally:
+            feed_stats.update(stats)
+
+    return make_app(ctx), feed, [store.close], feed_stats
+
+
+def make_specs(count: int, rng: random.Random) -> dict[str, Any]:
+    from monitord.model import ProviderSpec
+    from monitord.providers import ADAPTERS
+
+    types = sorted(ADAPTERS)
+    specs = {}
+    for index in range(count):
+        extra = {c for c, share in (("vision", 0.2), ("tools", 0.4), ("embeddings", 0.1)) if rng.random() < share}
+        name = f"p{index:04d}"
+        specs[name] = ProviderSpec(name, types[index % len(types)], f"http://10.0.{index // 250}.{index % 250}:8000",
+                                   capabilities=frozenset({"chat", "completion", "streaming"} | extra),
+                                   priority=rng.choice((0, 0, 0, 1, -1)))
+    return specs
+
+
+_MODEL_POOL = (("llama3.1:8b", "8B", 8192), ("qwen2.5:32b", "32B", 32768), ("mistral-7b-instruct", "7B", 32768),
+               ("llava:13b", "13B", 4096), ("phi3:mini", "3.8B", 4096), ("mixtral-8x7b", "47B", 32768))
+
+
+def make_result(spec: Any, at: datetime, rng: random.Random) -> Any:
+    """A provider's next probe: each keeps its own health (90% up, 3% degraded, 2% loading, 5% down) and models;
+    an up one fails a probe now and then (1%), which moves its score but, below the threshold, not its status."""
+    from monitord.model import ErrorClass, ModelInfo, ProbeResult, Status
+
+    seed = zlib.crc32(spec.name.encode())
+    roll = seed % 100
+    status = Status.DOWN if roll < 5 else Status.LOADING if roll < 7 else Status.DEGRADED if roll < 10 else Status.UP
+    if status is Status.UP and rng.random() < 0.01:
+        status = Status.DOWN
+    picks = [_MODEL_POOL[(seed + k) % len(_MODEL_POOL)] for k in range(1 + seed % 3)]
+    models = tuple(ModelInfo(m, parameter_size=size, context_length=context) for m, size, context in picks)
+    return ProbeResult(
+        provider=spec.name, provider_type=spec.type, started_at=at, status=status,
+        total_ms=rng.uniform(5, 300), error_class=ErrorClass.REFUSED if status is Status.DOWN else None,
+        error="connection refused" if status is Status.DOWN else None,
+        models=models if status is not Status.DOWN else (), http_status=200 if status is Status.UP else None,
+    )
+
+
+class Server:
+    """One server process; `with Server("monitord") as server: server.port`."""
+
+    def __init__(self, kind: str) -> None:
+        import multiprocessing
+
+        self.kind = kind
+        self.port = 0
+        self.stats: dict[str, Any] = {}
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, kind), name=f"bench-api-{kind}", daemon=True)
+
+    def __enter__(self) -> Server:
+        self._proc.start()
+        if not self._conn.poll(SPAWN_TIMEOUT_S):
+            self._stop()
+            raise RuntimeError(f"{self.kind} server did not start")
+        reply = self._conn.recv()
+        if "error" in reply:
+            self._stop()
+            raise RuntimeError(f"{self.kind} server failed:\n{reply['error']}")
+        self.port = int(reply["port"])
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send("stop")
+            if self._conn.poll(10):
+                self.stats = self._conn.recv()
+        self._stop()
+
+    def _stop(self) -> None:
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+# --- load: wrk, or an aiohttp load generator ---------------------------------------------------------------------
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(number) * _UNIT_MS[unit]
+
+
+def parse_wrk(output: str) -> Load:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if rate is None:
+        raise RuntimeError(f"wrk printed no rate:\n{output}")
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
+    transfer = re.search(r"(\d+) requests in .*?, ([\d.]+)([KMG]?B) read", output)
+    body_bytes = 0
+    if transfer:
+        scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[transfer.group(3)]
+        body_bytes = int(float(transfer.group(2)) * scale / max(1, int(transfer.group(1))))
+    return Load(float(rate.group(1)), _ms(p50.group(1)) if p50 else None, _ms(p99.group(1)) if p99 else None,
+                errors, body_bytes)
+
+
+def run_wrk(wrk: str, scenario: Scenario, port: int, duration_s: float, workdir: Path) -> Load:
+    script = scenario.lua
+    if script is None and scenario.method != "GET":
+        body = (scenario.body or "").replace("\\", "\\\\").replace("'", "\\'")
+        script = (f'wrk.method = "{scenario.method}"\nwrk.headers["Content-Type"] = "application/json"\n'
+                  f"wrk.body = '{body}'\n")
+    command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(duration_s))}s", "--latency"]
+    if scenario.gzip:
+        command += ["-H", "Accept-Encoding: gzip"]
+    if script is not None:
+        path = workdir / f"{zlib.crc32(scenario.name.encode())}.lua"
+        path.write_text(script)
+        command += ["-s", str(path)]
+    command.append(f"http://127.0.0.1:{port}{scenario.path}")
+    taskset = shutil.which("taskset")
+    if taskset and len(os.sched_getaffinity(0)) > 1:
+        command = [taskset, "-c", "1", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60, check=True)
+    return parse_wrk(done.stdout)
+
+
+def _generate(conn: Connection, scenario: Scenario, port: int, duration_s: float) -> None:
+    _pin(1)
+    try:
+        conn.send(run_async(_generate_async(scenario, port, duration_s)))
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+        raise
+
+
+async def _generate_async(scenario: Scenario, port: int, duration_s: float) -> dict[str, Any]:
+    """CONNECTIONS workers on one session, each sending its next request when the last one is answered."""
+    url = f"http://127.0.0.1:{port}{scenario.path}"
+    latencies_ms: list[float] = []
+    errors = 0
+    size = 0
+    counter = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors, size, counter
+        while time.perf_counter() < deadline:
+            counter += 1
+            body = scenario.body
+            if scenario.lua is not None:
+                body = f'{{"task_type": "chat", "max_tokens": {counter % 8192 + 1}}}'
+            started = time.perf_counter()
+            headers = {"Content-Type": "application/json",
+                       "Accept-Encoding": "gzip" if scenario.gzip else "identity"}
+            async with session.request(scenario.method, url, data=body, headers=headers) as response:
+                payload = await response.read()
+            latencies_ms.append((time.perf_counter() - started) * 1000)
+            size = len(payload)
+            errors += response.status >= 300
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+                                     auto_decompress=False) as session:
+        await asyncio.gather(*(worker(session) for _ in range(CONNECTIONS)))
+    elapsed = time.perf_counter() - started
+    return {"requests_per_s": len(latencies_ms) / elapsed, "p50_ms": percentile(latencies_ms, 0.5),
+            "p99_ms": percentile(latencies_ms, 0.99), "errors": errors, "body_bytes": size}
+
+
+def run_generator(scenario: Scenario, port: int, duration_s: float) -> Load:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_generate, args=(child, scenario, port, duration_s), name="bench-api-load")
+    proc.start()
+    try:
+        if not parent.poll(duration_s + SPAWN_TIMEOUT_S):
+            raise RuntimeError("the load generator gave no result in time")
+        raw: dict[str, Any] = parent.recv()
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if "error" in raw:
+        raise RuntimeError(f"load generator failed:\n{raw['error']}")
+    return Load(**raw)
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+
+
+def measure_all(quick: bool, progress: Callable[[str], None] = print) -> tuple[dict[str, Load], str, dict[str, Any]]:
+    duration_s, warmup_s = (QUICK_S, QUICK_WARMUP_S) if quick else (FULL_S, FULL_WARMUP_S)
+    wrk = shutil.which("wrk")
+    tool = "wrk 1 thread" if wrk else "aiohttp load generator"
+    loads: dict[str, Load] = {}
+    stats: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="monitord-bench-wrk-") as tmp:
+        workdir = Path(tmp)
+
+        def load(scenario: Scenario, port: int, seconds: float) -> Load:
+            if wrk:
+                return run_wrk(wrk, scenario, port, seconds, workdir)
+            return run_generator(scenario, port, seconds)
+
+        index = 0
+        while index < len(SCENARIOS):
+            kind = SCENARIOS[index].server
+            group = []
+            while index < len(SCENARIOS) and SCENARIOS[index].server == kind:
+                group.append(SCENARIOS[index])
+                index += 1
+            with Server(kind) as server:
+                for scenario in group:
+                    progress(f"  {scenario.name}: {tool}, {CONNECTIONS} connections, {duration_s:g} s")
+                    if warmup_s:
+                        load(scenario, server.port, warmup_s)
+                    loads[scenario.name] = load(scenario, server.port, duration_s)
+            if kind == "monitord":
+                stats = server.stats
+    return loads, tool, stats
+
+
+async def run(quick: bool) -> list[Table]:
+    loads, tool, stats = await asyncio.to_thread(measure_all, quick)
+    return tables(loads, tool, stats, quick)
+
+
+def tables(loads: dict[str, Load], tool: str, stats: dict[str, Any], quick: bool) -> list[Table]:
+    trivial = [loads[s.name].requests_per_s for s in SCENARIOS if s.server == "trivial"]
+    baseline = sum(trivial) / len(trivial)
+    main = Table("Query API under load", ("request", "req/s", "vs trivial", "p50 ms", "p99 ms", "errors",
+                                          "bytes/response"))
+    for scenario in SCENARIOS:
+        measured = loads[scenario.name]
+        main.add(scenario.name, measured.requests_per_s, f"{measured.requests_per_s / baseline:.2f}x",
+                 measured.p50_ms, measured.p99_ms, measured.errors, measured.body_bytes or None)
+    main.notes += [
+        f"{PROVIDERS:,} providers in state (mixed types, ~10% not up, 1-3 models each); load: {tool}, "
+        f"{CONNECTIONS} connections; each server in its own process on core 0, the load on core 1.",
+        f"While serving, monitord folded {stats.get('results_fed', 0):,} probe results "
+        f"({stats.get('results_per_s', 0):.0f}/s, as 1,000 providers every 30 s): a status or model change ends "
+        "the cache generation at once, any other result within 1 s (RankingCache.refresh_s).",
+        "bytes/response: wrk's bytes read per request (headers included). Baseline: the mean of the two trivial "
+        f"runs ({' and '.join(f'{r:,.0f}' for r in trivial)} req/s).",
+        "Bodies of 8 KiB and more are gzipped once per cache generation for clients that accept gzip; the "
+        "identity row shows the same ranking uncompressed, where the bytes written bound the rate.",
+    ]
+    if quick:
+        main.notes.append("Quick mode: 2 s runs without warm-up; figures are not meaningful.")
+    targets = Table("Query API targets", ("target", "measured", "result"))
+    for scenario in SCENARIOS[1:3]:
+        ratio = loads[scenario.name].requests_per_s / baseline
+        targets.add(f"{RATIO_MIN:.0%} of the trivial handler's req/s: {scenario.name}", f"{ratio:.2f}x",
+                    verdict(ratio, at_least=RATIO_MIN))
+    for scenario in SCENARIOS[1:-1]:
+        p99 = loads[scenario.name].p99_ms
+        targets.add(f"p99 < {P99_MAX_MS:g} ms at {CONNECTIONS} connections: {scenario.name}",
+                    None if p99 is None else f"{p99:.2f} ms", verdict(p99, at_most=P99_MAX_MS))
+    main.figures["api"] = {name: asdict(load) for name, load in loads.items()}
+    return [main, targets]
