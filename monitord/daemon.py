@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 import structlog
 
+from monitord.alerts.outbox import Dispatcher
+from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider
 from monitord.api import ApiContext, ApiServer
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
-from monitord.model import ProbeResult, ProviderSpec, Status, StatusChange
+from monitord.model import AlertEvent, ProbeResult, ProviderSpec, Silence, Status, StatusChange
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
 from monitord.scheduler import ProbeScheduler
@@ -68,6 +70,9 @@ class Daemon:
         self.probed: set[str] = set()  # providers with at least one result since start: readiness
         self._specs: dict[str, ProviderSpec] = {s.name: s for s in config.provider_specs()}
         self.api: ApiContext | None = None
+        self.rules = AlertRules(AlertPolicy())
+        self.silences: list[Silence] = self._config_silences(config)  # API-made ones are appended
+        self.dispatcher: Dispatcher | None = None
         self._api_server: ApiServer | None = None
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -81,6 +86,11 @@ class Daemon:
         return HealthPolicy(failure_threshold=config.alerts.failure_threshold,
                             success_threshold=config.alerts.success_threshold,
                             window_s=config.ranking.window_s)
+
+    @staticmethod
+    def _config_silences(config: Config) -> list[Silence]:
+        return [Silence(id=f"config-{i}", provider=s.provider, start=s.start, end=s.end, reason=s.reason)
+                for i, s in enumerate(config.alerts.silences)]
 
     @property
     def store(self) -> Store:
@@ -121,6 +131,9 @@ class Daemon:
         if serve_api:
             self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
         self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
+        self.dispatcher = Dispatcher(self._store, self._session, cfg.alerts.webhooks)
+        await self.dispatcher.start()
+        self._spawn(self._watch_best())
         self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
                                          jitter_s=cfg.monitor.jitter_s)
         self._scheduler.sync(specs)
@@ -134,12 +147,16 @@ class Daemon:
         self.record(result)
 
     def record(self, result: ProbeResult) -> list[StatusChange]:
-        """Fan a result out to the store and the live state; log status changes. Never raises."""
+        """Fan a result out to the store, the live state, the API and the alert rules; log status changes."""
         self.store.enqueue(result)
         self.probed.add(result.provider)
-        changes = self.live.fold(result, self.clock())
+        now = self.clock()
+        changes = self.live.fold(result, now)
         if self.api is not None:
             self.api.on_result(result, changes)
+        state, spec = self.live.get(result.provider), self._specs.get(result.provider)
+        if state is not None and spec is not None:
+            self._emit(self.rules.on_probe(state, changes, alert_provider(spec), self.silences, now))
         log.debug("probe.done", provider=result.provider, status=result.status.value,
                   error_class=result.error_class, total_ms=round(result.total_ms, 1))
         for change in changes:
@@ -172,6 +189,7 @@ class Daemon:
             log.error("config.reload_failed", path=str(self.config_path),
                       problems="storage.url cannot change on reload; restart the daemon")
             return False
+        old_webhooks = self.config.alerts.webhooks
         self.config = new
         specs = new.provider_specs()
         self._specs = {s.name: s for s in specs}
@@ -181,6 +199,14 @@ class Daemon:
         for name in removed:
             self.live.remove(name)
             self.probed.discard(name)
+            self.rules.forget(name)
+        api_made = [s for s in self.silences if s.created_by != "config"]
+        self.silences = self._config_silences(new) + api_made
+        if self.dispatcher is not None and new.alerts.webhooks != old_webhooks:
+            await self.dispatcher.stop()
+            assert self._session is not None
+            self.dispatcher = Dispatcher(self.store, self._session, new.alerts.webhooks)
+            await self.dispatcher.start()
         for spec in specs:
             self.live.track(spec.name, spec.type)
         if self.api is not None:
@@ -193,8 +219,13 @@ class Daemon:
         """Stop probing (cancel in-flight probes), flush the store, close the session; in that order."""
         if self._scheduler is not None:
             await self._scheduler.shutdown()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._api_server is not None:
             await self._api_server.close()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         if self._store is not None:
             await self._store.close()
             log.info("store.closed", written=self._store.written_total, dropped=self._store.dropped_total)
@@ -226,6 +257,21 @@ class Daemon:
         """The watchdog's question: is the scheduler running and keeping time?"""
         scheduler = self._scheduler
         return scheduler is not None and scheduler.running and scheduler.overdue_s() < 30.0
+
+    def _emit(self, events: list[AlertEvent]) -> None:
+        if events and self.dispatcher is not None:
+            for event in events:
+                name = event.provider.name if event.provider else None
+                log.info("alert.raised", type=event.type.value, provider=name, silenced=bool(event.silenced_by))
+            self.dispatcher.emit(events)
+
+    async def _watch_best(self) -> None:
+        """Once a second, let the rules see the default ranking's best (they wait for it to hold before alerting)."""
+        while True:
+            best = self.api.ranking.ranking().best if self.api is not None else None
+            spec = self._specs.get(best.provider) if best is not None else None
+            self._emit(self.rules.on_ranking(alert_provider(spec) if spec else None, self.silences, self.clock()))
+            await asyncio.sleep(1.0)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -261,9 +307,6 @@ class Daemon:
             await self._stopping.wait()
         finally:
             self._notifier.stopping()
-            for task in list(self._background):
-                task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
             await self.stop()
             self._notifier.close()
             if self.install_signal_handlers:
