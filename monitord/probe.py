@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -145,14 +147,24 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int, path: str) -> byt
 
 
 def ssl_context_for(spec: ProviderSpec) -> ssl.SSLContext | bool:
-    """True: default verification; False: `insecure`; a context when a CA file is configured."""
+    """True: default verification; False: `insecure`; a context when a CA file is configured.
+
+    Raises OSError / ssl.SSLError when the CA file cannot be read.
+    """
     if not spec.base_url.startswith("https"):
         return True
     if not spec.verify_tls:
         return False
     if spec.ca_file:
-        return ssl.create_default_context(cafile=spec.ca_file)
+        return _ca_context(spec.ca_file, os.stat(spec.ca_file).st_mtime_ns)
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def _ca_context(ca_file: str, _mtime_ns: int) -> ssl.SSLContext:
+    """One context per CA file version: aiohttp pools connections per context, so a new one each probe would
+    cost a full TLS handshake every time (and leave an idle connection behind)."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 def classify(exc: BaseException) -> tuple[ErrorClass, str]:
@@ -230,8 +242,12 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
     started_at = now()
     started = time.perf_counter()
     deadline = started + spec.timeout_s
-    ssl_context = ssl_context_for(spec)
     calls: list[HttpCall] = []
+    try:
+        ssl_context = ssl_context_for(spec)
+    except (OSError, ssl.SSLError) as exc:
+        return _result(spec, started_at, started, Status.DOWN, ErrorClass.TLS,
+                       f"cannot use ca_file {spec.ca_file}: {_short(exc)}", calls, _Attempt(), 0)
     attempts = 0
     while True:
         attempts += 1

@@ -185,9 +185,6 @@ async def test_https_over_ipv6_with_ca_file(pki: Pki, serve_vllm: ServeVllm, har
     await harness.stop(daemon)
 
 
-@pytest.mark.xfail(strict=True, reason="probe.ssl_context_for builds a new SSLContext (re-reading ca_file) on every "
-                   "probe; aiohttp keys pooled connections by that object, so every ca_file probe does a new TLS "
-                   "handshake and leaves one more idle connection behind")
 async def test_ca_file_probes_reuse_their_tls_connection(pki: Pki, serve_vllm: ServeVllm,
                                                          harness: DaemonHarness) -> None:
     endpoint = await serve_vllm(ssl_context=pki.server_context("127.0.0.1"))
@@ -198,3 +195,13 @@ async def test_ca_file_probes_reuse_their_tls_connection(pki: Pki, serve_vllm: S
     await harness.stop(daemon)
     assert again["insecure"].connect_ms is None  # reused: no new connection was made
     assert again["ca"].connect_ms is None
+
+
+async def test_unreadable_ca_file_is_a_tls_failure_not_a_crash(tmp_path: Path, serve_vllm: ServeVllm,
+                                                             harness: DaemonHarness, pki: Pki) -> None:
+    endpoint = await serve_vllm(ssl_context=pki.server_context("127.0.0.1"))
+    daemon = await harness.start({"ca": Provider("vllm", endpoint, {"ca_file": str(tmp_path / "missing.pem")})})
+    result = (await daemon.run_once())[0]
+    await harness.stop(daemon)
+    assert (result.status, result.error_class) == (Status.DOWN, ErrorClass.TLS)
+    assert "missing.pem" in (result.error or "")
