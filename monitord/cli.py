@@ -7,20 +7,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from monitord import __version__, logs
 from monitord.config import Config, ConfigError, load_config
-from monitord.model import ProbeResult, Status
+from monitord.model import ProbeResult, QualityPreference, Status, TaskType
+
+if TYPE_CHECKING:
+    from monitord.client import MonitordClient, ProvidersAnswer, RankingAnswer, ServerEvent
+
+T = TypeVar("T")
 
 STATUS_STYLE = {Status.UP: "green", Status.DEGRADED: "yellow", Status.LOADING: "cyan", Status.DOWN: "red",
                 Status.UNKNOWN: "dim"}
@@ -36,6 +45,9 @@ examples:
   monitord check --provider vllm --json      one provider, machine-readable
   monitord migrate                           create or upgrade the database schema
   monitord run                               run the daemon (SIGTERM stops cleanly, SIGHUP reloads the config)
+  monitord health --all                      ask the running daemon how every provider is
+  monitord rank --task-type chat --capability vision   the ranking, with the parts of every score
+  monitord monitor                           live view of status changes (Ctrl-C to leave)
 
 exit codes: 0 ok, 1 a provider is not up / the daemon failed, 2 bad config or usage.
 """
@@ -70,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="probe every enabled provider (the default)")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     command("migrate", "Create or upgrade the database schema to the latest version.")
+    health = command("health", "Ask the running daemon how providers are (probes directly if none answers).")
+    which = health.add_mutually_exclusive_group()
+    which.add_argument("--provider", "-p", action="append", metavar="NAME", help="this provider (repeatable)")
+    which.add_argument("--all", action="store_true", help="every configured provider (the default)")
+    health.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rank = command("rank", "Ask the running daemon for the ranking, with the parts of every score.")
+    rank.add_argument("--task-type", metavar="TYPE", help=f"one of: {', '.join(t.value for t in TaskType)}")
+    rank.add_argument("--capability", action="append", metavar="NAME",
+                      help="required capability, e.g. vision, tools (repeatable)")
+    rank.add_argument("--max-tokens", type=int, metavar="N", help="leave out providers with a smaller context")
+    rank.add_argument("--quality", choices=[q.value for q in QualityPreference], help="default: balanced")
+    rank.add_argument("--model", help="model id or glob (* ? [...])")
+    rank.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    monitor = command("monitor", "Live view of provider status from the daemon's event stream (Ctrl-C to leave).")
+    monitor.add_argument("--provider", "-p", metavar="NAME", help="follow this provider only")
     config = commands.add_parser("config", help="Work with the configuration file.")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     config_check = config_commands.add_parser(
@@ -209,9 +236,248 @@ def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str
     console.print(f"{up}/{len(results)} up")
 
 
+# --- commands that ask the running daemon (health, rank, monitor) ---
+
+def api_url(config: Config) -> str:
+    """Where the daemon's API answers: api.listen, with a wildcard bind reached over loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(config.api.host, config.api.host)
+    return f"http://[{host}]:{config.api.port}" if ":" in host else f"http://{host}:{config.api.port}"
+
+
+def _client(config: Config, **options: Any) -> MonitordClient:
+    from monitord.client import MonitordClient
+
+    return MonitordClient(api_url(config), token=config.api.token, **options)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    logs.configure("error", "console")
+    specs = config.provider_specs()
+    if args.provider and (unknown := sorted(set(args.provider) - {s.name for s in specs})):
+        print(f"monitord: unknown provider(s): {', '.join(unknown)}; configured: "
+              f"{', '.join(s.name for s in specs)}", file=sys.stderr)
+        return 2
+    from monitord.client import ClientError, DaemonUnavailable
+
+    async def ask() -> ProvidersAnswer:
+        async with _client(config, max_stale_s=0) as client:
+            return await client.providers()
+
+    try:
+        answer = _run_coro(ask())
+        providers = [p for p in answer.providers if not args.provider or p["name"] in args.provider]
+    except DaemonUnavailable as exc:
+        print(f"monitord: no daemon answers at {api_url(config)} ({exc}); probing directly instead",
+              file=sys.stderr)
+        return cmd_check(args)
+    except ClientError as exc:
+        print(f"monitord: the daemon at {api_url(config)} refused: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps({"source": "daemon", "providers": providers}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_health_table(providers, answer.generated_at)
+    return 0 if providers and all(p["status"] == Status.UP.value for p in providers) else 1
+
+
+def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _ms_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _for(since: str | None, now: datetime) -> str:
+    """'3h12m' from an ISO time to now."""
+    if not since:
+        return "-"
+    seconds = max(0, int((now - datetime.fromisoformat(since)).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table:
+    """Providers as the API describes them; `now` is the daemon's time of the answer."""
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("PROVIDER", "TYPE", "STATUS", "FOR", "AVAIL", "P50", "P95", "MODELS", "LAST ERROR"):
+        table.add_column(column, justify="right" if column in ("FOR", "AVAIL", "P50", "P95") else "left",
+                         overflow="fold" if column in ("MODELS", "LAST ERROR") else "ellipsis")
+    for p in providers:
+        status = Status(p["status"])
+        ids = [m["id"] for m in p["models"]]
+        models = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
+        error = f"{p['last_error_class']}: {p['last_error'] or ''}".rstrip(": ") if p["last_error_class"] else ""
+        table.add_row(p["name"], p["type"], f"[{STATUS_STYLE[status]}]{status.value}[/]", _for(p["since"], now),
+                      _ratio_text(p["availability"]), _ms_text(p["latency_p50_ms"]), _ms_text(p["latency_p95_ms"]),
+                      models or "-", error)
+    return table
+
+
+def print_health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> None:
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(health_table(providers, now))
+    up = sum(p["status"] == Status.UP.value for p in providers)
+    console.print(f"{up}/{len(providers)} up")
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    logs.configure("error", "console")
+    from monitord.client import ApiError, DaemonUnavailable
+
+    fields = {"task_type": args.task_type, "required_capabilities": args.capability, "max_tokens": args.max_tokens,
+              "quality_preference": args.quality, "model": args.model}
+
+    async def ask() -> RankingAnswer:
+        async with _client(config, max_stale_s=0) as client:
+            return await client.ranking({key: value for key, value in fields.items() if value is not None})
+
+    try:
+        answer = _run_coro(ask())
+    except ValueError as exc:  # the criteria, checked before asking
+        print(f"monitord: {exc}", file=sys.stderr)
+        return 2
+    except DaemonUnavailable as exc:
+        print(f"monitord: no daemon answers at {api_url(config)} ({exc}); start it with `monitord run`",
+              file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"monitord: the daemon at {api_url(config)} refused: {exc}", file=sys.stderr)
+        return 2 if exc.status == 400 else 1
+    if args.json:
+        print(orjson.dumps({
+            "generated_at": answer.generated_at.isoformat(), "criteria": answer.criteria.to_dict(),
+            "ranking": [entry.to_dict() for entry in answer.entries],
+            "excluded": {name: list(reasons) for name, reasons in answer.excluded.items()},
+        }, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_rank_table(answer)
+    return 0 if answer.entries else 1
+
+
+RANK_PARTS = ("availability", "latency", "recency", "priority", "quality", "task_fit")
+
+
+def rank_table(answer: RankingAnswer) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("#", justify="right")
+    for column in ("PROVIDER", "TYPE", "STATUS", "SCORE", *(p.upper().replace("_", " ") for p in RANK_PARTS),
+                   "WEIGHT", "MODELS"):
+        table.add_column(column, justify="left" if column in ("PROVIDER", "TYPE", "STATUS", "MODELS") else "right",
+                         overflow="fold" if column == "MODELS" else "ellipsis")
+    for place, entry in enumerate(answer.entries, start=1):
+        parts = [f"{entry.components.get(part, 0.0):.2f}" for part in RANK_PARTS]
+        weight = entry.components.get("weight", 1.0) * entry.components.get("status_factor", 1.0)
+        models = ", ".join(entry.models[:3]) + (f" (+{len(entry.models) - 3})" if len(entry.models) > 3 else "")
+        table.add_row(str(place), entry.provider, entry.type,
+                      f"[{STATUS_STYLE[entry.status]}]{entry.status.value}[/]", f"{entry.score:.3f}", *parts,
+                      f"{weight:.2f}", models or "-")
+    return table
+
+
+def print_rank_table(answer: RankingAnswer) -> None:
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(rank_table(answer))
+    console.print("score = weight x status factor x weighted sum of the parts (weights by --quality)", style="dim")
+    if answer.excluded:
+        console.print(f"excluded ({len(answer.excluded)}):")
+        for name in sorted(answer.excluded):
+            console.print(f"  {name}: {'; '.join(answer.excluded[name])}", highlight=False)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    logs.configure("error", "console")
+    if args.provider and args.provider not in {s.name for s in config.provider_specs()}:
+        print(f"monitord: unknown provider: {args.provider}", file=sys.stderr)
+        return 2
+    return _run_async(monitor(_client(config, max_stale_s=0), args.provider, Console()))
+
+
+MONITOR_REFRESH_S = 2.0  # latency and availability move without events: the table is refetched this often
+MONITOR_RETRY_S = 2.0
+
+
+async def monitor(client: MonitordClient, provider: str | None, console: Console) -> int:
+    """Show the providers table and the latest events, live, until cancelled (Ctrl-C)."""
+    from rich.console import Group
+    from rich.live import Live
+
+    from monitord.client import ClientError
+
+    view: dict[str, Any] = {"providers": (), "at": datetime.now(UTC), "events": deque(maxlen=10),
+                            "note": "connecting..."}
+
+    def render() -> Group:
+        shown = [p for p in view["providers"] if provider is None or p["name"] == provider]
+        lines: list[RenderableType] = [Text(f"monitord at {client.base_url}: {view['note']}", style="dim"),
+                                       health_table(shown, view["at"])]
+        lines += [Text("recent events:", style="bold")] if view["events"] else []
+        lines += [Text(line) for line in view["events"]]
+        return Group(*lines)
+
+    async def fetch() -> None:
+        answer = await client.providers()
+        view["providers"], view["at"] = answer.providers, answer.generated_at
+
+    async def refresh(live: Live) -> None:
+        while True:
+            with contextlib.suppress(ClientError):
+                await fetch()
+            live.update(render())
+            await asyncio.sleep(MONITOR_REFRESH_S)
+
+    async with client:
+        with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+            poller = asyncio.create_task(refresh(live))
+            try:
+                while True:
+                    try:
+                        async for event in client.events((provider,) if provider else ()):
+                            view["note"] = "following events"
+                            view["events"].appendleft(describe_event(event))
+                            await fetch()
+                            live.update(render())
+                    except ClientError as exc:
+                        view["note"] = f"disconnected ({exc}); retrying every {MONITOR_RETRY_S:g} s"
+                    else:
+                        view["note"] = "the daemon closed the stream; reconnecting"
+                    live.update(render())
+                    await asyncio.sleep(MONITOR_RETRY_S)
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+
+
+def describe_event(event: ServerEvent) -> str:
+    data = event.data
+    if event.kind == "provider.status_changed":
+        error = f" ({data['error_class']}: {data['error']})" if data.get("error_class") else ""
+        return f"{data['at']}  {data['provider']}: {data['previous']} -> {data['current']}{error}"
+    if event.kind == "ranking.best_changed":
+        return f"{data['at']}  best provider: {data['previous'] or '-'} -> {data['current'] or '-'}"
+    return f"{event.kind}"
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "migrate": cmd_migrate,
     "config": cmd_config,
+    "health": cmd_health,
+    "rank": cmd_rank,
+    "monitor": cmd_monitor,
 }

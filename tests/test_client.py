@@ -1,0 +1,337 @@
+"""monitord.client against the real API on 127.0.0.1, and the CLI commands that ask the daemon (health, rank,
+monitor): answers, errors, timeouts, the last-known-good fallback, the event stream and the direct-probe fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
+from rich.console import Console
+
+from monitord import cli
+from monitord.api import make_app
+from monitord.client import ApiError, DaemonUnavailable, MonitordClient, NoProviderError, ServerEvent
+from monitord.model import Criteria, Secret, Status
+from monitord.store import Store
+from tests.plugins.api import NOW, TOKEN, World, probe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Daemon:
+    """The API over a fed World on a real port; `outage = True` answers 502 like a proxy whose upstream is gone."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.outage = False
+        app = make_app(world.ctx)
+        app.middlewares.append(self._gate)
+        self.server = TestServer(app, host="127.0.0.1", port=0)
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.outage:
+            return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
+        return await handler(request)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def daemon(sqlite_store: Store) -> AsyncIterator[Daemon]:
+    world = World(store=sqlite_store)
+    world.feed_standard()
+    running = Daemon(world)
+    await running.server.start_server()
+    yield running
+    await running.server.close()
+
+
+@pytest.fixture
+async def client(daemon: Daemon) -> AsyncIterator[MonitordClient]:
+    async with MonitordClient(daemon.url, timeout_s=1.0) as monitord:
+        yield monitord
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- answers ---
+
+
+async def test_select_returns_the_best_and_its_fallbacks(client: MonitordClient) -> None:
+    choice = await client.select(task_type="chat", required_capabilities=["vision", "tools"])
+    assert choice.provider.provider == "alpha" and choice.provider.status is Status.UP
+    assert choice.fallbacks == () and not choice.stale and choice.age_s == 0.0
+    assert choice.criteria == Criteria.from_mapping({"task_type": "chat", "required_capabilities": "tools,vision"})
+    assert choice.generated_at == NOW
+    assert set(choice.provider.components) >= {"availability", "latency", "recency"}
+    choice = await client.select(Criteria(), fallbacks=5)
+    assert [c.provider for c in choice.candidates] == ["alpha", "delta", "beta"]
+    choice = await client.select({"task_type": "embedding"})
+    assert choice.provider.provider == "delta"
+
+
+async def test_select_raises_no_provider_with_the_reasons(client: MonitordClient) -> None:
+    with pytest.raises(NoProviderError) as caught:
+        await client.select(required_capabilities=["rerank"])
+    assert caught.value.status == 503 and caught.value.code == "no_provider"
+    assert set(caught.value.excluded) == {"alpha", "beta", "gamma", "delta"}
+
+
+async def test_bad_criteria_fail_before_asking(client: MonitordClient) -> None:
+    with pytest.raises(ValueError, match="task_type"):
+        await client.select(task_type="dancing")
+    with pytest.raises(TypeError):
+        await client.select(Criteria(), model="x")
+
+
+async def test_ranking_providers_and_provider(client: MonitordClient) -> None:
+    ranking = await client.ranking(required_capabilities=["tools"], quality_preference="fast")
+    assert [e.provider for e in ranking.entries] == ["alpha"]
+    assert ranking.excluded["beta"] == ("missing capabilities: tools",)
+    assert ranking.criteria.quality_preference.value == "fast"
+    assert len((await client.ranking(limit=2)).entries) == 2
+    providers = await client.providers()
+    assert [p["name"] for p in providers.providers] == ["alpha", "beta", "delta", "gamma"]
+    gamma = await client.provider("gamma")
+    assert gamma.provider["status"] == "down" and not gamma.stale
+    with pytest.raises(ApiError) as caught:
+        await client.provider("no such/provider")
+    assert (caught.value.status, caught.value.code) == (404, "provider_not_found")
+
+
+async def test_token(sqlite_store: Store) -> None:
+    world = World(store=sqlite_store, token=TOKEN)
+    world.feed_standard()
+    running = Daemon(world)
+    await running.server.start_server()
+    try:
+        async with MonitordClient(running.url, token=Secret(TOKEN)) as good:
+            assert (await good.select()).provider.provider == "alpha"
+            assert TOKEN not in repr(good)
+        async with MonitordClient(running.url, token="wrong") as bad:
+            with pytest.raises(ApiError) as caught:
+                await bad.select()
+            assert caught.value.code == "unauthorized"
+    finally:
+        await running.server.close()
+
+
+# --- outages: last known good, timeouts ---
+
+
+async def test_last_good_answer_stands_in_while_the_daemon_is_away(daemon: Daemon) -> None:
+    now = [100.0]
+    async with MonitordClient(daemon.url, timeout_s=1.0, max_stale_s=60.0, clock=lambda: now[0]) as client:
+        fresh = await client.select(task_type="chat")
+        await client.providers()
+        daemon.outage = True
+        now[0] += 30.0
+        stale = await client.select(task_type="chat")
+        assert stale.stale and stale.age_s == 30.0
+        assert stale.provider == fresh.provider and stale.fallbacks == fresh.fallbacks
+        assert (await client.providers()).stale
+        with pytest.raises(DaemonUnavailable):  # never asked before: nothing to stand in
+            await client.select(task_type="embedding")
+        now[0] += 31.0
+        with pytest.raises(DaemonUnavailable):  # too old to trust
+            await client.select(task_type="chat")
+        daemon.outage = False
+        assert not (await client.select(task_type="chat")).stale
+
+
+async def test_stopped_daemon_is_unavailable_then_stale(daemon: Daemon) -> None:
+    async with MonitordClient(daemon.url, timeout_s=1.0) as client:
+        await client.ranking()
+        await daemon.server.close()
+        answer = await client.ranking()
+        assert answer.stale and [e.provider for e in answer.entries] == ["alpha", "delta", "beta"]
+    async with MonitordClient(f"http://127.0.0.1:{free_port()}", timeout_s=1.0) as nobody:
+        with pytest.raises(DaemonUnavailable):
+            await nobody.providers()
+
+
+async def test_a_hanging_daemon_times_out() -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(10)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/v1/providers", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with MonitordClient(f"http://127.0.0.1:{runner.addresses[0][1]}", timeout_s=0.2) as client:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(DaemonUnavailable, match="timed out"):
+                await client.providers()
+            assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        await runner.cleanup()
+
+
+# --- events ---
+
+
+async def test_events_follow_changes_and_end_on_shutdown(daemon: Daemon, client: MonitordClient) -> None:
+    received: list[ServerEvent] = []
+    two = asyncio.Event()
+
+    async def follow() -> None:
+        async for event in client.events():
+            received.append(event)
+            if len(received) == 2:
+                two.set()
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.1)
+    world = daemon.world
+    for step in range(1, 4):
+        world.feed(probe(world.specs["alpha"], Status.DOWN, at=NOW + timedelta(seconds=step)))
+    await asyncio.wait_for(two.wait(), 2)
+    world.ctx.events.close()
+    await asyncio.wait_for(task, 2)
+    assert [e.kind for e in received] == ["provider.status_changed", "ranking.best_changed", "shutdown"]
+    assert received[0].data["current"] == "down" and received[1].id == received[0].id + 1
+    assert received[1].data["current"] == "delta"
+
+
+async def test_events_without_a_daemon() -> None:
+    async with MonitordClient(f"http://127.0.0.1:{free_port()}", timeout_s=0.5) as client:
+        with pytest.raises(DaemonUnavailable):
+            async for _ in client.events():
+                pass
+
+
+# --- CLI: health, rank, monitor ---
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitord", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def config_file(path: Path, port: int, providers: dict[str, tuple[str, str]], token: str | None = None) -> str:
+    lines = ["providers:"]
+    for name, (kind, url) in providers.items():
+        lines += [f"  {name}:", f"    type: {kind}", f"    endpoint: {url}",
+                  "    parameters: {timeout: 1s, max_retries: 0}"]
+    lines += ["api:", f"  listen: 127.0.0.1:{port}"] + ([f"  token: {token}"] if token else [])
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+WORLD_PROVIDERS = {"alpha": ("ollama", "http://127.0.0.1:11434"), "beta": ("vllm", "http://127.0.0.1:8000"),
+                   "gamma": ("llamacpp", "http://127.0.0.1:8080"), "delta": ("localai", "http://127.0.0.1:8081")}
+
+
+def port_of(daemon: Daemon) -> int:
+    port = daemon.server.port
+    assert port is not None
+    return port
+
+
+async def test_cli_health_asks_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    config = config_file(tmp_path / "m.yaml", port_of(daemon), WORLD_PROVIDERS)
+    code, out, err = await run_cli("health", "-c", config)
+    assert code == 1, err  # gamma is down
+    assert "alpha" in out and "gamma" in out and "refused: connection refused" in out and "3/4 up" in out
+    code, out, _ = await run_cli("health", "--provider", "alpha", "--json", "-c", config)
+    body = orjson.loads(out)
+    assert code == 0 and body["source"] == "daemon" and [p["name"] for p in body["providers"]] == ["alpha"]
+    code, _, err = await run_cli("health", "--provider", "omega", "-c", config)
+    assert code == 2 and "unknown provider" in err
+
+
+async def test_cli_health_probes_directly_when_no_daemon_answers(tmp_path: Path, provider_double: Any) -> None:
+    double = await provider_double("ollama")
+    config = config_file(tmp_path / "m.yaml", free_port(), {"local": ("ollama", double.url)})
+    code, out, err = await run_cli("health", "-c", config)
+    assert "no daemon answers" in err and "probing directly instead" in err
+    assert code == 0 and "local" in out and "1/1 up" in out
+
+
+async def test_cli_health_with_a_wrong_token(sqlite_store: Store, tmp_path: Path) -> None:
+    world = World(store=sqlite_store, token=TOKEN)
+    running = Daemon(world)
+    await running.server.start_server()
+    try:
+        config = config_file(tmp_path / "m.yaml", port_of(running), WORLD_PROVIDERS, token="not-it")
+        code, _, err = await run_cli("health", "-c", config)
+        assert code == 1 and "unauthorized" in err and "not-it" not in err
+    finally:
+        await running.server.close()
+
+
+async def test_cli_rank_prints_the_score_components(daemon: Daemon, tmp_path: Path) -> None:
+    config = config_file(tmp_path / "m.yaml", port_of(daemon), WORLD_PROVIDERS)
+    code, out, err = await run_cli("rank", "--task-type", "chat", "-c", config)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "PROVIDER" in line)
+    for column in ("SCORE", "AVAILABILITY", "LATENCY", "RECENCY", "PRIORITY", "QUALITY", "TASK FIT"):
+        assert column in header
+    rows = [line.replace("│", " ").split()[1] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == ["alpha", "beta"]
+    assert "gamma: status down" in out and "delta: missing capabilities" in out
+    code, out, _ = await run_cli("rank", "--capability", "vision", "--capability", "tools", "--json", "-c", config)
+    body = orjson.loads(out)
+    assert code == 0 and [e["provider"] for e in body["ranking"]] == ["alpha"]
+    assert body["criteria"]["required_capabilities"] == ["tools", "vision"]
+    code, _, err = await run_cli("rank", "--task-type", "dancing", "-c", config)
+    assert code == 2 and "task_type" in err
+    code, _, _ = await run_cli("rank", "--capability", "rerank", "-c", config)
+    assert code == 1
+
+
+async def test_cli_rank_without_a_daemon(tmp_path: Path) -> None:
+    config = config_file(tmp_path / "m.yaml", free_port(), WORLD_PROVIDERS)
+    code, _, err = await run_cli("rank", "-c", config)
+    assert code == 1 and "no daemon answers" in err and "monitord run" in err
+
+
+async def test_monitor_shows_the_table_and_the_events(daemon: Daemon) -> None:
+    output = io.StringIO()
+    console = Console(file=output, width=200, force_terminal=False)
+    watcher = asyncio.create_task(cli.monitor(MonitordClient(daemon.url, timeout_s=1.0), None, console))
+    await asyncio.sleep(0.2)
+    world = daemon.world
+    world.feed(probe(world.specs["gamma"], at=NOW + timedelta(seconds=1)))
+    world.feed(probe(world.specs["gamma"], at=NOW + timedelta(seconds=2)))  # gamma: down -> up
+    await asyncio.sleep(0.3)
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher
+    text = output.getvalue()
+    assert "gamma: down -> up" in text and "following events" in text
+    assert "alpha" in text and "PROVIDER" in text
+
+
+def test_describe_event() -> None:
+    event = ServerEvent(3, "ranking.best_changed", {"at": "t", "previous": None, "current": "a"})
+    assert cli.describe_event(event) == "t  best provider: - -> a"
