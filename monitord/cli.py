@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     monitor = command("monitor", "Live view of provider status from the daemon's event stream (Ctrl-C to leave).")
     monitor.add_argument("--provider", "-p", metavar="NAME", help="follow this provider only")
+    alert = commands.add_parser("alert", help="Work with webhook alerts.")
+    alert_commands = alert.add_subparsers(dest="alert_command", metavar="SUBCOMMAND", required=True)
+    alert_test = alert_commands.add_parser(
+        "test", help="Send a `test` event to every webhook (or one) through the real outbox and sender.",
+        description="Send a `test` event to every webhook (or one) through the real outbox and sender; "
+                    "exit 0 when every delivery got a 2xx.")
+    alert_test.add_argument("-c", "--config", type=Path, default=None, help="config file")
+    alert_test.add_argument("--sink", "--webhook", dest="sink", metavar="NAME", help="only this webhook")
+    alert_test.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                            help="how long to keep retrying (default 30)")
     config = commands.add_parser("config", help="Work with the configuration file.")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     config_check = config_commands.add_parser(
@@ -472,11 +482,35 @@ def describe_event(event: ServerEvent) -> str:
     return f"{event.kind}"
 
 
+def cmd_alert(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    logs.configure("error", "console")
+    names = [hook.name for hook in config.alerts.webhooks]
+    if not names:
+        print("monitord: no webhooks configured (alerts.webhooks)", file=sys.stderr)
+        return 2
+    if args.sink and args.sink not in names:
+        print(f"monitord: unknown webhook {args.sink!r}; configured: {', '.join(names)}", file=sys.stderr)
+        return 2
+    from monitord.daemon import send_test_alert
+
+    rows = asyncio.run(send_test_alert(config, args.sink, timeout_s=args.timeout))
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("WEBHOOK", "STATE", "ATTEMPTS", "HTTP", "ERROR"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.webhook, row.state.value, str(row.attempts), str(row.last_status or "-"),
+                      row.last_error or "")
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return 0 if rows and all(row.state.value == "delivered" for row in rows) else 1
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check": cmd_check,
     "migrate": cmd_migrate,
     "config": cmd_config,
+    "alert": cmd_alert,
     "health": cmd_health,
     "rank": cmd_rank,
     "monitor": cmd_monitor,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ import aiohttp
 import structlog
 
 from monitord.alerts.outbox import Dispatcher
-from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider
+from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider, make_test_event
 from monitord.api import ApiContext, ApiServer
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
@@ -27,6 +28,7 @@ from monitord.providers import ADAPTERS
 from monitord.scheduler import ProbeScheduler
 from monitord.store import Store
 from monitord.store.migrate import upgrade
+from monitord.store.outbox import DeliveryRow
 from monitord.systemd import Notifier, watchdog_interval_s
 
 log = structlog.get_logger("monitord.daemon")
@@ -55,6 +57,22 @@ async def probe_all(specs: Sequence[ProviderSpec], *, concurrency: int = 64,
 async def migrate(url: str) -> None:
     """Apply pending Alembic migrations."""
     await upgrade(url)
+
+
+async def send_test_alert(config: Config, webhook: str | None = None, *,
+                          timeout_s: float = 30.0) -> tuple[DeliveryRow, ...]:
+    """`monitord alert test`: a `test` event through the real path (outbox, signing, delivery, retries)."""
+    await migrate(config.storage.url)
+    store = await Store.open(config.storage.url)
+    session = create_session()
+    try:
+        dispatcher = Dispatcher(store, session, config.alerts.webhooks)
+        event = make_test_event(utcnow(), uuid.uuid4().hex)
+        await dispatcher.put(event, only=webhook)
+        return await dispatcher.drain(event.id, timeout_s=timeout_s)
+    finally:
+        await session.close()
+        await store.close()
 
 
 class Daemon:

@@ -83,7 +83,8 @@ async def test_config_check_redacts_secrets(tmp_path: Path) -> None:
     assert "sk-very-secret" not in out and "pw-in-url" not in out and "***" in out
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["migrate"], ["config", "check"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["migrate"], ["config", "check"], ["alert", "test"],
+                                     ["health"], ["rank"], ["monitor"]])
 async def test_help_teaches(command: list[str]) -> None:
     code, out, _ = await monitord(*command, "--help")
     assert code == 0 and "usage: monitord" in out
@@ -94,3 +95,25 @@ async def test_help_teaches(command: list[str]) -> None:
 async def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     code, _, err = await monitord("check", "-c", str(tmp_path / "nope.yaml"))
     assert code == 2 and "nope.yaml" in err and "Traceback" not in err
+
+
+async def test_alert_test_sends_a_signed_test_event(tmp_path: Path) -> None:
+    from tests.doubles.webhook_receiver import WebhookReceiver
+
+    async with WebhookReceiver() as good, WebhookReceiver() as bad:
+        bad.reject(400)
+        config = config_for(tmp_path / "c.yaml", {"a": ("vllm", "http://127.0.0.1:9")}, extra=(
+            f"storage:\n  url: sqlite+aiosqlite:///{tmp_path / 'a.db'}\n"
+            f"alerts:\n  webhooks:\n    - name: good\n      url: {good.url}\n      secret: s3cret-key\n"
+            f"    - name: bad\n      url: {bad.url}\n"))
+        code, out, err = await monitord("alert", "test", "--sink", "good", "-c", str(config))
+        assert code == 0, (out, err)
+        assert "delivered" in out and len(good.requests) == 1 and not bad.requests
+        request = good.requests[0]
+        assert request.header("X-Monitord-Event") == "test" and request.signature_valid("s3cret-key")
+        assert "s3cret-key" not in out + err
+
+        code, out, _ = await monitord("alert", "test", "-c", str(config), "--timeout", "2")
+        assert code == 1 and "failed" in out and len(bad.requests) == 1
+        code, _, err = await monitord("alert", "test", "--sink", "nope", "-c", str(config))
+        assert code == 2 and "unknown webhook" in err
