@@ -32,10 +32,11 @@ def probe_cost(points: Sequence[dict[str, Any]], path: Path) -> Path:
     ns = [p["n"] for p in points]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     try:
-        for key, label, marker in (("monitord_cpu_us", "monitord (scheduler + probe + state + ranking + store)",
-                                    "o"),
+        for key, label, marker in (("monitord_cpu_us", "monitord daemon (probe, state, store, API, alerts)", "o"),
+                                   ("probe_only_cpu_us", "monitord scheduler + probe only", "^"),
                                    ("baseline_cpu_us", "bare aiohttp loop, same GETs", "s")):
-            ax.plot(ns, [p[key] for p in points], marker=marker, label=label)
+            if all(p.get(key) is not None for p in points):
+                ax.plot(ns, [float(p[key]) for p in points], marker=marker, label=label)
         ax.plot(ns, [2 * p["baseline_cpu_us"] for p in points], linestyle=":", color="grey",
                 label="target: 2x the bare loop")
         ax.set_xscale("log")

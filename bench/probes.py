@@ -5,9 +5,10 @@ The fleet is N simulated vLLM servers (one loopback port each, up to 2,500 ports
 `/health`, `/v1/models` with the vLLM fixture body, and `/version`). Servers run in their own processes so their
 CPU is not counted, and each variant runs in a fresh spawned process so its CPU time and peak RSS are its own.
 The probe rate is held at RATE_PER_S for every N (interval = N / rate), so the cost per probe compares across N.
-monitord's path is the daemon's own parts, wired as `Daemon` wires them: ProbeScheduler -> probe_provider on the
-create_session() session -> Store.enqueue into a migrated SQLite file (batched writer) and LiveState.fold, with
-info-level JSON logs; plus the unfiltered ranking (Ranker.rank) recomputed once a second when the state changed.
+monitord is the real `Daemon` (run as `monitord run` runs it, info-level JSON logs): ProbeScheduler ->
+probe_provider on the create_session() session -> Daemon.record (Store.enqueue into a migrated SQLite file,
+LiveState.fold, the API's ranking refresh, alert rules), its API, best-provider watch and heartbeat. A third
+variant, monitord's scheduler and probe alone, shows how the cost divides.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -41,8 +42,6 @@ RATE_PER_S = 100.0  # probes per second, for every fleet size; 2 cores sustain i
 FULL_SIZES = (100, 1_000, 5_000)
 QUICK_SIZES = (50, 200)
 PORTS_PER_SERVER = 2_500
-RANK_EVERY_S = 1.0  # the ranking is recomputed at most this often, and only when some state changed
-HEARTBEAT_S = 5.0  # Daemon.run's heartbeat period (status_line for systemd)
 MONITORD, MONITORD_PROBE_ONLY, BASELINE = "monitord", "monitord-probe-only", "baseline"
 CONCURRENCY = 64  # monitor.concurrency's default
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "vllm"
@@ -81,10 +80,7 @@ class Outcome:
     peak_rss_mb: float
     paths: tuple[str, ...]
     skipped: int = 0
-    rank_runs: int = 0
-    rank_ms_mean: float | None = None  # CPU per ranking recompute
-    heartbeat_runs: int = 0
-    heartbeat_ms_mean: float | None = None  # CPU per Daemon.status_line()
+    rank_ms: float | None = None  # CPU of one recompute of the default ranking at the end of the window
     rows_written: int = 0
     rows_dropped: int = 0
 
@@ -196,7 +192,7 @@ def _variant_main(conn: Connection, variant: str, plan: Plan) -> None:
 
             with open(os.devnull, "w") as devnull:
                 logs.configure("info", "json", stream=devnull)  # production level: probe.done is not rendered
-                outcome = run_async(_run_monitord(plan, whole=variant == MONITORD))
+                outcome = run_async(_run_monitord(plan) if variant == MONITORD else _run_probe_only(plan))
         else:
             outcome = run_async(_run_baseline(plan))
         conn.send(asdict(outcome))
@@ -240,125 +236,118 @@ class _Window:
         self.lateness_ms.clear()
         self.meter.reset()
 
+    def count(self, failed: bool, calls: Sequence[Any], paths: list[tuple[str, ...]]) -> None:
+        self.probes += 1
+        self.failed += failed
+        if not paths:
+            paths.append(tuple(call.path for call in calls))
 
-async def _run_monitord(plan: Plan, *, whole: bool) -> Outcome:
-    """monitord's parts as the daemon wires them; `whole=False` stops after the probe (no state, store, ranking).
 
-    The ranking is the API's (one client asking for the default ranking every RANK_EVERY_S, a Ranker kept between
-    requests) and the heartbeat is the daemon's own `status_line()`, which `Daemon.run` computes every 5 s.
-    """
-    import structlog
-
+def _config(plan: Plan, workdir: str) -> Any:
     from monitord.config import Config
-    from monitord.daemon import Daemon
-    from monitord.model import Criteria, ProbeResult, ProviderSpec, Status
-    from monitord.probe import create_session, probe_provider, utcnow
-    from monitord.providers import ADAPTERS
-    from monitord.ranking import Ranker
-    from monitord.scheduler import ProbeScheduler
-    from monitord.store import Store
-    from monitord.store.migrate import upgrade
 
-    workdir = tempfile.mkdtemp(prefix="monitord-bench-")
-    log = structlog.get_logger("monitord.daemon")
-    config = Config.model_validate({
+    return Config.model_validate({
         "providers": {f"p{i:05d}": {"type": "vllm", "endpoint": f"http://127.0.0.1:{port}"}
                       for i, port in enumerate(plan.ports)},
         "monitor": {"interval": plan.interval_s, "concurrency": plan.concurrency},
         "storage": {"url": f"sqlite+aiosqlite:///{workdir}/monitord.db"},
+        "api": {"listen": "127.0.0.1:0"},
     })
-    await upgrade(config.storage.url)
-    store = await Store.open(config.storage.url, batch_size=config.storage.batch_size,
-                             flush_interval_s=config.storage.flush_interval_s,
-                             buffer_limit=config.storage.buffer_limit)
-    await store.start()
-    specs = config.provider_specs()
-    by_name = {spec.name: spec for spec in specs}
-    await store.sync_providers(specs, utcnow())
-    daemon = Daemon(config, install_signal_handlers=False)  # never started: its live state and status_line
-    live = daemon.live
+
+
+async def _run_monitord(plan: Plan) -> Outcome:
+    """The real daemon (`Daemon.run`: store, live state, API, alert rules, best-provider watch, heartbeat);
+    a subclass only counts what `record` sees."""
+    from monitord.daemon import Daemon
+    from monitord.model import ProbeResult, Status, StatusChange
+
+    window = _Window()
+    paths: list[tuple[str, ...]] = []
+
+    class CountingDaemon(Daemon):
+        def record(self, result: ProbeResult) -> list[StatusChange]:
+            changes = super().record(result)
+            window.count(result.status is not Status.UP, result.calls, paths)
+            return changes
+
+        @property
+        def lateness_ms(self) -> deque[float]:
+            assert self._scheduler is not None
+            return self._scheduler.lateness_ms
+
+        @property
+        def skipped_total(self) -> int:
+            return self._scheduler.skipped_total if self._scheduler is not None else 0
+
+    workdir = tempfile.mkdtemp(prefix="monitord-bench-")
+    daemon = CountingDaemon(_config(plan, workdir), install_signal_handlers=False)
+    running = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.sleep(plan.warmup_s)
+        window.start()
+        daemon.lateness_ms.clear()
+        skipped0 = daemon.skipped_total
+        await asyncio.sleep(plan.measure_s)
+        usage = window.meter.usage
+        probes, failed, lateness = window.probes, window.failed, list(daemon.lateness_ms)
+        skipped = daemon.skipped_total - skipped0
+        rank_ms = _ranking_cpu_ms(daemon)
+    finally:
+        daemon.request_stop()
+        await running
+        shutil.rmtree(workdir, ignore_errors=True)
+    return Outcome(
+        variant="monitord", probes=probes, failed=failed, wall_s=usage.wall_s, cpu_s=usage.cpu_s,
+        lateness_p50_ms=percentile(lateness, 0.5), lateness_p99_ms=percentile(lateness, 0.99),
+        peak_rss_mb=peak_rss_mb(), paths=paths[0] if paths else (), skipped=skipped, rank_ms=rank_ms,
+        rows_written=daemon.store.written_total, rows_dropped=daemon.store.dropped_total,
+    )
+
+
+def _ranking_cpu_ms(daemon: Any) -> float | None:
+    """CPU of one recompute of the default ranking, as the daemon's best-provider watch does once a second."""
+    if daemon.api is None:
+        return None
+    daemon.api.ranking.invalidate()
+    started = time.thread_time()  # this thread's CPU: other work on the machine does not count
+    daemon.api.ranking.ranking()
+    return (time.thread_time() - started) * 1000
+
+
+async def _run_probe_only(plan: Plan) -> Outcome:
+    """monitord's scheduler and probe alone (no state, store, API or alerts): where the rest of the cost sits."""
+    from monitord.model import ProviderSpec, Status
+    from monitord.probe import create_session, probe_provider, utcnow
+    from monitord.providers import ADAPTERS
+    from monitord.scheduler import ProbeScheduler
+
+    config = _config(plan, tempfile.gettempdir())
     session = create_session(limit=max(config.monitor.concurrency, 10))
     window = _Window()
     paths: list[tuple[str, ...]] = []
-    probed: set[str] = set()
-    ranker = Ranker()
-    rank_ms: list[float] = []
-    heartbeat_ms: list[float] = []
 
-    def record(result: ProbeResult) -> None:  # Daemon.record, step for step
-        store.enqueue(result)
-        probed.add(result.provider)
-        changes = live.fold(result, utcnow())
-        log.debug("probe.done", provider=result.provider, status=result.status.value,
-                  error_class=result.error_class, total_ms=round(result.total_ms, 1))
-        for change in changes:
-            level = log.warning if change.current is Status.DOWN else log.info
-            level("provider.status_changed", provider=change.provider, previous=change.previous.value,
-                  current=change.current.value, error_class=result.error_class, error=result.error)
-
-    async def probe(spec: ProviderSpec) -> None:  # Daemon._probe
+    async def probe(spec: ProviderSpec) -> None:
         result = await probe_provider(spec, ADAPTERS[spec.type], session, now=utcnow)
-        if whole:
-            record(result)
-        window.probes += 1
-        window.failed += result.status is not Status.UP
-        if not paths:
-            paths.append(tuple(call.path for call in result.calls))
+        window.count(result.status is not Status.UP, result.calls, paths)
 
-    def rank() -> None:
-        ranker.rank(live.all(), by_name, Criteria(), utcnow())
-
-    background = [asyncio.create_task(_every(RANK_EVERY_S, rank, rank_ms, lambda: live.version)),
-                  asyncio.create_task(_every(HEARTBEAT_S, daemon.status_line, heartbeat_ms))] if whole else []
     scheduler = ProbeScheduler(probe, concurrency=config.monitor.concurrency, jitter_s=config.monitor.jitter_s)
-    scheduler.sync(specs)
+    scheduler.sync(config.provider_specs())
     scheduler.start()
     try:
         await asyncio.sleep(plan.warmup_s)
         window.start()
         scheduler.lateness_ms.clear()
-        skipped0 = scheduler.skipped_total
-        rank_ms.clear()
-        heartbeat_ms.clear()
         await asyncio.sleep(plan.measure_s)
         usage = window.meter.usage
-        probes, failed = window.probes, window.failed
-        lateness = list(scheduler.lateness_ms)
-        skipped = scheduler.skipped_total - skipped0
+        probes, failed, lateness = window.probes, window.failed, list(scheduler.lateness_ms)
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
         await scheduler.shutdown()
-        await store.close()
         await session.close()
-        shutil.rmtree(workdir, ignore_errors=True)
     return Outcome(
-        variant="monitord" if whole else "monitord: scheduler + probe only", probes=probes, failed=failed,
-        wall_s=usage.wall_s, cpu_s=usage.cpu_s, lateness_p50_ms=percentile(lateness, 0.5),
-        lateness_p99_ms=percentile(lateness, 0.99), peak_rss_mb=peak_rss_mb(), paths=paths[0] if paths else (),
-        skipped=skipped, rank_runs=len(rank_ms), rank_ms_mean=_mean(rank_ms), heartbeat_runs=len(heartbeat_ms),
-        heartbeat_ms_mean=_mean(heartbeat_ms), rows_written=store.written_total, rows_dropped=store.dropped_total,
+        variant="monitord: scheduler + probe only", probes=probes, failed=failed, wall_s=usage.wall_s,
+        cpu_s=usage.cpu_s, lateness_p50_ms=percentile(lateness, 0.5), lateness_p99_ms=percentile(lateness, 0.99),
+        peak_rss_mb=peak_rss_mb(), paths=paths[0] if paths else (),
     )
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-async def _every(period_s: float, work: Callable[[], object], cpu_ms: list[float],
-                 changed: Callable[[], int] | None = None) -> None:
-    """Run `work` every period_s (only when `changed()` moved, if given), noting its CPU ms on this thread."""
-    seen: int | None = None
-    while True:
-        await asyncio.sleep(period_s)
-        if changed is not None:
-            if changed() == seen:
-                continue
-            seen = changed()
-        started = time.thread_time()  # CPU of this thread: other work on the machine does not count
-        work()
-        cpu_ms.append((time.thread_time() - started) * 1000)
 
 
 async def _run_baseline(plan: Plan) -> Outcome:
@@ -499,18 +488,17 @@ def tables(samples: list[Sample], quick: bool) -> list[Table]:
     main.notes += [
         f"Each probe is {len(paths)} GETs ({', '.join(paths)}), what monitord's vLLM adapter asks; the bare loop "
         f"makes the same GETs with the same pool (limit {max(CONCURRENCY, 10)}, 4 per host) and concurrency cap "
-        f"({CONCURRENCY}). \"scheduler + probe only\" is monitord without state, store, ranking and heartbeat.",
+        f"({CONCURRENCY}). \"scheduler + probe only\" is monitord's ProbeScheduler and probe_provider alone.",
+        "monitord is the real daemon (Daemon.run with its API on a loopback port, alert rules without webhooks, "
+        "SQLite store, heartbeat); its best-provider watch recomputes the default ranking once a second while "
+        "states change. CPU of one such recompute at the end of the run: " + ", ".join(
+            f"{s.n:,} providers {s.ours.rank_ms:.1f} ms" for s in samples if s.ours.rank_ms is not None) + ".",
         "CPU is the whole variant process (all threads, the SQLite writer's included) over the measurement window, "
         "divided by the probes completed in it, after one interval of warm-up. The servers run in other processes. "
         "Peak RSS is ru_maxrss of the variant's own freshly spawned process, start-up (migrations) included.",
         "Lateness: monitord's is APScheduler's submit time minus the scheduled time (ProbeScheduler.lateness_ms); "
         "the bare loop's is its wake-up time minus its due time.",
-        "Inside monitord's figure: the default ranking recomputed once a second (as for one API client polling it; "
-        "CPU per recompute: " + ", ".join(
-            f"{s.n:,} providers {s.ours.rank_ms_mean:.1f} ms" for s in samples if s.ours.rank_ms_mean is not None)
-        + ") and the daemon's 5 s heartbeat, Daemon.status_line() (" + ", ".join(
-            f"{s.n:,} providers {s.ours.heartbeat_ms_mean:.1f} ms" for s in samples
-            if s.ours.heartbeat_ms_mean is not None) + "). Rows written to SQLite: " + ", ".join(
+        "Rows written to SQLite by the daemon: " + ", ".join(
             f"{s.ours.rows_written:,} ({s.ours.rows_dropped} dropped)" for s in samples) + ".",
         "Past aiohttp's 15 s keep-alive (5,000 providers: 50 s interval) the first GET of every probe opens a new "
         "connection, in both variants alike.",
