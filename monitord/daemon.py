@@ -89,7 +89,7 @@ class Daemon:
         self._specs: dict[str, ProviderSpec] = {s.name: s for s in config.provider_specs()}
         self.api: ApiContext | None = None
         self.rules = AlertRules(AlertPolicy())
-        self.silences: list[Silence] = self._config_silences(config)  # API-made ones are appended
+        self._silences: list[Silence] = self._config_silences(config)  # API-made ones are appended
         self.dispatcher: Dispatcher | None = None
         self._api_server: ApiServer | None = None
         self._store: Store | None = None
@@ -145,7 +145,8 @@ class Daemon:
         for spec in specs:
             self.live.track(spec.name, spec.type)
         self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
-                              ready=lambda: self.first_round_done, token=cfg.api.token, clock=self.clock)
+                              ready=lambda: self.first_round_done, token=cfg.api.token, clock=self.clock,
+                              alerts=self)
         if serve_api:
             self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
         self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
@@ -174,7 +175,7 @@ class Daemon:
             self.api.on_result(result, changes)
         state, spec = self.live.get(result.provider), self._specs.get(result.provider)
         if state is not None and spec is not None:
-            self._emit(self.rules.on_probe(state, changes, alert_provider(spec), self.silences, now))
+            self._emit(self.rules.on_probe(state, changes, alert_provider(spec), self._silences, now))
         log.debug("probe.done", provider=result.provider, status=result.status.value,
                   error_class=result.error_class, total_ms=round(result.total_ms, 1))
         for change in changes:
@@ -218,8 +219,8 @@ class Daemon:
             self.live.remove(name)
             self.probed.discard(name)
             self.rules.forget(name)
-        api_made = [s for s in self.silences if s.created_by != "config"]
-        self.silences = self._config_silences(new) + api_made
+        api_made = [s for s in self._silences if s.created_by != "config"]
+        self._silences = self._config_silences(new) + api_made
         if self.dispatcher is not None and new.alerts.webhooks != old_webhooks:
             await self.dispatcher.stop()
             assert self._session is not None
@@ -276,6 +277,31 @@ class Daemon:
         scheduler = self._scheduler
         return scheduler is not None and scheduler.running and scheduler.overdue_s() < 30.0
 
+    # -- the API's AlertsBackend -------------------------------------------------------------------------------
+
+    async def recent_alerts(self, *, limit: int, since: datetime | None, provider: str | None,
+                            event_type: str | None) -> list[dict[str, Any]]:
+        assert self.dispatcher is not None
+        records = await self.dispatcher.outbox.recent(limit=limit, since=since, provider=provider,
+                                                      event_type=event_type)
+        return [record.to_dict() for record in records]
+
+    def silences(self) -> Sequence[Silence]:
+        return tuple(self._silences)
+
+    async def add_silence(self, silence: Silence) -> None:
+        self._silences.append(silence)
+        log.info("silence.added", id=silence.id, provider=silence.provider, end=silence.end.isoformat(),
+                 reason=silence.reason)
+
+    async def remove_silence(self, silence_id: str) -> bool:
+        kept = [s for s in self._silences if s.id != silence_id]
+        removed = len(kept) != len(self._silences)
+        self._silences = kept
+        if removed:
+            log.info("silence.removed", id=silence_id)
+        return removed
+
     def _emit(self, events: list[AlertEvent]) -> None:
         if events and self.dispatcher is not None:
             for event in events:
@@ -288,7 +314,7 @@ class Daemon:
         while True:
             best = self.api.ranking.ranking().best if self.api is not None else None
             spec = self._specs.get(best.provider) if best is not None else None
-            self._emit(self.rules.on_ranking(alert_provider(spec) if spec else None, self.silences, self.clock()))
+            self._emit(self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock()))
             await asyncio.sleep(1.0)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -36,6 +36,9 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/select", {"json": {"quality_preference": "cheap"}}, 400, "invalid_criteria"),
     ("POST", "/v1/select", {"data": b" " * (64 * 1024 + 1)}, 413, "body_too_large"),
     ("POST", "/v1/select", {"json": {"task_type": "rerank"}}, 503, "no_provider"),
+    # the api_factory world has no alerts backend; tests/test_api_alerts.py covers the wired daemon
+    ("GET", "/v1/alerts", {}, 503, "alerts_unavailable"),
+    ("POST", "/v1/silences", {"json": {"provider": "x"}}, 503, "alerts_unavailable"),
 ]
 
 
@@ -92,5 +95,7 @@ async def test_a_bug_is_a_500_in_the_shape_and_logged(sqlite_store: Store) -> No
 def test_every_code_raised_is_documented() -> None:
     """The codes the tests see are the ones the OpenAPI document lists, and the other way round."""
     seen = {case[4] for case in CASES} | {"unauthorized", "not_ready", "internal_error", "store_unavailable",
-                                          "shutting_down", "too_many_subscribers", "bad_request"}
+                                          "shutting_down", "too_many_subscribers", "bad_request",
+                                          # raised against the real daemon in tests/test_api_alerts.py
+                                          "invalid_silence", "silence_not_found", "silence_in_config"}
     assert seen == set(ERROR_CODES)

@@ -150,6 +150,7 @@ class Dispatcher:
         self._unsaved: deque[AlertEvent] = deque()
         self._max_unsaved = max_unsaved
         self._wake = asyncio.Event()
+        self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._store_down = False
@@ -268,9 +269,12 @@ class Dispatcher:
         return min(self._poll_interval_s, max((next_due - self._clock()).total_seconds(), 0.01))
 
     async def _save_emitted(self) -> None:
-        while self._unsaved:
-            await self.outbox.put(self._unsaved[0], self._clock())
-            self._unsaved.popleft()  # only once stored: an outage keeps it queued
+        # One saver at a time: the loop, stop() and run_once() may overlap, and popping after another saver
+        # already popped would drop an event that was never stored.
+        async with self._save_lock:
+            while self._unsaved:
+                await self.outbox.put(self._unsaved[0], self._clock())
+                self._unsaved.popleft()  # only once stored: an outage keeps it queued
 
     async def _send(self, claimed: ClaimedDelivery) -> None:
         webhook = self.outbox.webhooks[claimed.webhook]

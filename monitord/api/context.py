@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -14,13 +15,26 @@ from monitord.api.cache import RankingCache
 from monitord.api.events import EventHub
 from monitord.api.metrics import Metrics, StateCollector
 from monitord.health import LiveState
-from monitord.model import ProbeResult, ProviderSpec, RankedProvider, Ranking, Secret, StatusChange
+from monitord.model import ProbeResult, ProviderSpec, RankedProvider, Ranking, Secret, Silence, StatusChange
 from monitord.ranking import Ranker
 from monitord.store import Store
 
 log = structlog.get_logger("monitord.api")
 
 FALLBACKS_IN_EVENTS = 3
+
+
+class AlertsBackend(Protocol):
+    """What the alert routes need from the daemon."""
+
+    async def recent_alerts(self, *, limit: int, since: datetime | None, provider: str | None,
+                            event_type: str | None) -> list[dict[str, Any]]: ...
+
+    def silences(self) -> Sequence[Silence]: ...
+
+    async def add_silence(self, silence: Silence) -> None: ...
+
+    async def remove_silence(self, silence_id: str) -> bool: ...
 
 
 def _utcnow() -> datetime:
@@ -36,6 +50,7 @@ class ApiContext:
     store: Store
     ready: Callable[[], bool]  # first probe round done
     token: Secret | None = None  # bearer token every route but /healthz requires when set
+    alerts: AlertsBackend | None = None  # /v1/alerts and /v1/silences; the daemon implements it
     clock: Callable[[], datetime] = _utcnow
     ranker: Ranker = field(default_factory=Ranker)
     metrics: Metrics = field(default_factory=Metrics)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitord.model import ErrorClass, ModelKind, QualityPreference, Status, TaskType
+from monitord.model import AlertType, DeliveryState, ErrorClass, ModelKind, QualityPreference, Status, TaskType
 
 Schema = dict[str, Any]
 
@@ -27,6 +27,10 @@ ERROR_CODES = {
     "store_unavailable": "the database did not answer",
     "too_many_subscribers": "too many event streams are open",
     "shutting_down": "monitord is stopping",
+    "alerts_unavailable": "alerts are not wired into this server",
+    "invalid_silence": "a silence field is missing or malformed",
+    "silence_not_found": "no silence has that id",
+    "silence_in_config": "config silences are removed in the config file, then SIGHUP",
     "internal_error": "a bug; see the monitord log",
 }
 
@@ -186,6 +190,33 @@ _SCHEMAS: dict[str, Schema] = {
         "error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
         "error": _nullable("string"),
     }),
+    "AlertEvent": _object({
+        "version": {"type": "integer"}, "id": {"type": "string"}, "type": {"type": "string", "enum": _enum(AlertType)},
+        "at": TIME,
+        "provider": {"oneOf": [_object({"name": {"type": "string"}, "type": {"type": "string"},
+                                        "endpoint": {"type": "string"}}), {"type": "null"}]},
+        "previous_status": {"type": ["string", "null"], "enum": [*_enum(Status), None]},
+        "status": {"type": ["string", "null"], "enum": [*_enum(Status), None]},
+        "since": TIME_OR_NULL, "failures_in_a_row": _nullable("integer"),
+        "error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+        "error": _nullable("string"), "down_for_s": _nullable("number"), "models": STRINGS,
+        "details": {"type": "object"}, "silenced_by": _nullable("string"),
+    }),
+    "AlertList": _object({"generated_at": TIME, "alerts": {"type": "array", "items": _object({
+        "event": _ref("AlertEvent"), "created_at": TIME,
+        "deliveries": {"type": "object", "additionalProperties": _object({
+            "state": {"type": "string", "enum": _enum(DeliveryState)}, "attempts": {"type": "integer"},
+            "last_status": _nullable("integer"), "last_error": _nullable("string"),
+            "next_attempt_at": TIME_OR_NULL, "delivered_at": TIME_OR_NULL})}})}}),
+    "Silence": _object({"id": {"type": "string"}, "provider": {"type": "string"}, "start": TIME_OR_NULL,
+                        "end": TIME, "reason": _nullable("string"),
+                        "created_by": {"type": "string", "enum": ["config", "api"]}, "active": {"type": "boolean"}}),
+    "SilenceList": _object({"silences": {"type": "array", "items": _ref("Silence")}}),
+    "SilenceRequest": _object({"provider": {"type": "string", "description": "Provider name or glob."},
+                               "start": {**TIME, "description": "Default: now."},
+                               "end": {**TIME, "description": "Give end or duration_s."},
+                               "duration_s": {"type": "number", "exclusiveMinimum": 0},
+                               "reason": {"type": "string"}}, required=["provider"]),
     "BestChangedEvent": _object({
         "at": TIME, "previous": _nullable("string"), "current": _nullable("string"),
         "entry": {"oneOf": [_ref("RankedEntry"), {"type": "null"}]}, "fallbacks": STRINGS,
@@ -199,7 +230,8 @@ def _json(schema: Schema, description: str) -> Schema:
 
 def _errors(*statuses: int) -> dict[str, Schema]:
     meaning = {400: "Bad parameters or body", 401: "Missing or wrong bearer token (when api.token is set)",
-               404: "Unknown provider", 413: "Body too large", 503: "Unavailable"}
+               404: "Unknown provider (or silence)", 409: "Conflict with the config file", 413: "Body too large",
+               503: "Unavailable"}
     return {str(status): _json(_ref("Error"), meaning[status]) for status in statuses}
 
 
@@ -277,6 +309,30 @@ def _paths() -> dict[str, Schema]:
             "responses": {"200": {"description": "An event stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                           **_errors(400, 401, 404, 503)}}},
+        "/v1/alerts": {"get": {
+            "summary": "Recent alert events, newest first, with their delivery state per webhook.",
+            "operationId": "listAlerts",
+            "parameters": [
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Most events."),
+                _query("since", TIME, "Only events stored at or after this time."),
+                _query("provider", {"type": "string"}, "Only this provider's events."),
+                _query("type", {"type": "string", "enum": _enum(AlertType)}, "Only this event type."),
+            ],
+            "responses": {"200": _json(_ref("AlertList"), "Alert events"), **_errors(400, 401, 503)}}},
+        "/v1/silences": {
+            "get": {"summary": "Silences (maintenance windows) from the config and the API.",
+                    "operationId": "listSilences",
+                    "responses": {"200": _json(_ref("SilenceList"), "Silences"), **_errors(400, 401, 503)}},
+            "post": {"summary": "Silence a provider (name or glob): its events are recorded, not delivered.",
+                     "operationId": "createSilence",
+                     "requestBody": {"required": True,
+                                     "content": {"application/json": {"schema": _ref("SilenceRequest")}}},
+                     "responses": {"201": _json(_ref("Silence"), "The silence"), **_errors(400, 401, 413, 503)}}},
+        "/v1/silences/{id}": {"delete": {
+            "summary": "End a silence made through the API (config silences are removed in the config).",
+            "operationId": "deleteSilence",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"204": {"description": "Deleted"}, **_errors(400, 401, 404, 409, 503)}}},
         "/metrics": {"get": {
             "summary": "Prometheus text exposition.", "operationId": "metrics",
             "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},

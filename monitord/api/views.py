@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from monitord import __version__
+from monitord.api.alerts import add_alert_routes
 from monitord.api.context import CONTEXT, ApiContext
 from monitord.api.errors import ApiError
 from monitord.api.history import provider_history
@@ -41,6 +42,7 @@ def add_routes(app: web.Application) -> None:
         web.get("/metrics", metrics),
         web.get("/openapi.json", openapi),
     ])
+    add_alert_routes(app)
 
 
 async def healthz(request: web.Request) -> web.Response:
