@@ -1,0 +1,105 @@
+"""The daemon against doubles, probing on its own schedule: a provider that dies leaves the top of /v1/ranking
+after the failure threshold and comes back after recovery; /v1/select honours capability criteria."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from monitord.config import parse_config
+from monitord.daemon import Daemon
+
+pytestmark = pytest.mark.e2e
+
+INTERVAL_S = 0.3
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, provider_double: Any) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession, Any]]:
+    fast = await provider_double("llamacpp")
+    slow = await provider_double("llamacpp", "slow", delay_s=0.08)
+    eyes = await provider_double("llamacpp", multimodal=True)
+    params = f"{{timeout: 1s, max_retries: 0, probe_interval: {INTERVAL_S}}}"
+    text = f"""
+providers:
+  fast: {{type: llamacpp, endpoint: "{fast.url}", parameters: {{timeout: 1s, max_retries: 0,
+         probe_interval: {INTERVAL_S}, weight: 2.0}}}}
+  slow: {{type: llamacpp, endpoint: "{slow.url}", parameters: {params}}}
+  eyes: {{type: llamacpp, endpoint: "{eyes.url}", parameters: {params}, capabilities: [tools]}}
+storage: {{url: "sqlite+aiosqlite:///{tmp_path / 'r.db'}", flush_interval: 100ms}}
+api: {{listen: "127.0.0.1:0"}}
+alerts: {{failure_threshold: 3, success_threshold: 2}}
+"""
+    daemon = Daemon(parse_config(text), install_signal_handlers=False)
+    await daemon.start()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{daemon.api_port}") as client:
+        try:
+            yield daemon, client, fast
+        finally:
+            await daemon.stop()
+
+
+async def top(client: aiohttp.ClientSession) -> str | None:
+    body = await (await client.get("/v1/ranking")).json()
+    return body["ranking"][0]["provider"] if body["ranking"] else None
+
+
+async def wait_for_top(client: aiohttp.ClientSession, predicate: Any, timeout_s: float = 10.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if predicate(await top(client)):
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"ranking top still {await top(client)!r} after {timeout_s}s")
+
+
+async def test_dead_provider_leaves_the_top_and_comes_back(fleet: Any) -> None:
+    _, client, fast = fleet
+    for _ in range(100):  # ready once every provider has been probed (first probes are spread over the interval)
+        if (await client.get("/readyz")).status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.get("/readyz")).status == 200
+    await wait_for_top(client, lambda name: name == "fast")
+
+    await fast.set("down")
+    left_after_s = await wait_for_top(client, lambda name: name != "fast")
+    state = (await (await client.get("/v1/providers/fast")).json())
+    assert state["status"] == "down" and state["failures_in_a_row"] >= 3
+    # Hysteresis: not before three failed probes (~2 intervals after the first failure), and not much later.
+    assert INTERVAL_S * 1.5 < left_after_s < INTERVAL_S * 3 + 2.0, left_after_s
+    ranking = await (await client.get("/v1/ranking")).json()
+    assert "fast" in ranking["excluded"] and all(e["provider"] != "fast" for e in ranking["ranking"])
+
+    await fast.set("up")
+    # Back in the ranking after success_threshold probes, but marked as just recovered ...
+    for _ in range(200):
+        entries = {e["provider"]: e for e in (await (await client.get("/v1/ranking")).json())["ranking"]}
+        if "fast" in entries:
+            break
+        await asyncio.sleep(0.05)
+    assert entries["fast"]["status"] == "up" and entries["fast"]["components"]["recency"] < 0.1
+    # ... and on top again, where its configured weight (2.0) outweighs the recency penalty.
+    await wait_for_top(client, lambda name: name == "fast")
+
+
+async def test_select_with_vision_and_tools_picks_only_matching(fleet: Any) -> None:
+    _, client, _ = fleet
+    await wait_for_top(client, lambda name: name is not None)
+    await asyncio.sleep(INTERVAL_S * 2)  # every provider probed at least once
+    resp = await client.post("/v1/select", json={"required_capabilities": ["vision", "tools"]})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["provider"]["provider"] == "eyes" and body["fallbacks"] == []
+    resp = await client.post("/v1/select", json={"required_capabilities": ["vision"], "task_type": "embedding"})
+    body = await resp.json()
+    assert resp.status == 503 and body["error"]["code"] == "no_provider"
+    assert set(body["error"]["details"]["excluded"]) == {"fast", "slow", "eyes"}
+    plain = await (await client.post("/v1/select", json={"task_type": "chat"})).json()
+    assert {plain["provider"]["provider"], *(f["provider"] for f in plain["fallbacks"])} == {"fast", "slow", "eyes"}
