@@ -94,3 +94,57 @@ def provider_types() -> str:
         lines.append(f"| `{name}` | {d.summary} | `{d.scheme}://127.0.0.1:{d.port}` | `{paths}` | "
                      f"{', '.join(sorted(d.capabilities))} |")
     return "\n".join(lines)
+
+
+def _example_events() -> list[Any]:
+    """One representative event of every type, as the rules build them (fixed ids and times for the docs)."""
+    from datetime import UTC, datetime
+
+    from monitord.model import AlertEvent, AlertProvider, AlertType, ErrorClass, Status
+
+    at = datetime(2025, 1, 31, 22, 0, 5, tzinfo=UTC)
+    since = datetime(2025, 1, 31, 21, 58, 2, tzinfo=UTC)
+    gpu = AlertProvider("gpu-box", "vllm", "http://10.0.0.7:8000")
+    common: dict[str, Any] = {"at": at, "provider": gpu}
+    examples = {
+        AlertType.PROVIDER_DOWN: dict(previous_status=Status.UP, status=Status.DOWN, since=at, failures_in_a_row=3,
+                                      error_class=ErrorClass.REFUSED, error="connection refused (10.0.0.7:8000)"),
+        AlertType.PROVIDER_UP: dict(previous_status=Status.DOWN, status=Status.UP, since=at, down_for_s=123.0),
+        AlertType.PROVIDER_DEGRADED: dict(previous_status=Status.UP, status=Status.DEGRADED, since=at,
+                                          error_class=ErrorClass.MODEL_MISSING,
+                                          error="configured model(s) not served: qwen2.5-7b"),
+        AlertType.PROVIDER_LOADING: dict(previous_status=Status.DOWN, status=Status.LOADING, since=at,
+                                         error_class=ErrorClass.LOADING, error="/health: HTTP 503 Loading model"),
+        AlertType.PROVIDER_FLAPPING: dict(previous_status=Status.DOWN, status=Status.UP, since=since,
+                                          details={"transitions": 6, "window_s": 1800.0}),
+        AlertType.MODEL_ADDED: dict(status=Status.UP, models=("qwen2.5-7b",)),
+        AlertType.MODEL_REMOVED: dict(status=Status.UP, models=("llama-3.1-8b",)),
+        AlertType.RANKING_BEST_CHANGED: dict(status=Status.UP, details={"previous_best": "laptop-ollama"}),
+        AlertType.TEST: dict(provider=None),
+    }
+    return [AlertEvent(id=f"0f8c2f9e-4b1a-4c55-9d2e-{i:012d}", type=kind, **{**common, **fields})
+            for i, (kind, fields) in enumerate(examples.items(), 1)]
+
+
+def alert_examples() -> str:
+    """Every event type with its `json` body, as a receiver gets it."""
+    import json
+
+    from monitord.alerts.formats import FORMATS, FormatOptions
+
+    out = []
+    for event in _example_events():
+        rendered = FORMATS["json"](event, FormatOptions())
+        body = json.dumps(json.loads(rendered.body), indent=2)
+        out.append(f"<details><summary><code>{event.type.value}</code></summary>\n\n```json\n{body}\n```\n</details>\n")
+    return "\n".join(out)
+
+
+def chat_example(name: str) -> str:
+    """The Slack or Discord body of a provider.down event."""
+    import json
+
+    from monitord.alerts.formats import FORMATS, FormatOptions
+
+    rendered = FORMATS[name](_example_events()[0], FormatOptions())
+    return "```json\n" + json.dumps(json.loads(rendered.body), indent=2) + "\n```"
