@@ -585,6 +585,44 @@ class MonitorConfig(_Section):
         return self
 
 
+def _at_least_an_hour(seconds: float) -> float:
+    if seconds < 3600:
+        raise ValueError(f"must be at least 1h (rollups need whole hours), got {seconds:g}s")
+    return seconds
+
+
+RetentionSeconds = Annotated[PositiveSeconds, AfterValidator(_at_least_an_hour)]
+
+
+def _days_or_seconds(seconds: float) -> str:
+    return f"{seconds / 86400:g}d" if seconds % 86400 == 0 else f"{seconds:g}s"
+
+
+class RetentionConfig(_Section):
+    """How long probe history is kept: raw rows, then per-minute and per-hour rollups of them."""
+
+    raw_s: RetentionSeconds = Field(7 * 86400.0, alias="raw", description="Raw probe rows are kept this long.")
+    minute_rollups_s: RetentionSeconds = Field(
+        30 * 86400.0, alias="minute_rollups",
+        description="Per-minute rollups (count, ok count, latency sum/min/max, p95 estimate) are kept this long.")
+    hour_rollups_s: RetentionSeconds = Field(
+        365 * 86400.0, alias="hour_rollups", description="Per-hour rollups are kept this long (365d is a year).")
+    prune_interval_s: PositiveSeconds = Field(
+        60.0, alias="prune_interval", description="Time between runs of the rollup and pruning job.")
+    batch_size: int = Field(5000, ge=1, description="Most rows deleted per transaction (keeps locks short).")
+
+    @model_validator(mode="after")
+    def _check(self) -> RetentionConfig:
+        if self.minute_rollups_s < self.raw_s:
+            raw = _days_or_seconds(self.raw_s)
+            raise _FieldProblems((("minute_rollups",), f"must be at least raw ({raw}): minutes whose raw rows are "
+                                                       "kept would have no rollup"))
+        if self.hour_rollups_s < self.minute_rollups_s:
+            raise _FieldProblems((("hour_rollups",), "must be at least minute_rollups "
+                                                      f"({_days_or_seconds(self.minute_rollups_s)})"))
+        return self
+
+
 class StorageConfig(_Section):
     """Where probe results are kept."""
 
@@ -596,6 +634,7 @@ class StorageConfig(_Section):
     flush_interval_s: PositiveSeconds = Field(
         1.0, alias="flush_interval", description="Longest time a result waits before it is written.")
     buffer_limit: int = Field(100_000, ge=1, description="Results held in memory while the database is down.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _check(self) -> StorageConfig:
@@ -606,6 +645,23 @@ class StorageConfig(_Section):
     @field_serializer("url")
     def _dump_url(self, url: str) -> str:
         return _redact_url(url)
+
+
+def _instance_id(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or len(value) > 200 or any(c.isspace() for c in value)):
+        raise ValueError("must be 1 to 200 characters without spaces")
+    return value
+
+
+class ClusterConfig(_Section):
+    """Several monitord instances on one PostgreSQL database: each provider is probed by one of them."""
+
+    enabled: bool = Field(False, description="Share providers with the other instances on storage.url.")
+    instance_id: Annotated[str | None, AfterValidator(_instance_id)] = Field(
+        None, description="This instance's name in the cluster (default: hostname-pid).")
+    lease_s: PositiveSeconds = Field(
+        10.0, alias="lease",
+        description="How long a provider stays with an instance that stops renewing (renewed every third of it).")
 
 
 class ApiConfig(_Section):
@@ -747,6 +803,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @field_validator("providers")
     @classmethod
@@ -767,9 +824,23 @@ class Config(_Section):
             problem = self._unknown_provider(silence.provider)
             if problem:
                 problems.append((("alerts", "silences", index, "provider"), problem))
+        problems += self._cluster_problems()
         if problems:
             raise _FieldProblems(*problems)
         return self
+
+    def _cluster_problems(self) -> list[tuple[Loc, str]]:
+        if not self.cluster.enabled:
+            return []
+        if self.storage.url.strip().lower().startswith("sqlite"):
+            return [(("cluster", "enabled"), "needs PostgreSQL in storage.url: a SQLite file serves one instance")]
+        intervals = [p.parameters.probe_interval_s or self.monitor.interval_s
+                     for p in self.providers.values() if p.enabled]
+        shortest_s = min(intervals, default=self.monitor.interval_s)
+        if self.cluster.lease_s > 0.75 * shortest_s:
+            return [(("cluster", "lease"), f"must be at most 3/4 of the shortest probe interval ({shortest_s:g}s), "
+                                           "so a dead instance's providers are probed again within two intervals")]
+        return []
 
     def _unknown_provider(self, pattern: str) -> str | None:
         if any(c in pattern for c in "*?[") or pattern in self.providers:
@@ -985,6 +1056,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 __all__ = [
     "AlertsConfig",
     "ApiConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "LoggingConfig",
@@ -992,6 +1064,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderParameters",
     "RankingConfig",
+    "RetentionConfig",
     "SilenceConfig",
     "StorageConfig",
     "WebhookConfig",

@@ -98,14 +98,14 @@ async def test_alert_tables_come_and_go_with_their_revision(db_url: str) -> None
         finally:
             await engine.dispose()
 
-    await migrate.upgrade(db_url)
+    await migrate.upgrade(db_url, "0002")
     names, revision = await look()
     assert {"alert_events", "alert_deliveries", "probes"} <= names and revision == "0002"
     await migrate.downgrade(db_url, "0001")
     names, revision = await look()
     assert "alert_events" not in names and "alert_deliveries" not in names and "probes" in names
     assert revision == "0001"
-    await migrate.upgrade(db_url)
+    await migrate.upgrade(db_url, "0002")
     assert (await look())[1] == "0002"
 
 

@@ -6,7 +6,8 @@ One class for SQLite and PostgreSQL; it connects and reads and writes, but never
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 import structlog
@@ -15,12 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from monitord.model import ProbeResult, ProviderSpec
 from monitord.store import dialects, queries, rows
+from monitord.store.leases import LeaseStore
 from monitord.store.outbox import ClaimedDelivery, DeliveryRow, EventRow, OutboxStore
 from monitord.store.queries import Bucket, ProbeSample, StoredModel
+from monitord.store.retention import Retention, RetentionPolicy, RetentionReport
 from monitord.store.schema import providers
-from monitord.store.writer import Writer
+from monitord.store.writer import HealthTracker, StoreHealth, Writer, describe_error
 
-__all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "OutboxStore", "ProbeSample", "Store", "StoredModel"]
+__all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "LeaseStore", "OutboxStore", "ProbeSample",
+           "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth", "StoredModel"]
+
+PING_TIMEOUT_S = 1.0  # readiness asks often; a database slower than this to say "1" counts as away
 
 
 class Store:
@@ -29,6 +35,7 @@ class Store:
     def __init__(self, engine: AsyncEngine, writer: Writer) -> None:
         self._engine = engine
         self._writer = writer
+        self._health = writer.health
 
     @classmethod
     async def open(
@@ -44,10 +51,9 @@ class Store:
         An unreachable database is reported, not raised: writes are buffered until it answers.
         """
         engine = dialects.create_engine(url)
-        store = cls(
-            engine,
-            Writer(engine, batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit),
-        )
+        writer = Writer(engine, batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
+                        health=HealthTracker())
+        store = cls(engine, writer)
         if not await store.ping():
             structlog.get_logger("monitord.store").warning(
                 "store.unreachable", url=engine.url.render_as_string(hide_password=True)
@@ -76,6 +82,25 @@ class Store:
     @property
     def written_total(self) -> int:
         return self._writer.written_total
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write or ping reached the database (no round trip: cheap enough for every scrape)."""
+        return self._health.healthy
+
+    def health(self) -> StoreHealth:
+        """The store's view of the database now, without a round trip."""
+        return StoreHealth(healthy=self._health.healthy, since=self._health.since, error=self._health.error,
+                           pending=self.pending, dropped_total=self.dropped_total)
+
+    @property
+    def leases(self) -> LeaseStore:
+        """The cluster tables (see monitord.cluster for who takes which lease and when)."""
+        return LeaseStore(self._engine)
+
+    def retention(self, policy: RetentionPolicy) -> Retention:
+        """The pruning and rollup job on this store; it never rolls up minutes whose rows are still buffered."""
+        return Retention(self._engine, policy, oldest_pending=self._writer.oldest_pending_at)
 
     async def start(self) -> None:
         """Start the writer task (batches by size, or every flush_interval_s)."""
@@ -136,14 +161,28 @@ class Store:
         return await queries.models(self._engine, provider)
 
     async def aggregate(self, provider: str, *, step_s: int, since: datetime, until: datetime) -> list[Bucket]:
-        """step_s-wide buckets over since <= ts < until, oldest first; empty buckets are left out."""
+        """step_s-wide buckets over since <= ts < until, oldest first; empty buckets are left out.
+
+        Reads raw rows or rollups per part of the range (see queries.plan_sources): hour steps come from hour
+        rollups, minute steps from raw rows while they are kept and from minute rollups after.
+        """
         return await queries.aggregate(self._engine, provider, step_s=step_s, since=since, until=until)
 
-    async def ping(self) -> bool:
-        """True if the database answers a trivial query now."""
+    async def results_since(self, since: datetime, *, exclude: Collection[str] = (),
+                            newer_than: Mapping[str, datetime] | None = None) -> list[ProbeResult]:
+        """Stored probes with ts >= since as results, oldest first (other instances' probes, in cluster mode);
+        without `exclude`d providers and probes not newer than newer_than[provider]."""
+        return await queries.results_since(self._engine, since, exclude=exclude, newer_than=newer_than)
+
+    async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> bool:
+        """True if the database answers a trivial query within `timeout_s`; updates `healthy`. Never raises."""
         try:
-            async with self._engine.connect() as conn:
+            async with asyncio.timeout(timeout_s), self._engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception:  # any failure to reach or query the database means "no"
+        except Exception as exc:  # any failure to reach or query the database in time means "no"
+            self._health.failed(f"{type(exc).__name__}: no answer within {timeout_s:g}s"
+                                if isinstance(exc, TimeoutError) else describe_error(exc))
             return False
+        self._health.ok()
         return True
+

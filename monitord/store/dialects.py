@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, ColumnElement, Connection, Integer, Select, T
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -24,6 +24,10 @@ ID_TYPE = BigInteger().with_variant(Integer(), SQLITE)
 # Drivers the store runs on, by the backend a URL names; a driverless URL gets the async one.
 _ASYNC_DRIVERS = {SQLITE: "aiosqlite", POSTGRESQL: "asyncpg"}
 _BACKEND_ALIASES = {"postgres": POSTGRESQL}
+
+# Table options for a table that is mostly its primary key: SQLite keeps such rows in the key's own b-tree
+# (WITHOUT ROWID) instead of a rowid table plus a copy of the key; PostgreSQL has no such option.
+CLUSTERED_BY_PRIMARY_KEY: Mapping[str, Any] = {"sqlite_with_rowid": False}
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",  # readers never block the writer
@@ -110,14 +114,18 @@ def upsert(
     table: Table,
     key_columns: tuple[str, ...],
     set_: Callable[[Any], Mapping[str, Any]],
+    where: Callable[[Any], ColumnElement[bool]] | None = None,
 ) -> Any:
-    """INSERT ... ON CONFLICT (key_columns) DO UPDATE SET set_(excluded), executed with a list of rows.
+    """INSERT ... ON CONFLICT (key_columns) DO UPDATE SET set_(excluded) [WHERE where(excluded)].
 
-    `set_` receives the statement's `excluded` pseudo-table so updates can refer to the new values.
+    Executed with a list of rows. `set_` and `where` receive the statement's `excluded` pseudo-table so they can
+    refer to the new values; a conflicting row that fails `where` is left as it is (and not RETURNed).
     """
     insert = postgresql.insert if dialect_name == POSTGRESQL else sqlite.insert
     stmt = insert(table)
-    return stmt.on_conflict_do_update(index_elements=list(key_columns), set_=dict(set_(stmt.excluded)))
+    condition = where(stmt.excluded) if where is not None else None
+    return stmt.on_conflict_do_update(index_elements=list(key_columns), set_=dict(set_(stmt.excluded)),
+                                      where=condition)
 
 
 def epoch_bucket(dialect_name: str, ts: ColumnElement[Any], step_s: int) -> ColumnElement[int]:
@@ -145,3 +153,32 @@ def skip_locked(dialect_name: str, stmt: Select[Any]) -> Select[Any]:
     if dialect_name == POSTGRESQL:
         return stmt.with_for_update(skip_locked=True)
     return stmt
+
+
+def lock_key(name: str) -> int:
+    """A stable 32-bit advisory lock key for `name` (scoped by the caller, e.g. with the schema name)."""
+    return zlib.crc32(name.encode())
+
+
+async def try_session_lock(conn: AsyncConnection, name: str) -> bool:
+    """Take a session-level lock named `name` if free, without waiting; held until unlock or the session ends.
+
+    PostgreSQL: `pg_try_advisory_lock` keyed by the schema too, so instances on other schemas never collide, and a
+    SIGKILLed holder's lock goes with its connection. SQLite has one writer per file: always granted.
+    """
+    if conn.dialect.name != POSTGRESQL:
+        return True
+    key = await _schema_lock_key(conn, name)
+    return bool((await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key})).scalar_one())
+
+
+async def session_unlock(conn: AsyncConnection, name: str) -> None:
+    if conn.dialect.name == POSTGRESQL:
+        key = await _schema_lock_key(conn, name)
+        await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+async def _schema_lock_key(conn: AsyncConnection, name: str) -> int:
+    schema = (await conn.execute(text("SELECT current_schema()"))).scalar_one()
+    return lock_key(f"{name}:{schema}")
+

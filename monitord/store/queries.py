@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, case, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from monitord.model import ErrorClass, ModelInfo, Status
-from monitord.store import dialects
-from monitord.store.schema import probes, provider_models
+from monitord.model import ErrorClass, ModelInfo, ProbeResult, Status
+from monitord.store import dialects, histogram
+from monitord.store.retention import (
+    HOUR_S,
+    MINUTE_S,
+    RAW_PRUNED,
+    Rollup,
+    ceil_time,
+    floor_time,
+    mark_name,
+    read_marks,
+)
+from monitord.store.schema import probe_rollups, probes, provider_models, providers
 
 P95 = 0.95
 
@@ -178,11 +188,80 @@ async def aggregate(
 ) -> list[Bucket]:
     """Per-bucket counts, availability and latency of one provider over since <= ts < until.
 
-    Buckets are aligned to multiples of step_s since the Unix epoch; empty buckets are left out.
+    Buckets are aligned to multiples of step_s since the Unix epoch; empty buckets are left out. Each bucket is
+    read from one source (see `plan_sources`): raw rows give an exact p95, rollups an estimate within ~7 %.
     """
     if step_s <= 0:
         raise ValueError(f"step_s must be positive, got {step_s}")
-    dialect_name = engine.dialect.name
+    buckets: list[Bucket] = []
+    async with engine.connect() as conn:
+        marks = await read_marks(conn)
+        for source_step_s, start, end in plan_sources(step_s, since, until, marks):
+            if source_step_s is None:
+                buckets += await _raw_buckets(conn, provider, step_s, start, end)
+            else:
+                buckets += await _rollup_buckets(conn, provider, source_step_s, step_s, start, end)
+    return buckets
+
+
+def plan_sources(step_s: int, since: datetime, until: datetime,
+                 marks: Mapping[str, datetime]) -> list[tuple[int | None, datetime, datetime]]:
+    """Where each part of [since, until) is read from: (rollup step_s, or None for raw rows, start, end).
+
+    Hour multiples (1h, 1d) always read hour rollups where every hour is rolled up, then minute rollups, then raw
+    rows for the latest part: a year of hours is 8760 rows, a week of raw probes can be 20,000. Other minute
+    multiples (1m, 5m) read raw rows while they are kept (exact p95) and minute rollups before that. Cut points
+    are aligned to step_s, so no bucket mixes two sources.
+    """
+    minutes_done = marks.get(mark_name(MINUTE_S))
+    plan: list[tuple[int, datetime | None]] = []
+    if step_s % HOUR_S == 0:
+        hours_done = marks.get(mark_name(HOUR_S))
+        plan = [(HOUR_S, floor_time(hours_done, step_s) if hours_done else None),
+                (MINUTE_S, floor_time(minutes_done, step_s) if minutes_done else None)]
+    elif step_s % MINUTE_S == 0:
+        raw_pruned = marks.get(RAW_PRUNED)
+        plan = [(MINUTE_S, ceil_time(raw_pruned, step_s) if raw_pruned and minutes_done else None)]
+    segments: list[tuple[int | None, datetime, datetime]] = []
+    start = since
+    for source_step_s, boundary in plan:
+        end = min(until, boundary) if boundary is not None else start
+        if start < end:
+            segments.append((source_step_s, start, end))
+            start = end
+    if start < until:
+        segments.append((None, start, until))
+    return segments
+
+
+async def _rollup_buckets(conn: AsyncConnection, provider: str, source_step_s: int, step_s: int,
+                          since: datetime, until: datetime) -> list[Bucket]:
+    r = probe_rollups
+    stmt = (select(r).where(r.c.provider == provider, r.c.step_s == source_step_s,
+                            r.c.bucket_start_s >= math.ceil(since.timestamp()),
+                            r.c.bucket_start_s < math.ceil(until.timestamp())).order_by(r.c.bucket_start_s))
+    merged: dict[int, Rollup] = {}
+    for row in (await conn.execute(stmt)).all():
+        index = row.bucket_start_s // step_s
+        merged.setdefault(index, Rollup()).merge(Rollup.from_row(row))
+    return [
+        Bucket(
+            start=datetime.fromtimestamp(index * step_s, UTC),
+            step_s=step_s,
+            count=rollup.probe_count,
+            ok_count=rollup.ok_count,
+            latency_avg_ms=rollup.latency_sum_ms / rollup.ok_count
+            if rollup.ok_count and rollup.latency_sum_ms is not None else None,
+            latency_p95_ms=histogram.quantile(rollup.hist, P95, min_ms=rollup.latency_min_ms,
+                                              max_ms=rollup.latency_max_ms),
+        )
+        for index, rollup in sorted(merged.items())
+    ]
+
+
+async def _raw_buckets(conn: AsyncConnection, provider: str, step_s: int, since: datetime,
+                       until: datetime) -> list[Bucket]:
+    dialect_name = conn.dialect.name
     bucket = dialects.epoch_bucket(dialect_name, probes.c.ts, step_s).label("bucket")
     is_ok = probes.c.status == Status.UP.value
     ok_ms = case((is_ok, probes.c.total_ms))
@@ -197,12 +276,11 @@ async def aggregate(
         columns.append(p95_expr.label("latency_p95_ms"))
     in_range = and_(probes.c.provider == provider, probes.c.ts >= since, probes.c.ts < until)
     stmt = select(*columns).where(in_range).group_by(bucket).order_by(bucket)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-        if p95_expr is None:
-            p95_by_bucket = await _p95_in_python(conn, bucket, in_range, is_ok)
-        else:
-            p95_by_bucket = {int(row.bucket): row.latency_p95_ms for row in rows}
+    rows = (await conn.execute(stmt)).all()
+    if p95_expr is None:
+        p95_by_bucket = await _p95_in_python(conn, bucket, in_range, is_ok)
+    else:
+        p95_by_bucket = {int(row.bucket): row.latency_p95_ms for row in rows}
     return [
         Bucket(
             start=datetime.fromtimestamp(int(row.bucket) * step_s, UTC),
@@ -237,3 +315,54 @@ def percentile_cont(values: Sequence[float], fraction: float) -> float | None:
 
 def _float_or_none(value: Any) -> float | None:
     return float(value) if value is not None else None
+
+
+async def results_since(engine: AsyncEngine, since: datetime, *, exclude: Collection[str] = (),
+                        newer_than: Mapping[str, datetime] | None = None) -> list[ProbeResult]:
+    """Stored probes with ts >= since, oldest first, as ProbeResults: what another instance saw.
+
+    Providers in `exclude` are left out, and so are probes not newer than `newer_than[provider]`. Each result
+    carries the provider's type and server version from `providers`, and, when the probe listed models, the
+    models provider_models says were seen then (first_seen <= ts <= last_seen); `calls` are not stored.
+    """
+    p = providers
+    stmt = (select(*_SAMPLE_COLUMNS, p.c.type, p.c.server_version)
+            .join(p, p.c.name == probes.c.provider, isouter=True)
+            .where(probes.c.ts >= since).order_by(probes.c.ts, probes.c.id))
+    if exclude:
+        stmt = stmt.where(probes.c.provider.not_in(sorted(exclude)))
+    newer_than = newer_than or {}
+    async with engine.connect() as conn:
+        rows = [row for row in (await conn.execute(stmt)).all()
+                if row.provider not in newer_than or row.ts > newer_than[row.provider]]
+        listing = {row.provider for row in rows if row.model_count}
+        seen: dict[str, list[StoredModel]] = defaultdict(list)
+        if listing:
+            m = provider_models
+            model_rows = (await conn.execute(select(m).where(m.c.provider.in_(sorted(listing)))
+                                             .order_by(m.c.provider, m.c.model_id))).all()
+            for model in model_rows:
+                seen[model.provider].append(StoredModel(model.provider, model.model_id,
+                                                        ModelInfo.from_dict(model.details), model.first_seen,
+                                                        model.last_seen))
+    return [_result(row, seen.get(row.provider, ())) for row in rows]
+
+
+def _result(row: Row[*tuple[Any, ...]], models: Sequence[StoredModel]) -> ProbeResult:
+    sample = _sample(row)
+    listed = tuple(model.info for model in models if model.first_seen <= sample.ts <= model.last_seen)
+    return ProbeResult(
+        provider=sample.provider,
+        provider_type=row.type or "openai",
+        started_at=sample.ts,
+        status=sample.status,
+        total_ms=sample.total_ms,
+        error_class=sample.error_class,
+        error=sample.error,
+        connect_ms=sample.connect_ms,
+        ttfb_ms=sample.ttfb_ms,
+        http_status=sample.http_status,
+        models=listed if sample.model_count else (),
+        server_version=row.server_version,
+        attempts=sample.attempts,
+    )

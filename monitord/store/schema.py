@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -25,7 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-from monitord.store.dialects import ID_TYPE
+from monitord.store.dialects import CLUSTERED_BY_PRIMARY_KEY, ID_TYPE
 
 # Constraint names are fixed so migrations can refer to them on every database.
 metadata = MetaData(
@@ -151,4 +152,62 @@ alert_deliveries = Table(
     # Due deliveries, oldest first per webhook.
     Index(None, "state", "next_attempt_at"),
     Index(None, "webhook", "state", "created_at"),
+)
+
+
+# --- retention: rollups of the time series, kept longer than the raw rows ---
+
+# Probes of one provider within [bucket_start_s, bucket_start_s + step_s): 60 s (minute) and 3600 s (hour) rows.
+# Latency figures cover ok probes only, like store.queries.Bucket; latency_hist is store.histogram's sparse text,
+# so hour rows are merged from minute rows and a p95 is estimated from either. The start is Unix seconds (UTC):
+# a rollup row is mostly key, and an integer key is a third of a SQLite timestamp's text.
+probe_rollups = Table(
+    "probe_rollups",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("step_s", Integer, primary_key=True),
+    Column("bucket_start_s", BigInteger, primary_key=True),
+    Column("probe_count", Integer, nullable=False),
+    Column("ok_count", Integer, nullable=False),
+    Column("latency_sum_ms", Float, nullable=True),
+    Column("latency_min_ms", Float, nullable=True),
+    Column("latency_max_ms", Float, nullable=True),
+    Column("latency_hist", Text, nullable=False),
+    # Pruning by age, one step at a time.
+    Index(None, "step_s", "bucket_start_s"),
+    **CLUSTERED_BY_PRIMARY_KEY,
+)
+
+# How far the retention job has got: "rollup_60" / "rollup_3600" (rolled up before `at`), "raw_pruned"
+# (raw probes before `at` deleted). Queries read it to pick the source of each bucket.
+retention_marks = Table(
+    "retention_marks",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+)
+
+
+# --- cluster: several instances on one PostgreSQL ---
+
+# Every instance that has taken part, with its liveness deadline; rows of long-dead instances are deleted.
+cluster_instances = Table(
+    "cluster_instances",
+    metadata,
+    Column("instance_id", Text, primary_key=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("heartbeat_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# Who probes what: one row per provider name (or "role:<name>" for cluster-wide duties), valid until expires_at.
+# A lease is taken only when free or expired (a conditional upsert), so a killed holder's leases pass on by time.
+cluster_leases = Table(
+    "cluster_leases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Index(None, "holder"),
 )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -21,6 +23,35 @@ from monitord.store.schema import probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
 
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """Whether the database answered the last write or ping, since when, and what is waiting meanwhile."""
+
+    healthy: bool
+    since: datetime | None  # when it last turned healthy or unhealthy (None: unchanged since start)
+    error: str | None  # the last failure while unhealthy
+    pending: int
+    dropped_total: int
+
+
+class HealthTracker:
+    """The last verdict of every database round trip the store makes (batches and pings)."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.since: datetime | None = None
+        self.error: str | None = None
+
+    def ok(self) -> None:
+        if not self.healthy:
+            self.healthy, self.since, self.error = True, datetime.now(UTC), None
+
+    def failed(self, error: str) -> None:
+        if self.healthy:
+            self.healthy, self.since = False, datetime.now(UTC)
+        self.error = error
+
 # Errors of the rows themselves: retrying cannot help, so the batch is dropped instead of
 # blocking everything behind it. Anything else (refused, locked, timed out) is retried.
 _POISON_ERRORS = (DataError, IntegrityError)
@@ -30,7 +61,8 @@ class Writer:
     """Owns the buffer and the single task that drains it into the database."""
 
     def __init__(
-        self, engine: AsyncEngine, *, batch_size: int, flush_interval_s: float, buffer_limit: int
+        self, engine: AsyncEngine, *, batch_size: int, flush_interval_s: float, buffer_limit: int,
+        health: HealthTracker | None = None,
     ) -> None:
         if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0:
             raise ValueError("need batch_size >= 1, buffer_limit >= batch_size and flush_interval_s > 0")
@@ -48,12 +80,18 @@ class Writer:
         self._failures_in_a_row = 0
         self._dropping = False  # rows have been dropped for lack of room since the last good write
         self._log = structlog.get_logger("monitord.store")
+        self.health = health or HealthTracker()
         self.dropped_total = 0
         self.written_total = 0
 
     @property
     def pending(self) -> int:
         return len(self._buffer) + len(self._in_flight)
+
+    def oldest_pending_at(self) -> datetime | None:
+        """The earliest probe start among rows not yet committed (None when all are written)."""
+        waiting = [*self._in_flight, *self._buffer]
+        return min((result.started_at for result in waiting), default=None)
 
     def enqueue(self, result: ProbeResult) -> None:
         """Buffer one result for the next batch. Non-blocking; never raises."""
@@ -124,15 +162,16 @@ class Writer:
                     await _write(conn, batch)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
-                self._log.error("store.batch_rejected", rows=len(batch), error=_describe(exc))
+                self._log.error("store.batch_rejected", rows=len(batch), error=describe_error(exc))
                 self._drop(len(batch), reason="rejected")
                 return True
             except Exception as exc:  # the database is away: keep the rows, retry later
                 self._requeue(batch)
+                self.health.failed(describe_error(exc))
                 self._failures_in_a_row += 1
                 self._log.warning(
                     "store.write_failed",
-                    error=_describe(exc),
+                    error=describe_error(exc),
                     failures_in_a_row=self._failures_in_a_row,
                     pending=self.pending,
                     dropped_total=self.dropped_total,
@@ -143,6 +182,7 @@ class Writer:
                 raise
             self._in_flight = []
             self._dropping = False
+            self.health.ok()
             self.written_total += len(batch)
             if self._failures_in_a_row:
                 self._log.info("store.write_recovered", failures_in_a_row=self._failures_in_a_row)
@@ -194,7 +234,7 @@ def _model_upsert(dialect_name: str) -> Any:
     return dialects.upsert(dialect_name, table, ("provider", "model_id"), on_conflict)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """Class and first line of an error: enough to act on, short enough for a log line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
