@@ -41,6 +41,7 @@ TITLE = "probe engine cost vs a bare aiohttp loop (CPU per probe, lateness, RSS)
 RATE_PER_S = 100.0  # probes per second, for every fleet size; 2 cores sustain it with room to spare
 FULL_SIZES = (100, 1_000, 5_000)
 QUICK_SIZES = (50, 200)
+FULL_REPEATS = 2
 PORTS_PER_SERVER = 2_500
 MONITORD, MONITORD_PROBE_ONLY, BASELINE = "monitord", "monitord-probe-only", "baseline"
 CONCURRENCY = 64  # monitor.concurrency's default
@@ -405,10 +406,28 @@ async def _run_baseline(plan: Plan) -> Outcome:
 
 def durations(interval_s: float, quick: bool) -> tuple[float, float]:
     """(warm-up, measurement) seconds: a whole interval to warm up (every provider probed once, its connection
-    open and its state built), then at least one more interval measured, so every provider is in the window."""
+    open and its state built), then at least 15 s (half an interval at 5,000 providers) measured."""
     if quick:
         return 0.5, 1.0
-    return max(interval_s, 3.0), max(interval_s, 15.0)
+    return max(interval_s, 3.0), max(interval_s / 2, 15.0)
+
+
+def combine(outcomes: Sequence[Outcome]) -> Outcome:
+    """Repeated runs of one variant as one: totals for the rates, the worst for lateness and RSS."""
+    def worst(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return max(known) if known else None
+
+    ranks = [o.rank_ms for o in outcomes if o.rank_ms is not None]
+    return replace(
+        outcomes[0], probes=sum(o.probes for o in outcomes), failed=sum(o.failed for o in outcomes),
+        wall_s=sum(o.wall_s for o in outcomes), cpu_s=sum(o.cpu_s for o in outcomes),
+        lateness_p50_ms=worst([o.lateness_p50_ms for o in outcomes]),
+        lateness_p99_ms=worst([o.lateness_p99_ms for o in outcomes]),
+        peak_rss_mb=max(o.peak_rss_mb for o in outcomes), skipped=sum(o.skipped for o in outcomes),
+        rank_ms=sum(ranks) / len(ranks) if ranks else None, rows_written=sum(o.rows_written for o in outcomes),
+        rows_dropped=sum(o.rows_dropped for o in outcomes),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,25 +452,29 @@ class Sample:
         return _ratio(self.ours, self.bare)
 
 
-def measure_size(count: int, quick: bool, *, breakdown: bool | None = None,
+def measure_size(count: int, quick: bool, *, breakdown: bool | None = None, repeats: int | None = None,
                  progress: Callable[[str], None] = print) -> Sample:
-    """The variants against one fleet of `count` providers (the probe-only one unless quick or told not to)."""
+    """The variants against one fleet of `count` providers, `repeats` times interleaved (a burst of other work
+    on the machine then hits every variant alike); the probe-only variant unless quick or told not to."""
     interval_s = count / RATE_PER_S
     warmup_s, measure_s = durations(interval_s, quick)
+    repeats = repeats or (1 if quick else FULL_REPEATS)
+    variants = [MONITORD, BASELINE] + ([MONITORD_PROBE_ONLY] if (not quick if breakdown is None else breakdown)
+                                       else [])
+    runs: dict[str, list[Outcome]] = {variant: [] for variant in variants}
     with Fleet(count) as fleet:
         plan = Plan(ports=fleet.ports, interval_s=interval_s, warmup_s=warmup_s, measure_s=measure_s,
                     concurrency=CONCURRENCY)
-        progress(f"  {count:,} providers on {fleet.servers} server process(es), every {interval_s:g} s: monitord")
-        ours = measure(MONITORD, plan)
-        if not ours.paths:
-            raise RuntimeError("monitord completed no probe; nothing to repeat in the baseline")
-        progress(f"  {count:,} providers: bare aiohttp loop ({len(ours.paths)} GETs per probe)")
-        bare = measure(BASELINE, replace(plan, paths=ours.paths))
-        probe_only = None
-        if breakdown if breakdown is not None else not quick:
-            progress(f"  {count:,} providers: monitord's scheduler + probe only")
-            probe_only = measure(MONITORD_PROBE_ONLY, plan)
-    return Sample(plan, ours, bare, probe_only)
+        progress(f"  {count:,} providers on {fleet.servers} server process(es), every {interval_s:g} s")
+        for repeat in range(repeats):
+            for variant in variants:
+                progress(f"    run {repeat + 1}/{repeats}: {variant}")
+                paths = runs[MONITORD][0].paths if runs[MONITORD] else ()
+                runs[variant].append(measure(variant, replace(plan, paths=paths)))
+                if not runs[MONITORD][0].paths:
+                    raise RuntimeError("monitord completed no probe; nothing to repeat in the baseline")
+    probe_only = runs.get(MONITORD_PROBE_ONLY)
+    return Sample(plan, combine(runs[MONITORD]), combine(runs[BASELINE]), combine(probe_only) if probe_only else None)
 
 
 def _ratio(ours: Outcome, bare: Outcome) -> float | None:
@@ -494,7 +517,9 @@ def tables(samples: list[Sample], quick: bool) -> list[Table]:
         "states change. CPU of one such recompute at the end of the run: " + ", ".join(
             f"{s.n:,} providers {s.ours.rank_ms:.1f} ms" for s in samples if s.ours.rank_ms is not None) + ".",
         "CPU is the whole variant process (all threads, the SQLite writer's included) over the measurement window, "
-        "divided by the probes completed in it, after one interval of warm-up. The servers run in other processes. "
+        "divided by the probes completed in it, after one interval of warm-up; each variant runs "
+        f"{FULL_REPEATS if not quick else 1} time(s), interleaved, and the runs are pooled (lateness and RSS: the "
+        "worst run). The servers run in other processes. "
         "Peak RSS is ru_maxrss of the variant's own freshly spawned process, start-up (migrations) included.",
         "Lateness: monitord's is APScheduler's submit time minus the scheduled time (ProbeScheduler.lateness_ms); "
         "the bare loop's is its wake-up time minus its due time.",
