@@ -77,9 +77,13 @@ class RankingCache:
         self._remember(key, result)
         return result
 
-    def rendered(self, key: Hashable, render: Callable[[], bytes]) -> bytes:
-        """Bytes for `key` rendered once per generation (render may call `ranking`)."""
-        self._current()
+    def rendered(self, key: Hashable, render: Callable[[], bytes], *, checked: bool = False) -> bytes:
+        """Bytes for `key` rendered once per generation (render may call `ranking`).
+
+        checked: the caller has just read this generation (it derives these bytes from others), skip the check.
+        """
+        if not checked:
+            self._current()
         entry_key = ("rendered", key)
         found = self._entries.get(entry_key)
         if isinstance(found, bytes):

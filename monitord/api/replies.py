@@ -48,7 +48,8 @@ def cached_reply(request: web.Request, cache: RankingCache, key: Hashable, rende
     body = cache.rendered(key, render)
     if len(body) < COMPRESS_MIN_BYTES or not accepts_gzip(request):
         return web.Response(body=body, content_type=JSON, headers=_VARY if len(body) >= COMPRESS_MIN_BYTES else None)
-    packed = cache.rendered(("gzip", key), lambda: gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0))
+    packed = cache.rendered(("gzip", key), lambda: gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0),
+                            checked=True)
     return web.Response(body=packed, content_type=JSON, headers=_GZIP)
 
 
