@@ -20,13 +20,14 @@ import structlog
 from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider, make_test_event
 from monitord.api import ApiContext, ApiServer
+from monitord.cluster import Cluster, default_instance_id
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
 from monitord.model import AlertEvent, ProbeResult, ProviderSpec, Silence, Status, StatusChange
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
 from monitord.scheduler import ProbeScheduler
-from monitord.store import Store
+from monitord.store import RetentionPolicy, Store
 from monitord.store.migrate import upgrade
 from monitord.store.outbox import DeliveryRow
 from monitord.systemd import Notifier, watchdog_interval_s
@@ -95,6 +96,8 @@ class Daemon:
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: ProbeScheduler | None = None
+        self._cluster: Cluster | None = None  # set when cluster.enabled: several instances share the providers
+        self._cluster_down = False
         self._stopping = asyncio.Event()
         self._notifier = Notifier()
         self._background: set[asyncio.Task[None]] = set()
@@ -153,6 +156,12 @@ class Daemon:
         self.dispatcher = Dispatcher(self._store, self._session, cfg.alerts.webhooks)
         await self.dispatcher.start()
         self._spawn(self._watch_best())
+        if cfg.cluster.enabled:
+            self._cluster = Cluster(self._store, cfg.cluster.instance_id or default_instance_id(),
+                                    cfg.cluster.lease_s, providers=[s.name for s in specs if s.enabled])
+            await self._cluster_beat()  # hold leases before the first probe is due
+            self._spawn(self._cluster_loop())
+        self._spawn(self._retention_loop())
         self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
                                          jitter_s=cfg.monitor.jitter_s)
         self._scheduler.sync(specs)
@@ -162,12 +171,24 @@ class Daemon:
 
     async def _probe(self, spec: ProviderSpec) -> None:
         assert self._session is not None
+        if self._cluster is not None and not self._cluster.owns(spec.name):
+            return  # another instance probes it; its results arrive through _cluster_beat
         result = await probe_provider(spec, ADAPTERS[spec.type], self._session, now=self.clock)
         self.record(result)
 
     def record(self, result: ProbeResult) -> list[StatusChange]:
         """Fan a result out to the store, the live state, the API and the alert rules; log status changes."""
         self.store.enqueue(result)
+        if self._cluster is not None:
+            self._cluster.observed(result)
+        return self._fold(result)
+
+    def _fold(self, result: ProbeResult) -> list[StatusChange]:
+        """Live state, API and alert rules for a result probed here or, in a cluster, by another instance.
+
+        Every instance folds every result, so all serve the same ranking; alert event ids come from the content,
+        so the outbox stores the event the instances raise together once, and one dispatcher claims it.
+        """
         self.probed.add(result.provider)
         now = self.clock()
         changes = self.live.fold(result, now)
@@ -212,6 +233,8 @@ class Daemon:
         self.config = new
         specs = new.provider_specs()
         self._specs = {s.name: s for s in specs}
+        if self._cluster is not None:
+            self._cluster.set_providers(s.name for s in specs if s.enabled)
         self.live.policy = self._policy(new)
         assert self._scheduler is not None
         added, removed, changed = self._scheduler.sync(specs)
@@ -241,6 +264,11 @@ class Daemon:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._cluster is not None:
+            try:
+                await self._cluster.leave()  # the others take over at their next heartbeat, not after a lease
+            except Exception as exc:  # database away: the leases expire instead
+                log.warning("cluster.leave_failed", error=type(exc).__name__)
         if self._api_server is not None:
             await self._api_server.close()
         if self.dispatcher is not None:
@@ -314,8 +342,67 @@ class Daemon:
         while True:
             best = self.api.ranking.ranking().best if self.api is not None else None
             spec = self._specs.get(best.provider) if best is not None else None
-            self._emit(self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock()))
+            events = self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock())
+            if self._cluster is None or self._cluster.leader:  # these ids carry the time: one instance sends
+                self._emit(events)
             await asyncio.sleep(1.0)
+
+    # -- several instances, retention --------------------------------------------------------------------------
+
+    async def _cluster_loop(self) -> None:
+        assert self._cluster is not None
+        while True:
+            await asyncio.sleep(self._cluster.lease_s / 3)
+            await self._cluster_beat()
+
+    async def _cluster_beat(self) -> None:
+        """Renew leases, fold the other instances' new probes, probe soon what was just taken over.
+
+        A database outage is logged once; probing goes on with the providers held (see Cluster.owns).
+        """
+        cluster = self._cluster
+        assert cluster is not None
+        now = self.clock()
+        window_s = (max((s.timeout_s for s in self._specs.values()), default=0.0)
+                    + self.config.storage.flush_interval_s + cluster.lease_s + 2.0)  # a probe, a flush, a beat
+        try:
+            beat = await cluster.heartbeat(now)
+            peers = await cluster.peer_results(now - timedelta(seconds=window_s))
+        except Exception as exc:  # whatever the driver raised, the database did not answer
+            if not self._cluster_down:
+                self._cluster_down = True
+                log.warning("cluster.heartbeat_failed", error=type(exc).__name__, held=len(cluster.held))
+            return
+        if self._cluster_down:
+            self._cluster_down = False
+            log.info("cluster.heartbeat_recovered", held=len(cluster.held))
+        for result in peers:
+            if result.provider in self._specs:
+                self._fold(result)
+        for name in beat.acquired:
+            self._probe_soon(name, now)
+
+    def _probe_soon(self, name: str, now: datetime) -> None:
+        """A provider just taken over: probe it when its last probe (by anyone) is one interval old."""
+        spec = self._specs.get(name)
+        if spec is None or not spec.enabled or self._scheduler is None:
+            return
+        state = self.live.get(name)
+        last = state.last_probe_at if state is not None else None
+        due_s = 0.0 if last is None else max(0.0, (last - now).total_seconds() + spec.probe_interval_s)
+        self._scheduler.schedule(spec, first_delay_s=due_s)
+
+    async def _retention_loop(self) -> None:
+        """Roll up and prune every storage.retention.prune_interval (one instance at a time on a shared database)."""
+        while True:
+            kept = self.config.storage.retention
+            await asyncio.sleep(kept.prune_interval_s)
+            policy = RetentionPolicy(raw_s=kept.raw_s, minute_rollups_s=kept.minute_rollups_s,
+                                     hour_rollups_s=kept.hour_rollups_s, batch_size=kept.batch_size)
+            try:
+                await self.store.retention(policy).run_once(self.clock())
+            except Exception as exc:  # the database is away: the next run catches up
+                log.warning("store.retention_failed", error=type(exc).__name__)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -76,6 +76,8 @@ class StoreFigures(Protocol):
     def dropped_total(self) -> int: ...
     @property
     def written_total(self) -> int: ...
+    @property
+    def healthy(self) -> bool: ...
 
 
 class StateCollector:
@@ -101,6 +103,8 @@ class StateCollector:
                        float(self.store.dropped_total))
         yield _counter("monitord_store_written", "Probe rows written to the database.",
                        float(self.store.written_total))
+        yield _gauge("monitord_store_healthy", "1 while the database answered the store's last write or ping; "
+                     "0 while rows are buffered in memory instead.", float(self.store.healthy))
         yield _gauge("monitord_event_subscribers", "Open GET /v1/events streams.", float(self.subscribers()))
         yield _gauge("monitord_models_served", "Distinct model ids listed by providers now.",
                      float(len(self.live.models_view())))

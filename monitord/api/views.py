@@ -60,7 +60,14 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {"first_round": first_round, "store": store}
     if not (first_round and store):
         waiting = [name for name, ok in checks.items() if not ok]
-        raise ApiError(503, "not_ready", f"not ready: {', '.join(waiting)}", details={"checks": checks})
+        details: dict[str, Any] = {"checks": checks}
+        if not store:  # degraded, not down: probing and the API go on from memory, rows wait in the buffer
+            health = ctx.store.health()
+            details["store"] = {"state": "degraded", "since": health.since.isoformat() if health.since else None,
+                                "error": health.error, "pending_rows": health.pending,
+                                "dropped_rows": health.dropped_total}
+            waiting[waiting.index("store")] = "store degraded (database unreachable; serving from memory)"
+        raise ApiError(503, "not_ready", f"not ready: {', '.join(waiting)}", details=details)
     return json_reply({"status": "ready", "checks": checks})
 
 

@@ -1,0 +1,166 @@
+"""Several monitord instances on one PostgreSQL: which instance probes which provider, and what the others saw.
+
+PostgreSQL is the coordination engine, with no consensus of our own: lease rows that expire (taken only when free
+or expired, by a conditional upsert), renewed by a heartbeat. A SIGKILLed instance holds nothing once its leases
+run out; a clean stop hands them back at once. Every instance reads the others' probes from the shared probes
+table, so each one serves the same live state and ranking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from monitord.model import ProbeResult
+from monitord.store import Store
+
+log = structlog.get_logger("monitord.cluster")
+
+LEADER = "role:leader"  # one instance's cluster-wide duties; ':' never appears in a provider name
+FORGET_AFTER_LEASES = 10  # registrations dead this many lease lengths are deleted
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def preference(instance_id: str, provider: str) -> int:
+    """Rendezvous (highest random weight) score: each live instance prefers different providers, stably."""
+    digest = hashlib.blake2b(f"{instance_id}\0{provider}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def ranked_for(instance_id: str, live: Collection[str], names: Iterable[str]) -> list[str]:
+    """`names` ordered by how strongly `instance_id` is their choice among `live`: first those it is the top
+    choice for, then the second choice, and so on. Acquiring from the front and releasing from the back keeps
+    instances from contending for the same providers."""
+    others = [other for other in live if other != instance_id]
+
+    def key(name: str) -> tuple[int, int]:
+        mine = preference(instance_id, name)
+        rank = sum(preference(other, name) > mine for other in others)
+        return rank, -mine
+
+    return sorted(names, key=key)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult:
+    """What one heartbeat changed. `acquired` providers may be overdue for a probe: probe them soon."""
+
+    acquired: tuple[str, ...]
+    lost: tuple[str, ...]  # taken over by another instance, released for balance, or no longer configured
+    instances: int  # live instances, this one included
+    held: int
+    leader: bool
+
+
+class Cluster:
+    """One instance's side of the cluster; the daemon calls heartbeat() every lease_s / 3."""
+
+    def __init__(self, store: Store, instance_id: str, lease_s: float, *, providers: Iterable[str] = ()) -> None:
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s}")
+        self.instance_id = instance_id
+        self.lease_s = lease_s
+        self._leases = store.leases
+        self._store = store
+        self._wanted: frozenset[str] = frozenset(providers)
+        self._held: frozenset[str] = frozenset()
+        self._leader = False
+        self._last_seen: dict[str, datetime] = {}  # newest probe time folded per provider (own and peers')
+        self._beats = 0
+
+    @property
+    def held(self) -> frozenset[str]:
+        return self._held
+
+    @property
+    def leader(self) -> bool:
+        """Whether this instance holds the leader lease (for duties one instance should do, once)."""
+        return self._leader
+
+    def set_providers(self, names: Iterable[str]) -> None:
+        """The providers to share out (the enabled ones); applied at the next heartbeat."""
+        self._wanted = frozenset(names)
+
+    def owns(self, provider: str) -> bool:
+        """Whether this instance probes `provider` now.
+
+        The answer stands while heartbeats fail: if the database is away, each instance keeps probing what it
+        held (and buffers the rows) rather than nobody probing at all; leases taken over meanwhile are given up
+        at the next heartbeat that reaches the database.
+        """
+        return provider in self._held
+
+    async def heartbeat(self, now: datetime) -> HeartbeatResult:
+        """Register, renew, rebalance: keep about len(providers) / live instances, take free or expired leases.
+
+        Raises if the database is away (the held set is kept; see `owns`).
+        """
+        expires_at = now + timedelta(seconds=self.lease_s)
+        live = await self._leases.register(self.instance_id, now, expires_at)
+        renewed = await self._leases.renew(self.instance_id, now, expires_at)
+        leader = LEADER in renewed
+        keep = {name for name in renewed if name in self._wanted}
+        share = math.ceil(len(self._wanted) / max(1, len(live)))
+        release = {name for name in renewed if name != LEADER and name not in self._wanted}
+        if len(keep) > share:
+            extra = ranked_for(self.instance_id, live, keep)[share:]
+            release |= set(extra)
+            keep -= set(extra)
+        if release:
+            await self._leases.release(self.instance_id, release)
+        wanted_roles = [] if leader else [LEADER]
+        if len(keep) < share or wanted_roles:
+            taken = await self._leases.holders(now)
+            free = [name for name in self._wanted if name not in taken]
+            candidates = ranked_for(self.instance_id, live, free)[: max(0, share - len(keep))]
+            candidates += [role for role in wanted_roles if role not in taken]
+            got = await self._leases.acquire(self.instance_id, candidates, now, expires_at)
+            keep |= got & self._wanted
+            leader = leader or LEADER in got
+        self._beats += 1
+        if self._beats % 30 == 1:  # now and then, not every beat
+            await self._leases.forget_dead(now - timedelta(seconds=FORGET_AFTER_LEASES * self.lease_s))
+        return self._apply(frozenset(keep), leader, len(live))
+
+    def _apply(self, held: frozenset[str], leader: bool, instances: int) -> HeartbeatResult:
+        acquired, lost = tuple(sorted(held - self._held)), tuple(sorted(self._held - held))
+        if acquired or lost or leader != self._leader:
+            log.info("cluster.leases_changed", instance=self.instance_id, acquired=list(acquired), lost=list(lost),
+                     held=len(held), instances=instances, leader=leader)
+        self._held, self._leader = held, leader
+        return HeartbeatResult(acquired, lost, instances, len(held), leader)
+
+    async def leave(self) -> None:
+        """A clean stop: hand every lease back so the others take over at their next heartbeat."""
+        await self._leases.leave(self.instance_id)
+        self._apply(frozenset(), False, 0)
+
+    def observed(self, result: ProbeResult) -> None:
+        """Note a probe this instance made, so peer_results never hands it back."""
+        self._note(result.provider, result.started_at)
+
+    async def peer_results(self, since: datetime) -> list[ProbeResult]:
+        """Probes other instances stored with ts >= since that were not returned before, oldest first.
+
+        Polls the shared probes table; choose `since` a little further back than a probe plus a writer flush
+        takes, so late commits are seen. Per provider only newer probes are returned, so results fold in order.
+        """
+        fresh = await self._store.results_since(since, exclude=self._held, newer_than=self._last_seen)
+        for result in fresh:
+            self._note(result.provider, result.started_at)
+        return fresh
+
+    def _note(self, provider: str, at: datetime) -> None:
+        last = self._last_seen.get(provider)
+        if last is None or at > last:
+            self._last_seen[provider] = at

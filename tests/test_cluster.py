@@ -1,0 +1,201 @@
+"""Cluster coordination on the real PostgreSQL: leases shared fairly, taken over after a death, handed back on a
+clean stop, never held twice (even when instances race), and every instance reading the others' probes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from monitord.cluster import LEADER, Cluster, preference, ranked_for
+from monitord.model import ErrorClass, ModelInfo, ProbeResult, ProviderSpec, Status
+from monitord.store import Store, migrate
+
+pytestmark = pytest.mark.postgres
+
+T0 = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
+LEASE_S = 3.0
+BEAT = timedelta(seconds=LEASE_S / 3)
+PROVIDERS = [f"p{i}" for i in range(9)]
+
+OpenStore = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture
+async def open_store(postgres_url: str) -> AsyncIterator[OpenStore]:
+    """Stores on one migrated schema: one per instance, like separate processes."""
+    await migrate.upgrade(postgres_url)
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        store = await Store.open(postgres_url, flush_interval_s=0.05)
+        await store.start()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+async def instances(open_store: OpenStore, names: list[str]) -> list[Cluster]:
+    return [Cluster(await open_store(), name, LEASE_S, providers=PROVIDERS) for name in names]
+
+
+async def beat(clusters: list[Cluster], now: datetime, *, together: bool = False) -> None:
+    if together:
+        await asyncio.gather(*(c.heartbeat(now) for c in clusters))
+    else:
+        for cluster in clusters:
+            await cluster.heartbeat(now)
+
+
+def assert_partition(clusters: list[Cluster], providers: list[str] = PROVIDERS) -> None:
+    held = [c.held for c in clusters]
+    assert sum(len(h) for h in held) == len(set().union(*held)), f"a provider is held twice: {held}"
+    assert set().union(*held) == set(providers), f"unowned providers: {set(providers) - set().union(*held)}"
+
+
+def test_rendezvous_order_puts_each_instances_own_choices_first() -> None:
+    live = ["a", "b", "c"]
+    names = [f"x{i}" for i in range(300)]
+    top = {name: max(live, key=lambda instance: preference(instance, name)) for name in names}
+    for instance in live:
+        mine = {name for name, chosen in top.items() if chosen == instance}
+        assert 70 <= len(mine) <= 130  # each instance is the top choice for about a third
+        assert set(ranked_for(instance, live, names)[:len(mine)]) == mine
+
+
+async def test_three_instances_share_nine_providers(open_store: OpenStore) -> None:
+    clusters = await instances(open_store, ["a", "b", "c"])
+    now = T0
+    for _ in range(4):
+        await beat(clusters, now)
+        now += BEAT
+    assert_partition(clusters)
+    assert sorted(len(c.held) for c in clusters) == [3, 3, 3]
+    assert [c.leader for c in clusters].count(True) == 1
+    assert all(c.owns(p) == (p in c.held) for c in clusters for p in PROVIDERS)
+
+
+async def test_racing_instances_never_hold_a_provider_twice(open_store: OpenStore) -> None:
+    clusters = await instances(open_store, [f"i{n}" for n in range(6)])
+    now = T0
+    for _ in range(5):
+        await beat(clusters, now, together=True)
+        held = [c.held for c in clusters]
+        assert sum(len(h) for h in held) == len(set().union(*held))
+        now += BEAT
+    assert_partition(clusters)
+    assert max(len(c.held) for c in clusters) <= 2  # ceil(9 / 6)
+
+
+async def test_a_dead_instance_is_taken_over_within_a_lease_and_a_beat(open_store: OpenStore) -> None:
+    a, b, c = await instances(open_store, ["a", "b", "c"])
+    now = T0
+    for _ in range(4):
+        await beat([a, b, c], now)
+        now += BEAT
+    orphans = set(c.held)
+    died_at = now - BEAT  # c's last heartbeat; from here on it is silent (as after SIGKILL)
+    taken_at = None
+    while taken_at is None:
+        await beat([a, b], now)
+        if orphans <= a.held | b.held:
+            taken_at = now
+        assert now - died_at <= timedelta(seconds=LEASE_S) + 2 * BEAT, "no takeover in time"
+        assert not (a.held & b.held)
+        now += BEAT
+    assert taken_at - died_at > timedelta(seconds=LEASE_S) - BEAT  # not before c's leases ran out
+    assert_partition([a, b])
+    assert sorted(len(x.held) for x in (a, b)) == [4, 5]
+
+
+async def test_a_clean_stop_hands_over_at_once_and_a_newcomer_gets_its_share(open_store: OpenStore) -> None:
+    a, b, c = await instances(open_store, ["a", "b", "c"])
+    now = T0
+    for _ in range(3):
+        await beat([a, b, c], now)
+        now += BEAT
+    await c.leave()
+    assert c.held == frozenset()
+    await beat([a, b], now)  # one beat: c's providers are free, no lease to wait out
+    assert_partition([a, b])
+
+    d = (await instances(open_store, ["d"]))[0]
+    for _ in range(3):
+        now += BEAT
+        await beat([a, b, d], now)
+        held = [x.held for x in (a, b, d)]
+        assert sum(len(h) for h in held) == len(set().union(*held))
+    assert_partition([a, b, d])
+    assert sorted(len(x.held) for x in (a, b, d)) == [3, 3, 3]
+
+
+async def test_providers_leave_and_join_with_the_config(open_store: OpenStore) -> None:
+    a, b = await instances(open_store, ["a", "b"])
+    now = T0
+    await beat([a, b], now)
+    await beat([a, b], now + BEAT)
+    fewer = [*PROVIDERS[:4], "new"]
+    for cluster in (a, b):
+        cluster.set_providers(fewer)
+    for step in range(2, 5):
+        await beat([a, b], now + step * BEAT)
+    assert_partition([a, b], fewer)
+
+
+async def test_the_leader_role_moves_when_its_holder_dies(open_store: OpenStore) -> None:
+    a, b = await instances(open_store, ["a", "b"])
+    await beat([a, b], T0)
+    other = b if a.leader else a
+    assert a.leader != b.leader
+    now = T0
+    while not other.leader:
+        now += BEAT
+        await other.heartbeat(now)
+        assert now - T0 <= timedelta(seconds=LEASE_S) + BEAT
+    assert LEADER not in other.held  # roles are not providers
+
+
+def probe(provider: str, at: datetime, status: Status = Status.UP, models: tuple[str, ...] = ()) -> ProbeResult:
+    failed = status is Status.DOWN
+    return ProbeResult(provider=provider, provider_type="vllm", started_at=at, status=status, total_ms=12.5,
+                       error_class=ErrorClass.REFUSED if failed else None, error="refused" if failed else None,
+                       models=tuple(ModelInfo(id=m) for m in models), server_version="0.6.3" if models else None)
+
+
+async def test_peer_results_returns_each_other_probe_once_with_its_models(open_store: OpenStore) -> None:
+    a, b = await instances(open_store, ["a", "b"])
+    now = datetime.now(UTC)
+    await beat([a, b], now)
+    await beat([a, b], now + BEAT)
+    mine, theirs = sorted(a.held)[0], sorted(b.held)[0]
+    a_store, b_store = a._store, b._store  # each instance writes through its own store
+    await b_store.sync_providers([ProviderSpec(name=theirs, type="vllm", base_url="http://127.0.0.1:1")], now)
+    first = probe(theirs, now, models=("llama-3",))
+    second = probe(theirs, now + timedelta(seconds=1), Status.DOWN)
+    own = probe(mine, now)
+    for result in (first, second):
+        b_store.enqueue(result)
+        b.observed(result)
+    a_store.enqueue(own)
+    a.observed(own)
+    await b_store.flush()
+    await a_store.flush()
+
+    seen = await a.peer_results(now - timedelta(seconds=30))
+    assert [(r.provider, r.started_at, r.status) for r in seen] == [
+        (theirs, first.started_at, Status.UP), (theirs, second.started_at, Status.DOWN)]
+    assert seen[0].model_ids == ("llama-3",) and seen[0].server_version == "0.6.3"
+    assert seen[0].provider_type == "vllm" and seen[1].models == ()
+    assert await a.peer_results(now - timedelta(seconds=30)) == [], "the overlap window is read again, not returned"
+    assert await b.peer_results(now - timedelta(seconds=30)) == [
+        r for r in await b_store.results_since(now - timedelta(seconds=30)) if r.provider == mine]
+
+    later = probe(theirs, now + timedelta(seconds=2))
+    b_store.enqueue(later)
+    await b_store.flush()
+    assert [r.started_at for r in await a.peer_results(now - timedelta(seconds=30))] == [later.started_at]
