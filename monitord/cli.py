@@ -453,9 +453,11 @@ async def monitor(client: MonitordClient, provider: str | None, console: Console
         with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
             poller = asyncio.create_task(refresh(live))
             try:
+                last_id: int | None = None  # after a reconnect, the daemon replays what was missed
                 while True:
                     try:
-                        async for event in client.events((provider,) if provider else ()):
+                        async for event in client.events((provider,) if provider else (), last_event_id=last_id):
+                            last_id = event.id if event.id is not None else last_id
                             view["note"] = "following events"
                             view["events"].appendleft(describe_event(event))
                             await fetch()
