@@ -145,6 +145,7 @@ class Daemon:
         recent = [r for r in await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
                   if r.provider in self._specs]
         self.live.rebuild(recent, now, {s.name: s.type for s in specs})
+        await self._load_api_silences(now)
         for spec in specs:
             self.live.track(spec.name, spec.type)
         self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
@@ -317,12 +318,23 @@ class Daemon:
     def silences(self) -> Sequence[Silence]:
         return tuple(self._silences)
 
+    async def _load_api_silences(self, now: datetime) -> None:
+        """API-made silences live in the database: a restart, and every instance of a cluster, honour them."""
+        try:
+            stored = await self.store.silences.active(now)
+        except Exception as exc:  # the database is away: config silences still apply
+            log.warning("silences.load_failed", error=type(exc).__name__)
+            return
+        self._silences = [s for s in self._silences if s.created_by == "config"] + stored
+
     async def add_silence(self, silence: Silence) -> None:
+        await self.store.silences.put(silence, self.clock())
         self._silences.append(silence)
         log.info("silence.added", id=silence.id, provider=silence.provider, end=silence.end.isoformat(),
                  reason=silence.reason)
 
     async def remove_silence(self, silence_id: str) -> bool:
+        await self.store.silences.delete(silence_id)
         kept = [s for s in self._silences if s.id != silence_id]
         removed = len(kept) != len(self._silences)
         self._silences = kept
@@ -379,6 +391,7 @@ class Daemon:
         for result in peers:
             if result.provider in self._specs:
                 self._fold(result)
+        await self._load_api_silences(now)  # another instance may have added or ended one
         for name in beat.acquired:
             self._probe_soon(name, now)
 

@@ -105,3 +105,27 @@ async def test_silenced_provider_is_recorded_not_delivered(running: Any, receive
     alerts = await check(client, doc, "GET", "/v1/alerts", "/v1/alerts?type=provider.up", 200)
     assert alerts["alerts"][0]["deliveries"]["ops"]["state"] in ("pending", "delivered")
     await assert_error(await client.get("/v1/alerts?type=nope"), 400, "invalid_parameter")
+
+
+async def test_api_silences_survive_a_restart(tmp_path: Path, provider_double: Any) -> None:
+    gpu = await provider_double("llamacpp")
+    text = f"""
+providers:
+  gpu1: {{type: llamacpp, endpoint: "{gpu.url}", parameters: {{probe_interval: 1h}}}}
+storage: {{url: "sqlite+aiosqlite:///{tmp_path / 's.db'}"}}
+api: {{listen: "127.0.0.1:0"}}
+"""
+    first = Daemon(parse_config(text), install_signal_handlers=False)
+    await first.start()
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{first.api_port}") as client:
+        kept = await (await client.post("/v1/silences", json={"provider": "gpu*", "duration_s": 600})).json()
+        ended = await (await client.post("/v1/silences", json={"provider": "x", "duration_s": 600})).json()
+        assert (await client.delete(f"/v1/silences/{ended['id']}")).status == 204
+    await first.stop()
+
+    second = Daemon(parse_config(text), install_signal_handlers=False)
+    await second.start()
+    try:
+        assert [s.id for s in second.silences()] == [kept["id"]]
+    finally:
+        await second.stop()

@@ -66,7 +66,10 @@ async def create_silence(request: web.Request) -> web.Response:
     check_params(request.query, ())
     backend = _backend(ctx)
     silence = parse_silence(await _json_body(request), ctx.clock())
-    await backend.add_silence(silence)
+    try:
+        await backend.add_silence(silence)
+    except Exception:
+        raise ApiError(503, "store_unavailable", "the database did not answer; the silence was not saved") from None
     return json_reply(silence_dict(silence, ctx.clock()), status=201)
 
 
@@ -80,7 +83,10 @@ async def delete_silence(request: web.Request) -> web.Response:
     if found.created_by == "config":
         raise ApiError(409, "silence_in_config", "this silence comes from the config file; remove it there and "
                                                  "reload (SIGHUP)")
-    await _backend(ctx).remove_silence(silence_id)
+    try:
+        await _backend(ctx).remove_silence(silence_id)
+    except Exception:
+        raise ApiError(503, "store_unavailable", "the database did not answer; the silence still holds") from None
     return web.Response(status=204)
 
 

@@ -21,6 +21,7 @@ from monitord.store.outbox import ClaimedDelivery, DeliveryRow, EventRow, Outbox
 from monitord.store.queries import Bucket, ProbeSample, StoredModel
 from monitord.store.retention import Retention, RetentionPolicy, RetentionReport
 from monitord.store.schema import providers
+from monitord.store.silences import SilenceStore
 from monitord.store.writer import HealthTracker, StoreHealth, Writer, describe_error
 
 __all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "LeaseStore", "OutboxStore", "ProbeSample",
@@ -92,6 +93,11 @@ class Store:
         """The store's view of the database now, without a round trip."""
         return StoreHealth(healthy=self._health.healthy, since=self._health.since, error=self._health.error,
                            pending=self.pending, dropped_total=self.dropped_total)
+
+    @property
+    def silences(self) -> SilenceStore:
+        """Silences made through the API (config silences stay in the config)."""
+        return SilenceStore(self._engine)
 
     @property
     def leases(self) -> LeaseStore:

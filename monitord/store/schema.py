@@ -211,3 +211,16 @@ cluster_leases = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Index(None, "holder"),
 )
+
+# Silences made through the API (config ones live in the config file); expired rows are pruned on load.
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("provider", Text, nullable=False),  # name or glob
+    Column("starts_at", UtcDateTime, nullable=True),
+    Column("ends_at", UtcDateTime, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "ends_at"),
+)
