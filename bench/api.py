@@ -26,7 +26,7 @@ import time
 import traceback
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -100,6 +100,8 @@ class Load:
     p99_ms: float | None
     errors: int  # non-2xx answers and socket errors
     body_bytes: int
+    requests: int = 0
+    server_cpu_us: float | None = None  # the server process's CPU per request answered (Linux)
 
 
 # --- servers (spawned processes) ---------------------------------------------------------------------------------
@@ -269,6 +271,14 @@ class Server:
                 self.stats = self._conn.recv()
         self._stop()
 
+    def cpu_s(self) -> float | None:
+        """User + system CPU the server process has used so far; None where /proc is not there."""
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def _stop(self) -> None:
         self._proc.join(10)
         if self._proc.is_alive():
@@ -300,8 +310,9 @@ def parse_wrk(output: str) -> Load:
     if transfer:
         scale = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[transfer.group(3)]
         body_bytes = int(float(transfer.group(2)) * scale / max(1, int(transfer.group(1))))
+    done = re.search(r"(\d+) requests in", output)
     return Load(float(rate.group(1)), _ms(p50.group(1)) if p50 else None, _ms(p99.group(1)) if p99 else None,
-                errors, body_bytes)
+                errors, body_bytes, int(done.group(1)) if done else 0)
 
 
 def run_wrk(wrk: str, scenario: Scenario, port: int, duration_s: float, workdir: Path) -> Load:
@@ -387,7 +398,8 @@ async def _generate_async(scenario: Scenario, port: int, duration_s: float,
                 in_flight.append(asyncio.create_task(send(session, due)))
             await asyncio.gather(*in_flight)
     elapsed = time.perf_counter() - started
-    return {"requests_per_s": len(latencies_ms) / elapsed, "p50_ms": percentile(latencies_ms, 0.5),
+    return {"requests_per_s": len(latencies_ms) / elapsed, "requests": len(latencies_ms),
+            "p50_ms": percentile(latencies_ms, 0.5),
             "p99_ms": percentile(latencies_ms, 0.99), "errors": tally["errors"], "body_bytes": tally["size"]}
 
 
@@ -452,23 +464,29 @@ def measure_all(quick: bool, progress: Callable[[str], None] = print) -> Measure
     with tempfile.TemporaryDirectory(prefix="monitord-bench-wrk-") as tmp:
         workdir = Path(tmp)
 
-        def load(scenario: Scenario, port: int, seconds: float) -> Load:
+        def load(scenario: Scenario, server: Server, seconds: float) -> Load:
+            cpu_before_s = server.cpu_s()
             if wrk:
-                return run_wrk(wrk, scenario, port, seconds, workdir)
-            return run_generator(scenario, port, seconds)
+                measured = run_wrk(wrk, scenario, server.port, seconds, workdir)
+            else:
+                measured = run_generator(scenario, server.port, seconds)
+            cpu_after_s = server.cpu_s()
+            if cpu_before_s is None or cpu_after_s is None or not measured.requests:
+                return measured
+            return replace(measured, server_cpu_us=(cpu_after_s - cpu_before_s) * 1e6 / measured.requests)
 
         # Both servers share core 0; only the one under load uses it.
         with Server("trivial", 0) as trivial, Server("monitord", QUICK_PROVIDERS if quick else PROVIDERS) as ours:
             if warmup_s:
-                load(TRIVIAL, trivial.port, warmup_s)
+                load(TRIVIAL, trivial, warmup_s)
             progress(f"  {TRIVIAL.name}: {PACED_RATE_PER_S:g} req/s paced")
             paced[TRIVIAL.name] = run_generator(TRIVIAL, trivial.port, paced_s, PACED_RATE_PER_S)
             for scenario in scenarios:
                 progress(f"  {scenario.name}: {repeats} x ({tool}, {CONNECTIONS} connections, {run_s:g} s, after the "
                          f"trivial handler), then {PACED_RATE_PER_S:g} req/s paced")
                 if warmup_s:
-                    load(scenario, ours.port, warmup_s)
-                pairs[scenario.name] = [Pair(load(TRIVIAL, trivial.port, run_s), load(scenario, ours.port, run_s))
+                    load(scenario, ours, warmup_s)
+                pairs[scenario.name] = [Pair(load(TRIVIAL, trivial, run_s), load(scenario, ours, run_s))
                                         for _ in range(repeats)]
                 paced[scenario.name] = run_generator(scenario, ours.port, paced_s, PACED_RATE_PER_S)
         stats = ours.stats
@@ -480,16 +498,25 @@ async def run(quick: bool) -> list[Table]:
     return tables(measured, quick)
 
 
+def _cpu_ratio(pairs: list[Pair]) -> str | None:
+    """Median over the pairs of (server CPU per request) / (the trivial server's, in the run before)."""
+    ratios = sorted(p.ours.server_cpu_us / p.trivial.server_cpu_us for p in pairs
+                    if p.ours.server_cpu_us and p.trivial.server_cpu_us)
+    return f"{ratios[len(ratios) // 2]:.2f}x" if ratios else None
+
+
 def tables(measured: Measured, quick: bool) -> list[Table]:
     rate = f"{PACED_RATE_PER_S:g}/s"
     main = Table("Query API under load", (
-        "request", "req/s", "trivial req/s", "vs trivial", "p50 ms", "p99 ms", "bytes/response", "errors",
+        "request", "req/s", "trivial req/s", "vs trivial", "server CPU µs/req", "vs trivial CPU", "p50 ms",
+        "p99 ms", "bytes/response", "errors",
         f"p50 ms at {rate}", f"p99 ms at {rate}", "paced errors"))
     trivial_runs = [pair.trivial for pairs in measured.pairs.values() for pair in pairs]
     trivial_rates = sorted(run.requests_per_s for run in trivial_runs)
     typical = trivial_runs[[run.requests_per_s for run in trivial_runs].index(trivial_rates[len(trivial_rates) // 2])]
     steady = measured.paced[TRIVIAL.name]
-    main.add(TRIVIAL.name, typical.requests_per_s, None, "1.00x", typical.p50_ms, typical.p99_ms,
+    main.add(TRIVIAL.name, typical.requests_per_s, None, "1.00x", typical.server_cpu_us, "1.00x", typical.p50_ms,
+             typical.p99_ms,
              typical.body_bytes or None, sum(run.errors for run in trivial_runs), steady.p50_ms, steady.p99_ms,
              steady.errors)
     for scenario in measured.scenarios:
@@ -497,8 +524,8 @@ def tables(measured: Measured, quick: bool) -> list[Table]:
         ours, steady = pair.ours, measured.paced[scenario.name]
         ratios = ", ".join(f"{p.ratio:.2f}" for p in measured.pairs[scenario.name])
         main.add(scenario.name, ours.requests_per_s, pair.trivial.requests_per_s, f"{pair.ratio:.2f}x ({ratios})",
-                 ours.p50_ms, ours.p99_ms, ours.body_bytes or None, ours.errors, steady.p50_ms, steady.p99_ms,
-                 steady.errors)
+                 ours.server_cpu_us, _cpu_ratio(measured.pairs[scenario.name]), ours.p50_ms, ours.p99_ms,
+                 ours.body_bytes or None, ours.errors, steady.p50_ms, steady.p99_ms, steady.errors)
     stats = measured.stats
     main.notes += [
         f"{QUICK_PROVIDERS if quick else PROVIDERS:,} providers in state (mixed types, ~10% not up, 1-3 models "
@@ -506,7 +533,9 @@ def tables(measured: Measured, quick: bool) -> list[Table]:
         f"req/s, p50, p99: {measured.tool}, {CONNECTIONS} connections, each sending its next request when the last "
         f"is answered: at saturation, where latency is about {CONNECTIONS} / req/s whatever the handler. Every run "
         "follows a run of the trivial handler; 'vs trivial' is the median of those pairs' ratios (all in "
-        "brackets), the other figures are from the median pair.",
+        "brackets), the other figures are from the median pair. Server CPU per request (from /proc, the server "
+        "process alone) hardly moves with other work on the machine, unlike req/s: when the server core is the "
+        "limit, 70% of the trivial req/s means at most 1.43x its CPU per request.",
         f"The paced columns: {PACED_RATE_PER_S:g} requests/s on a fixed schedule over up to {CONNECTIONS} "
         "connections (an aiohttp client in its own process, connections opened first); latency counts from each "
         "request's scheduled time, so a server that falls behind shows it.",

@@ -321,6 +321,18 @@ async def test_select_rejects_bad_bodies(api: tuple[Client, World], body: bytes,
     await assert_error(await client.post("/v1/select", data=body), 400, code)
 
 
+async def test_repeated_requests_are_parsed_once_and_bad_ones_fail_every_time(api: tuple[Client, World]) -> None:
+    client, _ = api
+    for _ in range(2):
+        await assert_error(await client.post("/v1/select", data=b'{"task_type": "x"}'), 400, "invalid_criteria")
+        await assert_error(await client.get("/v1/ranking?limit=0"), 400, "invalid_parameter")
+        body = await (await client.post("/v1/select", data=b'{"fallbacks": 1}')).json()
+        assert len(body["fallbacks"]) == 1
+        assert await ranked(client, "?task_type=embedding") == ["delta"]
+    padded = b'{"task_type": "chat"' + b" " * 2000 + b"}"  # too long to remember, still answered
+    assert (await (await client.post("/v1/select", data=padded)).json())["provider"]["provider"] == "alpha"
+
+
 async def test_select_rejects_oversized_bodies(api: tuple[Client, World]) -> None:
     client, _ = api
     body = b'{"model": "' + b"x" * 70_000 + b'"}'

@@ -6,8 +6,9 @@ outbox and the rules' silences); the API never sends a webhook itself.
 
 from __future__ import annotations
 
+import math
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -118,9 +119,14 @@ def parse_silence(raw: dict[str, Any], now: datetime) -> Silence:
     if (end is None) == (duration is None):
         raise ApiError(400, "invalid_silence", "give exactly one of end (ISO 8601) and duration_s (seconds)")
     if duration is not None:
-        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or not 0 < duration < math.inf:
             raise ApiError(400, "invalid_silence", "duration_s: expected a positive number of seconds")
-        end = (start or now) + timedelta(seconds=duration)
+        if duration > MAX_SILENCE.total_seconds():
+            raise ApiError(400, "invalid_silence", "a silence may last at most 366 days")
+        try:
+            end = (start or now) + timedelta(seconds=duration)
+        except OverflowError:
+            raise ApiError(400, "invalid_silence", "start + duration_s: past the year 9999") from None
     assert end is not None
     if end <= (start or now):
         raise ApiError(400, "invalid_silence", "end: must be after start (or after now)")
@@ -143,4 +149,8 @@ def _time(raw: dict[str, Any], key: str) -> datetime | None:
                                                f"got {value!r}") from None
     if parsed.tzinfo is None:
         raise ApiError(400, "invalid_silence", f"{key}: needs a UTC offset, e.g. 2025-01-31T22:00:00Z")
+    try:
+        parsed.astimezone(UTC)  # stored and compared in UTC
+    except OverflowError:
+        raise ApiError(400, "invalid_silence", f"{key}: {value!r} is out of range in UTC") from None
     return parsed

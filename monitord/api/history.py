@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -50,7 +50,10 @@ async def provider_history(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_parameter", f"step: expected one of {', '.join(STEPS_S)}, got {step!r}")
     until = until or ctx.clock()
     # At most `limit` buckets, the newest: a far-away `since` is moved up rather than scanned for nothing.
-    earliest = until - timedelta(seconds=step_s * limit)
+    try:
+        earliest = until - timedelta(seconds=step_s * limit)
+    except OverflowError:  # `until` within `limit` steps of year 1
+        earliest = datetime.min.replace(tzinfo=UTC)
     since = earliest if since is None or since < earliest else since
     buckets = await _read(ctx.store.aggregate(name, step_s=step_s, since=since, until=until))
     return json_reply({

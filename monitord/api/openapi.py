@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from monitord.api.alerts import MAX_SILENCE
+from monitord.api.replies import MAX_TOKENS
 from monitord.model import AlertType, DeliveryState, ErrorClass, ModelKind, QualityPreference, Status, TaskType
 
 Schema = dict[str, Any]
@@ -55,10 +57,22 @@ def _object(properties: dict[str, Schema], *, required: list[str] | None = None,
     return schema
 
 
+MAX_SILENCE_S = int(MAX_SILENCE.total_seconds())
 TIME = {"type": "string", "format": "date-time"}
 TIME_OR_NULL = _nullable("string", format="date-time")
 STATUS = {"type": "string", "enum": _enum(Status)}
 STRINGS = {"type": "array", "items": {"type": "string"}}
+TEXT = {"type": "string", "pattern": "\\S"}  # the API refuses empty and blank strings where it reads names
+TEXTS = {"type": "array", "items": TEXT}
+
+def _sse_event(name: str, data: Schema, *, with_id: bool = False) -> Schema:
+    fields: dict[str, Schema] = {"event": {"const": name},
+                                 "data": {"type": "string", "contentMediaType": "application/json",
+                                          "contentSchema": data},
+                                 "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                 "retry": {"type": "integer", "minimum": 0}}
+    return _object(fields, required=["event", "data", "id"] if with_id else ["event", "data"])
+
 
 _MODEL_INFO = _object({
     "id": {"type": "string"},
@@ -114,13 +128,13 @@ _CRITERIA = _object({
     "providers": {"type": ["array", "null"], "items": {"type": "string"}},
 })
 
-_LIST_OR_CSV = {"oneOf": [{"type": "string"}, STRINGS]}
+_LIST_OR_CSV = {"oneOf": [TEXT, TEXTS]}
 _SELECT_REQUEST = _object({
     "task_type": {"type": "string", "enum": _enum(TaskType)},
     "required_capabilities": {**_LIST_OR_CSV, "description": "e.g. [\"vision\", \"tools\"] or \"vision,tools\""},
-    "max_tokens": {"type": "integer", "minimum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_TOKENS},
     "quality_preference": {"type": "string", "enum": _enum(QualityPreference)},
-    "model": {"type": "string", "description": "Exact model id or glob (* ? [...]), case-insensitive."},
+    "model": {**TEXT, "description": "Exact model id or glob (* ? [...]), case-insensitive."},
     "providers": {**_LIST_OR_CSV, "description": "Allow-list of provider names."},
     "fallbacks": {"type": "integer", "minimum": 0, "maximum": 100, "default": 3},
 }, required=[])
@@ -212,15 +226,25 @@ _SCHEMAS: dict[str, Schema] = {
                         "end": TIME, "reason": _nullable("string"),
                         "created_by": {"type": "string", "enum": ["config", "api"]}, "active": {"type": "boolean"}}),
     "SilenceList": _object({"silences": {"type": "array", "items": _ref("Silence")}}),
-    "SilenceRequest": _object({"provider": {"type": "string", "description": "Provider name or glob."},
-                               "start": {**TIME, "description": "Default: now."},
-                               "end": {**TIME, "description": "Give end or duration_s."},
-                               "duration_s": {"type": "number", "exclusiveMinimum": 0},
-                               "reason": {"type": "string"}}, required=["provider"]),
+    "SilenceRequest": {**_object({"provider": {**TEXT, "description": "Provider name or glob."},
+                                  "start": {**TIME, "description": "Default: now."},
+                                  "end": {**TIME, "description": "Give end or duration_s."},
+                                  "duration_s": {"type": "number", "exclusiveMinimum": 0,
+                                                 "maximum": MAX_SILENCE_S},
+                                  "reason": {"type": "string"}}, required=["provider"]),
+                       "oneOf": [{"required": ["end"]}, {"required": ["duration_s"]}],
+                       "description": "At most 366 days long, ending after start (or now)."},
     "BestChangedEvent": _object({
         "at": TIME, "previous": _nullable("string"), "current": _nullable("string"),
         "entry": {"oneOf": [_ref("RankedEntry"), {"type": "null"}]}, "fallbacks": STRINGS,
     }),
+    # OpenAPI 3.1 has no itemSchema: the text/event-stream schema describes one event as a client parses it.
+    "StreamEvent": {"description": "One Server-Sent Event of GET /v1/events: its `event` name, its `id` (to "
+                                   "resume with Last-Event-ID) and its `data`, a JSON text.",
+                    "oneOf": [_sse_event("provider.status_changed", _ref("StatusChangedEvent"), with_id=True),
+                              _sse_event("ranking.best_changed", _ref("BestChangedEvent"), with_id=True),
+                              _sse_event("shutdown", _object({})),
+                              _sse_event("lagged", _object({"reconnect": {"const": True}}))]},
 }
 
 
@@ -246,14 +270,14 @@ def _query(name: str, schema: Schema, description: str, *, repeat: bool = False)
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _CRITERIA_PARAMETERS = [
     _query("task_type", {"type": "string", "enum": _enum(TaskType)}, "What the request is for."),
-    _query("capability", {"type": "string"}, "Required capability; repeat or comma-separate "
+    _query("capability", TEXT, "Required capability; repeat or comma-separate "
                                              "(alias: required_capabilities).", repeat=True),
-    _query("max_tokens", {"type": "integer", "minimum": 1},
+    _query("max_tokens", {"type": "integer", "minimum": 1, "maximum": MAX_TOKENS},
            "Excludes providers whose known context length is smaller."),
     _query("quality", {"type": "string", "enum": _enum(QualityPreference)},
            "fast, balanced (default) or quality (alias: quality_preference)."),
-    _query("model", {"type": "string"}, "Exact model id or glob."),
-    _query("provider", {"type": "string"}, "Allow-list of provider names (alias: providers).", repeat=True),
+    _query("model", TEXT, "Exact model id or glob."),
+    _query("provider", TEXT, "Allow-list of provider names (alias: providers).", repeat=True),
 ]
 
 
@@ -307,7 +331,7 @@ def _paths() -> dict[str, Schema]:
                                                              "Last-Event-ID header)."),
             ],
             "responses": {"200": {"description": "An event stream",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                  "content": {"text/event-stream": {"schema": _ref("StreamEvent")}}},
                           **_errors(400, 401, 404, 503)}}},
         "/v1/alerts": {"get": {
             "summary": "Recent alert events, newest first, with their delivery state per webhook.",

@@ -24,6 +24,7 @@ QUERY_ALIASES: Mapping[str, str] = {
 _CRITERIA_FIELDS = frozenset({"task_type", "required_capabilities", "max_tokens", "quality_preference", "model",
                               "providers"})
 _LIST_FIELDS = frozenset({"required_capabilities", "providers"})
+MAX_TOKENS = 2**31 - 1  # far past any context length; bigger ints would not fit the reply's 64-bit JSON ints
 COMPRESS_MIN_BYTES = 8 * 1024
 GZIP_LEVEL = 5
 _VARY = {"Vary": "Accept-Encoding"}
@@ -102,7 +103,12 @@ def time_param(query: MultiMapping[str], key: str) -> datetime | None:
             value = datetime.fromisoformat(candidate.strip())
         except ValueError:
             continue
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        try:
+            value.astimezone(UTC)  # the store compares in UTC: 0001-01-01T00:00+05:00 has no UTC time
+        except OverflowError:
+            raise ApiError(400, "invalid_parameter", f"{key}: {text!r} is out of range in UTC") from None
+        return value
     raise ApiError(400, "invalid_parameter",
                    f"{key}: expected an ISO 8601 time such as 2025-01-31T22:00:00Z, got {text!r}")
 
@@ -126,9 +132,12 @@ def criteria_from_query(query: MultiMapping[str], others: Collection[str] = ()) 
 
 def parse_criteria(raw: Mapping[str, Any]) -> Criteria:
     try:
-        return Criteria.from_mapping(raw)
+        criteria = Criteria.from_mapping(raw)
     except ValueError as exc:
         raise ApiError(400, "invalid_criteria", str(exc)) from None
+    if criteria.max_tokens is not None and criteria.max_tokens > MAX_TOKENS:  # replies carry it as a JSON int
+        raise ApiError(400, "invalid_criteria", f"max_tokens: must be at most {MAX_TOKENS}, got {criteria.max_tokens}")
+    return criteria
 
 
 def iso(value: datetime) -> str:

@@ -6,7 +6,9 @@ within a generation is too (see RankingCache); anything else is ranked on reques
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -20,6 +22,37 @@ from monitord.model import Criteria, Ranking
 DEFAULT_FALLBACKS = 3
 MAX_FALLBACKS = 100
 MAX_LIMIT = 10_000
+
+T = TypeVar("T")
+
+
+class ParsedRequests:
+    """Criteria parsed from request bodies and query strings, by their exact text.
+
+    Selection code sends the same few requests over and over; parsing one costs more than serving its cached
+    answer. Only successful parses of short texts are kept (a bad request raises every time), at most
+    max_entries of them, so the memory they take stays small whatever clients send.
+    """
+
+    def __init__(self, max_entries: int = 512, max_text_bytes: int = 1024) -> None:
+        self.max_entries = max_entries
+        self.max_text_bytes = max_text_bytes
+        self._parsed: OrderedDict[tuple[str, str | bytes], Any] = OrderedDict()
+
+    def get(self, kind: str, text: str | bytes, parse: Callable[[], T]) -> T:
+        if len(text) > self.max_text_bytes:
+            return parse()
+        key = (kind, text)
+        found = self._parsed.get(key)
+        if found is None:
+            found = self._parsed[key] = parse()
+            if len(self._parsed) > self.max_entries:
+                self._parsed.popitem(last=False)
+        parsed: T = found
+        return parsed
+
+
+PARSED = web.AppKey("monitord.api.parsed_requests", ParsedRequests)
 
 
 def ranking_body(result: Ranking) -> bytes:
@@ -38,8 +71,11 @@ async def ranking(request: web.Request) -> web.Response:
         limit = None
     else:
         query = request.query
-        criteria = criteria_from_query(query, others=("limit",))
-        limit = int_param(query, "limit", 0, 1, MAX_LIMIT) or None
+
+        def parse() -> tuple[Criteria, int | None]:
+            return criteria_from_query(query, others=("limit",)), int_param(query, "limit", 0, 1, MAX_LIMIT) or None
+
+        criteria, limit = request.app[PARSED].get("query", request.query_string, parse)
     cache = ctx.ranking
     return cached_reply(request, cache, ("ranking", criteria, limit),
                         lambda: ranking_body(cache.ranking(criteria, limit=limit)))
@@ -47,6 +83,10 @@ async def ranking(request: web.Request) -> web.Response:
 
 async def _select_request(request: web.Request) -> tuple[Criteria, int]:
     body = await request.read()
+    return request.app[PARSED].get("body", body, lambda: _parse_select(body))
+
+
+def _parse_select(body: bytes) -> tuple[Criteria, int]:
     raw: Any = {}
     if body.strip():
         try:

@@ -20,7 +20,7 @@ from monitord.api.history import provider_history
 from monitord.api.metrics import CONTENT_TYPE
 from monitord.api.openapi import build_document
 from monitord.api.replies import bytes_reply, cached_reply, check_params, json_reply
-from monitord.api.selection import ranking, select
+from monitord.api.selection import PARSED, ParsedRequests, ranking, select
 from monitord.model import ProviderSpec, ProviderState, Status
 
 READY_TIMEOUT_S = 2.0  # a store that does not answer a ping by then counts as unreachable
@@ -29,6 +29,7 @@ OPENAPI = web.AppKey("monitord.api.openapi", bytes)
 
 def add_routes(app: web.Application) -> None:
     app[OPENAPI] = orjson.dumps(build_document(__version__))
+    app[PARSED] = ParsedRequests()
     app.router.add_routes([
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
