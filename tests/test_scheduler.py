@@ -142,7 +142,10 @@ async def test_a_raising_probe_keeps_its_schedule() -> None:
     sched = ProbeScheduler(boom, concurrency=5)
     sched.start()
     sched.schedule(spec("a", 0.1), first_delay_s=0)
-    await asyncio.sleep(0.45)
+    for _ in range(100):  # three runs, however loaded the machine is
+        if calls >= 3:
+            break
+        await asyncio.sleep(0.05)
     await sched.shutdown()
     assert calls >= 3
 
