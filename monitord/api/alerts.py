@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from monitord.api.context import CONTEXT, AlertsBackend, ApiContext
@@ -93,8 +94,8 @@ async def delete_silence(request: web.Request) -> web.Response:
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except ValueError:
+        body = orjson.loads(await request.read())  # depth-limited, unlike json.loads (RecursionError)
+    except orjson.JSONDecodeError:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_silence", "expected a JSON object")

@@ -84,6 +84,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:  # redirects and the like are answers, not errors
             raise
         return _from_http_exception(exc)
+    except web.RequestPayloadError:  # a broken chunked body or Content-Encoding, found while a view read it
+        return error_response(400, "bad_request", "the request body could not be read (its transfer or content "
+                                                  "encoding is broken)")
     except Exception:
         log.exception("api.unhandled_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", "internal error; see the monitord log")
