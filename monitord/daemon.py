@@ -184,11 +184,12 @@ class Daemon:
             self._cluster.observed(result)
         return self._fold(result)
 
-    def _fold(self, result: ProbeResult) -> list[StatusChange]:
+    def _fold(self, result: ProbeResult, *, emit: bool = True) -> list[StatusChange]:
         """Live state, API and alert rules for a result probed here or, in a cluster, by another instance.
 
-        Every instance folds every result, so all serve the same ranking; alert event ids come from the content,
-        so the outbox stores the event the instances raise together once, and one dispatcher claims it.
+        Every instance folds every result, so all serve the same ranking and keep the same alert memory (a
+        takeover neither repeats nor misses an alert); only the instance that probed emits (emit=False for a
+        peer's result), since a few events carry the evaluation time in their id.
         """
         self.probed.add(result.provider)
         now = self.clock()
@@ -197,7 +198,9 @@ class Daemon:
             self.api.on_result(result, changes)
         state, spec = self.live.get(result.provider), self._specs.get(result.provider)
         if state is not None and spec is not None:
-            self._emit(self.rules.on_probe(state, changes, alert_provider(spec), self._silences, now))
+            events = self.rules.on_probe(state, changes, alert_provider(spec), self._silences, now)
+            if emit:
+                self._emit(events)
         log.debug("probe.done", provider=result.provider, status=result.status.value,
                   error_class=result.error_class, total_ms=round(result.total_ms, 1))
         for change in changes:
@@ -390,7 +393,7 @@ class Daemon:
             log.info("cluster.heartbeat_recovered", held=len(cluster.held))
         for result in peers:
             if result.provider in self._specs:
-                self._fold(result)
+                self._fold(result, emit=False)
         await self._load_api_silences(now)  # another instance may have added or ended one
         for name in beat.acquired:
             self._probe_soon(name, now)
