@@ -7,7 +7,6 @@ HdrHistogram), so any quantile is known within one bucket: about ±7 % of the va
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 BUCKETS_PER_DECADE = 16
@@ -15,7 +14,7 @@ FLOOR_MS = 0.1  # bucket 0 holds everything below; bucket i >= 1 starts at FLOOR
 DECADES = 6  # up to 100 s; the last bucket holds everything above
 LAST_INDEX = 1 + DECADES * BUCKETS_PER_DECADE
 
-Histogram = Counter[int]  # bucket index -> count
+Histogram = dict[int, int]  # bucket index -> count (a plain dict: rollups make many of them)
 
 
 def bucket_index(latency_ms: float) -> int:
@@ -35,13 +34,25 @@ def bucket_bounds(index: int) -> tuple[float, float]:
 
 
 def histogram(latencies_ms: Iterable[float]) -> Histogram:
-    return Counter(bucket_index(value) for value in latencies_ms)
+    hist: Histogram = {}
+    for value in latencies_ms:
+        add(hist, bucket_index(value))
+    return hist
+
+
+def add(hist: Histogram, index: int, count: int = 1) -> None:
+    hist[index] = hist.get(index, 0) + count
+
+
+def merge_into(total: Histogram, other: Mapping[int, int]) -> None:
+    for index, count in other.items():
+        total[index] = total.get(index, 0) + count
 
 
 def merge(histograms: Iterable[Mapping[int, int]]) -> Histogram:
-    total: Histogram = Counter()
+    total: Histogram = {}
     for one in histograms:
-        total.update(one)
+        merge_into(total, one)
     return total
 
 
@@ -51,10 +62,10 @@ def encode(hist: Mapping[int, int]) -> str:
 
 
 def decode(text: str) -> Histogram:
-    hist: Histogram = Counter()
+    hist: Histogram = {}
     for pair in filter(None, text.split(",")):
         index, _, count = pair.partition(":")
-        hist[int(index)] += int(count)
+        add(hist, int(index), int(count))
     return hist
 
 

@@ -79,14 +79,14 @@ class Rollup:
     latency_sum_ms: float | None = None
     latency_min_ms: float | None = None
     latency_max_ms: float | None = None
-    hist: histogram.Histogram = field(default_factory=histogram.Histogram)
+    hist: histogram.Histogram = field(default_factory=dict)
 
     def add_probe(self, ok: bool, total_ms: float) -> None:
         self.probe_count += 1
         if ok:
             self.ok_count += 1
             self._add_latency(total_ms, total_ms, total_ms)
-            self.hist[histogram.bucket_index(total_ms)] += 1
+            histogram.add(self.hist, histogram.bucket_index(total_ms))
 
     def merge(self, other: Rollup) -> None:
         self.probe_count += other.probe_count
@@ -94,7 +94,7 @@ class Rollup:
         if other.latency_sum_ms is not None:
             assert other.latency_min_ms is not None and other.latency_max_ms is not None
             self._add_latency(other.latency_sum_ms, other.latency_min_ms, other.latency_max_ms)
-        self.hist.update(other.hist)
+        histogram.merge_into(self.hist, other.hist)
 
     def _add_latency(self, sum_ms: float, min_ms: float, max_ms: float) -> None:
         self.latency_sum_ms = sum_ms if self.latency_sum_ms is None else self.latency_sum_ms + sum_ms
