@@ -181,13 +181,16 @@ class Store:
         return await queries.results_since(self._engine, since, exclude=exclude, newer_than=newer_than)
 
     async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> bool:
-        """True if the database answers a trivial query within `timeout_s`; updates `healthy`. Never raises."""
+        """True if the database answers a trivial query within `timeout_s` and the writer's last batch did not fail;
+        updates `healthy`. Never raises."""
         try:
             async with asyncio.timeout(timeout_s), self._engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:  # any failure to reach or query the database in time means "no"
             self._health.failed(f"{type(exc).__name__}: no answer within {timeout_s:g}s"
                                 if isinstance(exc, TimeoutError) else describe_error(exc))
+            return False
+        if self._writer.failing:  # it answers reads but refuses writes (disk full, locked): only a write clears it
             return False
         self._health.ok()
         return True

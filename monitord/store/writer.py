@@ -88,6 +88,11 @@ class Writer:
     def pending(self) -> int:
         return len(self._buffer) + len(self._in_flight)
 
+    @property
+    def failing(self) -> bool:
+        """The last batch failed and its rows wait for a retry."""
+        return self._failures_in_a_row > 0
+
     def oldest_pending_at(self) -> datetime | None:
         """The earliest probe start among rows not yet committed (None when all are written)."""
         waiting = [*self._in_flight, *self._buffer]
