@@ -222,6 +222,12 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Re-read the config; apply it completely or not at all. Returns whether it was applied."""
+        applied = await self._reload()
+        if self.api is not None:
+            self.api.metrics.reloaded(applied)
+        return applied
+
+    async def _reload(self) -> bool:
         if self.config_path is None:
             return False
         try:

@@ -79,9 +79,11 @@ async def test_reload_applies_completely_or_not_at_all(tmp_path: Path, sqlite_ur
         await daemon.run_once()
         assert daemon.live.get("b").status is Status.UP  # type: ignore[union-attr]
 
+        assert b"monitord_config_last_reload_success 1.0" in daemon.api.metrics.render()  # type: ignore[union-attr]
         path.write_text("providers:\n  b:\n    type: nosuchserver\n")
         assert not await daemon.reload()
         assert set(daemon.specs) == {"b"}  # the old config keeps running
+        assert b"monitord_config_last_reload_success 0.0" in daemon.api.metrics.render()  # type: ignore[union-attr]
         # History of a removed provider stays in the store.
         assert await daemon.store.history("a")
     finally:

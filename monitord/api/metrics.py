@@ -13,6 +13,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -45,6 +46,20 @@ class Metrics:
             "monitord_probes", "Probes by result status and error class.",
             ["provider", "type", "status", "error_class"], registry=self.registry)
         self._labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> probe counter label sets, to forget
+        self.reload_success = Gauge(
+            "monitord_config_last_reload_success", "1 when the last config reload (SIGHUP) applied, 0 when refused.",
+            registry=self.registry)
+        self.reload_success.set(1)
+        self.reload_time = Gauge(
+            "monitord_config_last_reload_success_timestamp_seconds", "When the config last loaded or reloaded.",
+            registry=self.registry)
+        self.reload_time.set_to_current_time()
+
+    def reloaded(self, ok: bool) -> None:
+        """Record a reload attempt: alert on monitord_config_last_reload_success == 0."""
+        self.reload_success.set(1 if ok else 0)
+        if ok:
+            self.reload_time.set_to_current_time()
 
     def observe(self, result: ProbeResult) -> None:
         provider, kind = result.provider, result.provider_type
