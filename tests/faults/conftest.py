@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from monitord.daemon import Daemon
 from monitord.model import ProviderState
 from monitord.store import Store
 from monitord.store.queries import ProbeSample
+from tests.faults.monitord_process import MonitordProcess
 from tests.faults.servers import Behaviour, FaultServer
 
 PROBE_TIMEOUT_S = 0.5
@@ -199,3 +201,26 @@ async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     yield errors
     loop.set_exception_handler(previous)
+
+
+# -- `monitord run` subprocesses -------------------------------------------------------------------------------
+
+StartMonitord = Callable[..., Awaitable[MonitordProcess]]
+
+
+@pytest.fixture
+async def monitord_run() -> AsyncIterator[StartMonitord]:
+    """Factory: `await monitord_run(config_path)` starts `python -m monitord run` and waits for `daemon.started`;
+    whatever is still running at teardown is killed."""
+    started: list[MonitordProcess] = []
+
+    async def start(config: Path, **options: Any) -> MonitordProcess:
+        process = await MonitordProcess.spawn(config, **options)
+        started.append(process)
+        await process.started()
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.returncode is None:
+            await process.kill()
