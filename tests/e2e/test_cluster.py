@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from tests.doubles.base import ProviderDouble
 from tests.doubles.webhook_receiver import WebhookReceiver
-from tests.e2e.test_run import REPO, sync_engine
+from tests.e2e.test_run import REPO, STARTED, sync_engine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -81,6 +81,7 @@ async def start(index: int, config: Path) -> Instance:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "monitord", "run", "-c", str(config), cwd=REPO,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
+    STARTED.append(proc)  # reaped by tests/e2e/conftest.py whatever happens
     return Instance(f"i{index + 1}", proc)
 
 

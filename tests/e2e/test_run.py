@@ -35,10 +35,16 @@ def write_config(path: Path, providers: dict[str, tuple[str, str]], storage_url:
     return path
 
 
+# Every daemon a test starts, so tests/e2e/conftest.py can kill what a failing test left running.
+STARTED: list[asyncio.subprocess.Process] = []
+
+
 async def start_monitord(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "monitord", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+    STARTED.append(proc)
+    return proc
 
 
 async def stop(proc: asyncio.subprocess.Process) -> tuple[int, list[dict[str, Any]], str]:
