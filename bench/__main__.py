@@ -8,6 +8,7 @@ import importlib
 import pkgutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from types import ModuleType
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             produced = run_async(b.run(args.quick))
         except Exception as exc:  # one broken benchmark must not cost the figures of the others
+            traceback.print_exc()
             print(f"!! {b.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            failed.append(b.name)
+            failed.append(f"{b.name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
             continue
         for table in produced:
             print(table.text(), flush=True)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         tables += produced
     if tables and not args.quick and not args.no_record:
         images = plot.draw(tables)
-        record(tables, host, images=images)
+        record(tables, host, images=images, missing=failed)
         print(f"recorded {len(tables)} table(s) in BENCHMARKS.md" + "".join(f"; plot {p}" for p in images))
     return 1 if failed else 0
 

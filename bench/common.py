@@ -246,10 +246,13 @@ move by 2x with load. How each figure is taken is described in the benchmark's m
 
 
 def record(tables: Sequence[Table], machine_info: Machine, *, images: Sequence[Path] = (),
-           path: Path = BENCHMARKS_MD, when: datetime | None = None) -> None:
-    """Append a dated section with `tables` (and links to `images`) to BENCHMARKS.md."""
+           missing: Sequence[str] = (), path: Path = BENCHMARKS_MD, when: datetime | None = None) -> None:
+    """Append a dated section with `tables` (and links to `images`) to BENCHMARKS.md; `missing` names the
+    benchmarks that failed in this run, with why, so a gap is never silent."""
     stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"## {stamp}: {machine_info.line()}", ""]
+    if missing:
+        parts += [f"Not measured in this run: {'; '.join(missing)}.", ""]
     for image in images:
         relative = image.resolve().relative_to(path.resolve().parent)
         parts += [f"![{image.stem.replace('_', ' ')}]({relative.as_posix()})", ""]

@@ -155,9 +155,7 @@ class Fleet:
                 proc.start()
                 self._procs.append((proc, parent))
             for proc, parent in self._procs:
-                if not parent.poll(SPAWN_TIMEOUT_S):
-                    raise RuntimeError(f"{proc.name} did not start")
-                ports += parent.recv()
+                ports += _receive(proc, parent, SPAWN_TIMEOUT_S)
         except BaseException:
             self.__exit__()
             raise
@@ -174,6 +172,17 @@ class Fleet:
                 proc.terminate()
                 proc.join(5)
         self._procs.clear()
+
+
+def _receive(proc: SpawnProcess, conn: Connection, timeout_s: float) -> Any:
+    """The child's one message; fails fast when the child dies first instead of waiting out the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not conn.poll(0.2):
+        if not proc.is_alive() and not conn.poll(0):
+            raise RuntimeError(f"{proc.name} exited with code {proc.exitcode} before reporting")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} reported nothing within {timeout_s:g} s")
+    return conn.recv()
 
 
 def _spawn() -> Any:
@@ -209,9 +218,7 @@ def measure(variant: str, plan: Plan) -> Outcome:
     proc = ctx.Process(target=_variant_main, args=(child, variant, plan), name=f"bench-{variant}")
     proc.start()
     try:
-        if not parent.poll(plan.warmup_s + plan.measure_s + SPAWN_TIMEOUT_S):
-            raise RuntimeError(f"{variant} run gave no result in time")
-        raw: dict[str, Any] = parent.recv()
+        raw: dict[str, Any] = _receive(proc, parent, plan.warmup_s + plan.measure_s + SPAWN_TIMEOUT_S)
     finally:
         proc.join(30)
         if proc.is_alive():

@@ -49,12 +49,12 @@ def test_record_appends_dated_sections(tmp_path: Path) -> None:
     table.notes.append("a note")
     image = tmp_path / "bench" / "plot.png"
     record([table], MACHINE, images=[image], path=target, when=datetime(2026, 1, 2, 3, 4, tzinfo=UTC))
-    record([table], MACHINE, path=target, when=datetime(2026, 1, 3, tzinfo=UTC))
+    record([table], MACHINE, missing=["api (boom)"], path=target, when=datetime(2026, 1, 3, tzinfo=UTC))
     text = target.read_text()
     assert text.startswith("# Benchmarks")
     assert "## 2026-01-02 03:04 UTC: 2 cores" in text and "## 2026-01-03 00:00 UTC" in text
     assert "| 1,000 | 12.3 |" in text and "- a note" in text and "![plot](bench/plot.png)" in text
-    assert text.index("2026-01-02") < text.index("2026-01-03")
+    assert text.index("2026-01-02") < text.index("2026-01-03") < text.index("Not measured in this run: api (boom)")
 
 
 def test_probe_cost_plot_is_a_png(tmp_path: Path) -> None:
