@@ -9,6 +9,7 @@ matching and scoring; `rank()` is the one-shot form.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import re
@@ -168,8 +169,8 @@ class _Fit:
 class _Prepared:
     """Everything about one provider that does not depend on the criteria, and its fits to recent queries."""
 
-    __slots__ = ("availability", "fits", "last_failure_s", "latency_ms", "offers", "priority", "priority_part",
-                 "spec", "state", "status", "status_factor", "status_reasons", "tier", "weight")
+    __slots__ = ("availability", "contexts", "fits", "last_failure_s", "latency_ms", "offers", "priority",
+                 "priority_part", "spec", "state", "status", "status_factor", "status_reasons", "tier", "weight")
 
     def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy) -> None:
         self.state = state
@@ -196,17 +197,25 @@ class _Prepared:
         else:
             offers = [_Offer(capabilities, None, None)]
         self.offers = tuple(sorted(offers, key=lambda offer: offer.id or ""))
+        self.contexts = sorted({o.context_length for o in offers if o.context_length is not None})
         # Requests repeat the same few criteria while a state lives (one probe interval): remember the fits.
         self.fits: dict[tuple[object, ...], _Fit] = {}
 
-    def fit(self, query: _Query) -> _Fit:
-        fit = self.fits.get(query.key)
+    def fit_key(self, query: _Query) -> tuple[object, ...]:
+        """The cache key of `query` here. Callers send a new max_tokens nearly every time, but the fit only
+        depends on how many of this provider's known context lengths are below it: key on that count."""
+        if query.max_tokens is None:
+            return query.key
+        return (*query.key, bisect.bisect_left(self.contexts, query.max_tokens))
+
+    def fit(self, query: _Query, key: tuple[object, ...]) -> _Fit:
+        fit = self.fits.get(key)
         if fit is None:
             if len(self.fits) >= _FITS_KEPT:
                 self.fits.clear()
             offers, reason = query.match(self.offers)
             reasons = self.status_reasons if reason is None else (*self.status_reasons, reason)
-            fit = self.fits[query.key] = _Fit(offers, reasons, query.preferred)
+            fit = self.fits[key] = _Fit(offers, reasons, query.preferred)
         return fit
 
 
@@ -251,7 +260,7 @@ class _Query:
                 self.model_match = pattern.__eq__
         self.preferred = TASK_PREFERENCE.get(task) if task is not None else None
         self.weights = WEIGHTS[QualityPreference(criteria.quality_preference)]
-        self.key = (task, criteria.required_capabilities, criteria.max_tokens, criteria.model)
+        self.key = (task, criteria.required_capabilities, criteria.max_tokens is not None, criteria.model)
 
     def match(self, offers: tuple[_Offer, ...]) -> tuple[tuple[_Offer, ...], str | None]:
         """The offers that meet the criteria, or why none does."""
@@ -276,7 +285,7 @@ class _Query:
             fitting = tuple(o for o in offers if o.context_length is None or o.context_length >= limit)
             if not fitting:
                 largest = max(o.context_length or 0 for o in offers)
-                return fitting, f"context too small: largest known {largest} < max_tokens {limit}"
+                return fitting, f"context too small for max_tokens: largest known is {largest}"
             offers = fitting
         return offers, None
 
@@ -297,7 +306,6 @@ class Ranker:
         excluded as such. `limit` caps the entries (not the exclusions) and saves building the rest.
         """
         query = _Query(criteria)
-        key = query.key
         excluded: dict[str, tuple[str, ...]] = {}
         candidates: list[tuple[_Prepared, _Fit]] = []
         prepared_for = self._prepared.get
@@ -310,7 +318,8 @@ class Ranker:
             prepared = prepared_for(name)
             if prepared is None or prepared.state is not state or prepared.spec is not spec:
                 prepared = self._prepared[name] = _Prepared(state, spec, self.policy)
-            fit = prepared.fits.get(key) or prepared.fit(query)
+            key = prepared.fit_key(query)
+            fit = prepared.fits.get(key) or prepared.fit(query, key)
             if fit.reasons:
                 excluded[name] = fit.reasons
             else:

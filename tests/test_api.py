@@ -299,7 +299,7 @@ async def test_select_without_a_match_says_why_for_each_candidate(api: tuple[Cli
     error = await assert_error(resp, 503, "no_provider")
     excluded = error["details"]["excluded"]
     assert set(excluded) == {"alpha", "beta", "gamma", "delta"}
-    assert excluded["alpha"] == ["context too small: largest known 32768 < max_tokens 100000"]
+    assert excluded["alpha"] == ["context too small for max_tokens: largest known is 32768"]
     assert excluded["beta"] == ["missing capabilities: vision"]
     assert excluded["gamma"][0].startswith("status down")
     assert error["details"]["criteria"]["max_tokens"] == 100_000

@@ -210,9 +210,9 @@ def test_task_fit_from_config_or_model_id() -> None:
 @pytest.mark.parametrize(("max_tokens", "expected", "excluded"), [
     (4096, {"small": ("llava:13b",), "mixed": ("llama3.1:70b", "llava:13b"), "unknown": ("mystery",)}, {}),
     (8192, {"mixed": ("llama3.1:70b",), "unknown": ("mystery",)},
-     {"small": "context too small: largest known 4096 < max_tokens 8192"}),
-    (200_000, {"unknown": ("mystery",)}, {"mixed": "context too small: largest known 131072 < max_tokens 200000",
-                                          "small": "context too small: largest known 4096 < max_tokens 200000"}),
+     {"small": "context too small for max_tokens: largest known is 4096"}),
+    (200_000, {"unknown": ("mystery",)}, {"mixed": "context too small for max_tokens: largest known is 131072",
+                                          "small": "context too small for max_tokens: largest known is 4096"}),
 ])
 def test_max_tokens(max_tokens: int, expected: dict[str, tuple[str, ...]], excluded: dict[str, str]) -> None:
     ranking = rank(*world(
@@ -228,7 +228,7 @@ def test_criteria_combine_on_the_same_model() -> None:
     # llava has vision but only 4k; the 70b has 128k but no vision: nothing fits both
     ranking = rank(*world(state("mixed", models=served(LLAVA, BIG))),
                    Criteria(required_capabilities=frozenset({"vision"}), max_tokens=8192), NOW)
-    assert ranking.excluded == {"mixed": ("context too small: largest known 4096 < max_tokens 8192",)}
+    assert ranking.excluded == {"mixed": ("context too small for max_tokens: largest known is 4096",)}
 
 
 def test_allow_list() -> None:
@@ -420,3 +420,19 @@ def test_criteria_built_in_code_are_normalised_too() -> None:
     ranking = rank(*world(state("e", models=served(EMBED))), Criteria(required_capabilities=frozenset({"embedding"})),
                    NOW)
     assert [e.provider for e in ranking.entries] == ["e"]
+
+
+def test_a_new_max_tokens_reuses_the_cached_fit_when_it_changes_nothing() -> None:
+    """Selection code sends a different max_tokens nearly every request: fits are keyed on what it decides."""
+    from monitord.ranking import Ranker
+
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    spec = ProviderSpec(name="p", type="vllm", base_url="http://127.0.0.1:8000")
+    state = ProviderState(name="p", type="vllm", status=Status.UP, samples=10, samples_ok=10,
+                          models=(ServedModel("m", ModelInfo(id="m", context_length=8192), now, now),))
+    ranker = Ranker()
+    for max_tokens in (100, 2000, 8000, 8192):
+        assert ranker.rank({"p": state}, {"p": spec}, Criteria(max_tokens=max_tokens), now).entries
+    assert len(ranker._prepared["p"].fits) == 1
+    assert ranker.rank({"p": state}, {"p": spec}, Criteria(max_tokens=8193), now).excluded["p"]
+    assert len(ranker._prepared["p"].fits) == 2
