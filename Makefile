@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,speed]'
+	$(BIN)/python -m pip install -q -e '.[dev,speed,bench]'
 	touch $@
 
 run: install  ## run the daemon on the sample config (SQLite file monitord.db here)
