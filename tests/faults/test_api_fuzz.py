@@ -207,6 +207,16 @@ PARSER_REFUSALS = [
 ]
 
 
+def in_the_error_shape(answer: Answer, code: str) -> bool:
+    """{"error": {"code": code, "message": "...", "details"?: {...}}} as JSON (the shape assert_error pins)."""
+    if not answer.headers.get("content-type", "").startswith("application/json"):
+        return False
+    payload = orjson.loads(answer.body)
+    error = payload.get("error") if isinstance(payload, dict) and set(payload) == {"error"} else None
+    return (isinstance(error, dict) and error.get("code") == code and isinstance(error.get("message"), str)
+            and set(error) <= {"code", "message", "details"})
+
+
 async def test_malformed_and_oversized_requests_get_4xx_and_the_daemon_serves_on(
         sqlite_url: str, provider_double: Any) -> None:
     doubles = {name: await provider_double("vllm") for name in ("alpha", "beta")}
@@ -218,13 +228,7 @@ async def test_malformed_and_oversized_requests_get_4xx_and_the_daemon_serves_on
             wrong = []
             for case_id, (head, body), status, code in APP_ANSWERS:
                 answer = await exchange(port, head, body)
-                shape_ok = answer.headers.get("content-type", "").startswith("application/json")
-                payload = orjson.loads(answer.body) if shape_ok else None
-                if code is not None:
-                    shape_ok = shape_ok and set(payload) == {"error"} and payload["error"]["code"] == code \
-                        and isinstance(payload["error"]["message"], str) \
-                        and set(payload["error"]) <= {"code", "message", "details"}
-                if answer.status != status or not shape_ok:
+                if answer.status != status or not (code is None or in_the_error_shape(answer, code)):
                     kind = answer.headers.get("content-type")
                     wrong.append(f"{case_id}: {answer.status} {kind} {answer.body[:200]!r}")
             for case_id, (head, body) in PARSER_REFUSALS:

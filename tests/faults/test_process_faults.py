@@ -105,7 +105,7 @@ async def test_sigkill_mid_burst_then_restart(tmp_path: Path, sqlite_url: str, p
         # An alert waits for the receiver: provider.down, answered 500 twice (same delivery id each time).
         await doomed.set("down")
         await eventually(lambda: len(receiver.requests) >= 2, what="two failed deliveries")
-        (down_id,) = {r.header("X-Monitord-Delivery") for r in receiver.requests}
+        (down_id,) = {r.header("X-Monitord-Delivery") or "" for r in receiver.requests}
         assert {r.header("X-Monitord-Event") for r in receiver.requests} == {"provider.down"}
         # The restarted daemon learns what it told receivers from the committed probe rows, not from the outbox:
         # a down probe still in the writer's buffer at the kill would be lost, and the restart would announce

@@ -25,6 +25,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitord.daemon import Daemon
+from tests.faults.conftest import state_of
 from tests.plugins.api import assert_error
 from tests.test_outage import config, eventually, metric, probes_recorded, rows_in_database, running
 
@@ -59,7 +60,7 @@ async def scrape(http: aiohttp.ClientSession, api: str) -> str:
 async def assert_serving_from_memory(daemon: Daemon, http: aiohttp.ClientSession, api: str) -> None:
     """Probing goes on and the API answers while the store cannot write."""
     samples = {name: state.samples for name, state in daemon.live.all().items()}
-    await eventually(lambda: all(daemon.live.get(n).samples > s for n, s in samples.items()),  # type: ignore[union-attr]
+    await eventually(lambda: all(state_of(daemon, n).samples > s for n, s in samples.items()),
                      what="probing going on")
     assert daemon.healthy()
     async with http.get(f"{api}/v1/providers") as reply:

@@ -20,11 +20,13 @@ import aiohttp
 import pytest
 import yaml
 
+from monitord.alerts.outbox import Outbox
 from monitord.daemon import Daemon
 from monitord.model import DeliveryState
 from monitord.store import DeliveryRow
 from tests.doubles.base import ProviderDouble
 from tests.doubles.webhook_receiver import ReceivedRequest, Reply, WebhookReceiver
+from tests.faults.conftest import state_of
 from tests.test_outage import eventually, running
 
 SECRET = "whsec-faults-3b1e"
@@ -74,7 +76,7 @@ class Rig:
         assert len(found) == 1, found
         return found[0]
 
-    def outbox(self) -> Any:
+    def outbox(self) -> Outbox:
         assert self.daemon.dispatcher is not None
         return self.daemon.dispatcher.outbox
 
@@ -137,14 +139,13 @@ async def revive_flaky(rig: Rig) -> str:
 
 async def assert_serving(rig: Rig, *, flaky: str) -> None:
     """During the fault: probing goes on and the API answers from live state."""
-    samples = rig.daemon.live.get("steady").samples  # type: ignore[union-attr]
+    samples = state_of(rig.daemon, "steady").samples
     status, body = await rig.get("/v1/providers")
     assert status == 200
     assert {p["name"]: p["status"] for p in body["providers"]} == {"flaky": flaky, "steady": "up"}
     status, body = await rig.get("/readyz")
     assert status == 200, body
-    await eventually(lambda: rig.daemon.live.get("steady").samples > samples,  # type: ignore[union-attr]
-                     what="probing going on")
+    await eventually(lambda: state_of(rig.daemon, "steady").samples > samples, what="probing going on")
 
 
 async def alert_state(rig: Rig, event_id: str) -> dict[str, Any]:
