@@ -19,6 +19,8 @@ import pytest
 
 from tests.e2e.test_run import REPO, start_monitord
 
+pytestmark = pytest.mark.e2e
+
 BAD = sorted((REPO / "tests" / "configs" / "bad").glob("*.yaml"))
 
 DRIVER = r"""

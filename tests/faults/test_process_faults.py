@@ -136,6 +136,8 @@ async def test_sigkill_mid_burst_then_restart(tmp_path: Path, sqlite_url: str, p
             assert reply.status == 200
             statuses = {p["name"]: p["status"] for p in (await reply.json())["providers"]}
             assert statuses["doomed"] == "down" and statuses["burst00"] == "up"
+        async with http.get(f"{second.api_url}/readyz") as reply:
+            assert reply.status == 200, await reply.text()
         await asyncio.sleep(1.5)  # a duplicate would arrive within the dispatcher's poll interval
         assert await second.stop() == 0
 

@@ -112,6 +112,9 @@ async def test_a_file_locked_by_another_process_loses_no_row(hold_s: float, sqli
                 if hold_s > BUSY_TIMEOUT_S:
                     await eventually(lambda: not daemon.store.healthy, timeout_s=hold_s + 2, what="a failed write")
                     await assert_degraded(http, api, "database is locked")
+                else:  # a batch waiting for a lock is not a failure: still ready
+                    async with http.get(f"{api}/readyz") as reply:
+                        assert reply.status == 200
                 assert daemon.store.written_total == written  # nothing got past the lock
                 assert await asyncio.wait_for(locker.stdout.readline(), hold_s + 10) == b"released\n"
             finally:
