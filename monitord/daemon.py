@@ -307,7 +307,7 @@ class Daemon:
     def best_provider(self) -> str | None:
         if self.api is None:
             return None
-        best = self.api.ranking.ranking().best
+        best = self.api.top().best
         return best.provider if best else None
 
     def healthy(self) -> bool:
@@ -361,7 +361,7 @@ class Daemon:
     async def _watch_best(self) -> None:
         """Once a second, let the rules see the default ranking's best (they wait for it to hold before alerting)."""
         while True:
-            best = self.api.ranking.ranking().best if self.api is not None else None
+            best = self.api.top().best if self.api is not None else None
             spec = self._specs.get(best.provider) if best is not None else None
             events = self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock())
             if self._cluster is None or self._cluster.leader:  # these ids carry the time: one instance sends

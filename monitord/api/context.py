@@ -107,13 +107,21 @@ class ApiContext:
             if self.ranking.pending:  # a change the cached generation does not show yet: look again
                 self._state_changed.set()
 
+    def top(self) -> Ranking:
+        """The head of the default ranking (best and the fallbacks events name), once per cache generation.
+
+        Watchers ask every second; scoring only the head (no entry built for every provider) is what keeps
+        that cheap with thousands of providers. GET /v1/ranking still computes the whole ranking on demand.
+        """
+        return self.ranking.ranking(limit=1 + FALLBACKS_IN_EVENTS)
+
     def _best(self) -> RankedProvider | None:
         ranking = self._ranking_or_none()
         return ranking.best if ranking is not None else None
 
     def _ranking_or_none(self) -> Ranking | None:
         try:
-            return self.ranking.ranking()
+            return self.top()
         except Exception:  # a bug must not end the watcher: the next result tries again
             log.exception("api.best_check_failed")
             return None
