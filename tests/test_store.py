@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from monitord.model import ErrorClass, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
 from monitord.store import Store, dialects, migrate, queries
 from monitord.store.schema import metadata
+from monitord.store.writer import MODEL_REFRESH_S
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -412,7 +413,9 @@ async def test_rows_wait_for_an_unreachable_database_and_the_oldest_overflow(out
         kept = await store.history("a")
         assert [s.ts for s in kept] == [T0 + timedelta(seconds=i) for i in range(29, 9, -1)]
         (model,) = await store.models("a")
-        assert (model.first_seen, model.last_seen) == (T0 + timedelta(seconds=10), T0 + timedelta(seconds=29))
+        # last_seen is rewritten at most every MODEL_REFRESH_S per model: exact first, within that for last
+        assert model.first_seen == T0 + timedelta(seconds=10)
+        assert T0 + timedelta(seconds=29 - MODEL_REFRESH_S) <= model.last_seen <= T0 + timedelta(seconds=29)
     finally:
         await store.close()
     assert (store.pending, store.dropped_total) == (0, 10)
@@ -457,3 +460,27 @@ async def test_postgres_connection_cut_mid_run_then_restored(postgres_url: str) 
         await store.close()
         await proxy.cut()
     assert store.dropped_total == 0
+
+
+async def test_unchanged_models_are_not_rewritten_every_batch(store: Store) -> None:
+    """Probes list the same models over and over: provider_models is written when something changed, or once a
+    MODEL_REFRESH_S to move last_seen, not with every batch."""
+    from monitord.model import ModelInfo, ProbeResult, Status
+
+    def result(at_s: float, context: int = 4096) -> ProbeResult:
+        return ProbeResult(provider="a", provider_type="vllm", started_at=T0 + timedelta(seconds=at_s),
+                           status=Status.UP, total_ms=5.0, models=(ModelInfo(id="m", context_length=context),))
+
+    for at_s in (0, 1, 2):
+        store.enqueue(result(at_s))
+        await store.flush()
+    (model,) = await store.models("a")
+    assert (model.first_seen, model.last_seen) == (T0, T0)  # seen again at 1 s and 2 s: no rewrite yet
+    store.enqueue(result(3, context=8192))  # the details changed: written at once
+    await store.flush()
+    (model,) = await store.models("a")
+    assert model.info.context_length == 8192 and model.last_seen == T0 + timedelta(seconds=3)
+    store.enqueue(result(3 + MODEL_REFRESH_S, context=8192))  # a minute later: last_seen moves
+    await store.flush()
+    (model,) = await store.models("a")
+    assert model.last_seen == T0 + timedelta(seconds=3 + MODEL_REFRESH_S) and model.first_seen == T0

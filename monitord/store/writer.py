@@ -22,6 +22,8 @@ from monitord.store import dialects, rows
 from monitord.store.schema import probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
+MODEL_REFRESH_S = 60.0  # provider_models.last_seen is written at most this often per model (unless it changes)
+MODELS_REMEMBERED = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ class Writer:
         self.health = health or HealthTracker()
         self.dropped_total = 0
         self.written_total = 0
+        # (provider, model id) -> (details, first_seen, last_seen) as last written: most probes list the same
+        # models again, and re-upserting them every batch halved the write rate (BENCHMARKS.md, ingestion).
+        self._models_written: dict[tuple[str, str], tuple[Any, datetime, datetime]] = {}
 
     @property
     def pending(self) -> int:
@@ -162,9 +167,10 @@ class Writer:
             count = min(self._batch_size, len(self._buffer))
             self._in_flight = [self._buffer.popleft() for _ in range(count)]
             batch = self._in_flight
+            model_rows = self._changed_models(batch)
             try:
                 async with self._engine.begin() as conn:
-                    await _write(conn, batch)
+                    await _write(conn, batch, model_rows)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
                 self._log.error("store.batch_rejected", rows=len(batch), error=describe_error(exc))
@@ -186,6 +192,7 @@ class Writer:
                 self._requeue(batch)
                 raise
             self._in_flight = []
+            self._remember_models(model_rows)
             self._dropping = False
             self.health.ok()
             self.written_total += len(batch)
@@ -193,6 +200,26 @@ class Writer:
                 self._log.info("store.write_recovered", failures_in_a_row=self._failures_in_a_row)
                 self._failures_in_a_row = 0
             return True
+
+    def _changed_models(self, batch: list[ProbeResult]) -> list[dict[str, Any]]:
+        """The model rows worth an upsert: new, changed details, an earlier first sighting, or a last sighting
+        MODEL_REFRESH_S past the one stored (so provider_models.last_seen is exact to within that)."""
+        changed = []
+        for row in rows.model_rows(batch):
+            written = self._models_written.get((row["provider"], row["model_id"]))
+            if (written is None or written[0] != row["details"] or row["first_seen"] < written[1]
+                    or (row["last_seen"] - written[2]).total_seconds() >= MODEL_REFRESH_S):
+                changed.append(row)
+        return changed
+
+    def _remember_models(self, model_rows: list[dict[str, Any]]) -> None:
+        if len(self._models_written) > MODELS_REMEMBERED:
+            self._models_written.clear()  # a provider that churns model ids: start over rather than grow
+        for row in model_rows:
+            key = (row["provider"], row["model_id"])
+            written = self._models_written.get(key)
+            first_seen = min(row["first_seen"], written[1]) if written else row["first_seen"]
+            self._models_written[key] = (row["details"], first_seen, row["last_seen"])
 
     def _requeue(self, batch: list[ProbeResult]) -> None:
         """Put a failed batch back in front: it is older than anything enqueued meanwhile."""
@@ -207,9 +234,8 @@ class Writer:
             )
 
 
-async def _write(conn: AsyncConnection, batch: list[ProbeResult]) -> None:
+async def _write(conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]]) -> None:
     await conn.execute(probes.insert(), [rows.probe_row(result) for result in batch])
-    model_rows = rows.model_rows(batch)
     if model_rows:
         await conn.execute(_model_upsert(conn.dialect.name), model_rows)
     versions = rows.server_versions(batch)
