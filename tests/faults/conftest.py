@@ -52,6 +52,7 @@ def config_text(providers: Mapping[str, Provider], db_url: str, *, interval_s: f
         "providers": entries,
         "monitor": {"jitter": "0s", "concurrency": 8},
         "storage": {"url": db_url, "flush_interval": "50ms"},
+        "api": {"listen": "127.0.0.1:0"},  # never the default port: a `make run` may be using it
         "alerts": {"failure_threshold": 1, "success_threshold": 1},
     }
     return yaml.safe_dump(doc, sort_keys=False)
