@@ -109,6 +109,23 @@ def prepare_for_migrations(connection: Connection) -> None:
         connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
 
 
+async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows: COPY on PostgreSQL (about 4x less client CPU per row than a batched INSERT, see
+    BENCHMARKS.md), executemany on SQLite. All rows have the same keys; the caller's transaction holds both."""
+    if not rows:
+        return
+    if conn.dialect.name != POSTGRESQL:
+        await conn.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    # The driver opens its transaction lazily, on the first statement: open it, so the COPY joins it and the
+    # batch stays all or nothing with the statements that follow.
+    await conn.execute(text("SELECT 1"))
+    raw = await conn.get_raw_connection()
+    await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+        table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns)
+
+
 def upsert(
     dialect_name: str,
     table: Table,

@@ -235,7 +235,7 @@ class Writer:
 
 
 async def _write(conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]]) -> None:
-    await conn.execute(probes.insert(), [rows.probe_row(result) for result in batch])
+    await dialects.insert_rows(conn, probes, [rows.probe_row(result) for result in batch])
     if model_rows:
         await conn.execute(_model_upsert(conn.dialect.name), model_rows)
     versions = rows.server_versions(batch)
