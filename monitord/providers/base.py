@@ -101,6 +101,19 @@ class Adapter(Protocol):
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation: ...
 
 
+async def check_health(http: ProbeHttp, spec: ProviderSpec, defaults: TypeDefaults, *,
+                       authenticated: bool = True) -> None:
+    """GET the health route (configured, else the type's) when there is one; anything but 2xx raises."""
+    path = spec.health_endpoint or defaults.health_path
+    if path:
+        expect_ok(await http.get(path, authenticated=authenticated))
+
+
+def models_path(spec: ProviderSpec, defaults: TypeDefaults) -> str:
+    """The model-list route: configured, else the type's."""
+    return spec.model_endpoint or defaults.models_path
+
+
 def error_for_status(response: HttpResponse) -> ProbeError:
     """The ProbeError an unexpected HTTP status means, with the server's own message when it has one."""
     status = response.status

@@ -17,6 +17,7 @@ from monitord.providers.base import (
     ProbeHttp,
     TypeDefaults,
     expect_ok,
+    models_path,
     openai_model_cards,
 )
 
@@ -133,7 +134,7 @@ class Kobold:
         identity = await http.get(spec.health_endpoint or self.defaults.health_path or "/api/extra/version")
         if is_reloading(identity):
             return _reloading(identity)
-        model_path = spec.model_endpoint or self.defaults.models_path
+        model_path = models_path(spec, self.defaults)
         if identity.status == 404:
             return await self._observe_koboldai(http, model_path)
         build = read_extra_version(expect_ok(identity))

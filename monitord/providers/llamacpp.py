@@ -18,6 +18,7 @@ from monitord.providers.base import (
     TypeDefaults,
     error_for_status,
     expect_ok,
+    models_path,
     openai_model_cards,
     server_message,
 )
@@ -165,7 +166,7 @@ class LlamaCpp:
         not_ready = read_health(health)
         if not_ready is not None:
             return not_ready
-        listing = await http.get(spec.model_endpoint or self.defaults.models_path)
+        listing = await http.get(models_path(spec, self.defaults))
         if is_loading(listing):
             return _loading("model is loading (HTTP 503 Loading model)")
         models = read_models(expect_ok(listing))

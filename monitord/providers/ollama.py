@@ -10,7 +10,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from monitord.model import ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
-from monitord.providers.base import HttpResponse, Observation, ProbeError, ProbeHttp, TypeDefaults, expect_ok
+from monitord.providers.base import (
+    HttpResponse,
+    Observation,
+    ProbeError,
+    ProbeHttp,
+    TypeDefaults,
+    expect_ok,
+    models_path,
+)
 
 _VERSION_PATH = "/api/version"
 
@@ -150,7 +158,7 @@ class Ollama:
         expect_ok(health)
         # a configured health path such as `/` ("Ollama is running") proves life but carries no version
         version = read_version(health) if health_path == _VERSION_PATH else None
-        on_disk = read_tags(expect_ok(await http.get(spec.model_endpoint or self.defaults.models_path)))
+        on_disk = read_tags(expect_ok(await http.get(models_path(spec, self.defaults))))
         ps = await http.get("/api/ps")
         # /api/ps is younger than /api/tags (0.1.38): without it, loaded stays unknown
         in_memory = None if ps.status == 404 else read_ps(expect_ok(ps))

@@ -18,7 +18,9 @@ from monitord.providers.base import (
     ProbeError,
     ProbeHttp,
     TypeDefaults,
+    check_health,
     expect_ok,
+    models_path,
     openai_model_cards,
     server_message,
 )
@@ -129,7 +131,7 @@ class OpenAICompatible:
         health_path = spec.health_endpoint or self.defaults.health_path
         if health_path:
             expect_ok(check_loading(await http.get(health_path)))
-        response = check_loading(await http.get(spec.model_endpoint or self.defaults.models_path))
+        response = check_loading(await http.get(models_path(spec, self.defaults)))
         return Observation(models=read_models(expect_ok(response)))
 
 
@@ -172,7 +174,7 @@ class VLLM:
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
         read_vllm_health(await http.get(spec.health_endpoint or self.defaults.health_path or "/health",
                                         authenticated=False))
-        models = read_served_models(expect_ok(await http.get(spec.model_endpoint or self.defaults.models_path)))
+        models = read_served_models(expect_ok(await http.get(models_path(spec, self.defaults))))
         version = read_version(await http.get("/version", authenticated=False))
         return Observation(models=models, server_version=version)
 
@@ -192,10 +194,8 @@ class FastChat:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        health_path = spec.health_endpoint or self.defaults.health_path
-        if health_path:
-            expect_ok(await http.get(health_path))
-        response = await http.get(spec.model_endpoint or self.defaults.models_path)
+        await check_health(http, spec, self.defaults)
+        response = await http.get(models_path(spec, self.defaults))
         return Observation(models=read_fastchat_models(expect_ok(response)))
 
 
@@ -221,10 +221,8 @@ class Jan:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        health_path = spec.health_endpoint or self.defaults.health_path
-        if health_path:
-            expect_ok(await http.get(health_path))
-        return read_jan_models(await http.get(spec.model_endpoint or self.defaults.models_path))
+        await check_health(http, spec, self.defaults)
+        return read_jan_models(await http.get(models_path(spec, self.defaults)))
 
 
 GPT4ALL_API_OFF = "with an empty body: GPT4All's 'Enable Local API Server' setting is off"
@@ -245,10 +243,8 @@ class GPT4All:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        health_path = spec.health_endpoint or self.defaults.health_path
-        if health_path:
-            expect_ok(await http.get(health_path))
-        response = await http.get(spec.model_endpoint or self.defaults.models_path)
+        await check_health(http, spec, self.defaults)
+        response = await http.get(models_path(spec, self.defaults))
         return Observation(models=read_gpt4all_models(response))
 
 
@@ -286,10 +282,8 @@ class MistralRs:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        health_path = spec.health_endpoint or self.defaults.health_path
-        if health_path:
-            expect_ok(await http.get(health_path, authenticated=False))
-        return read_mistralrs_models(await http.get(spec.model_endpoint or self.defaults.models_path))
+        await check_health(http, spec, self.defaults, authenticated=False)
+        return read_mistralrs_models(await http.get(models_path(spec, self.defaults)))
 
 
 # -- mlx-lm -----------------------------------------------------------------------------------------------------
@@ -303,8 +297,6 @@ class MLX:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        health_path = spec.health_endpoint or self.defaults.health_path
-        if health_path:
-            expect_ok(await http.get(health_path, authenticated=False))
-        response = await http.get(spec.model_endpoint or self.defaults.models_path)
+        await check_health(http, spec, self.defaults, authenticated=False)
+        response = await http.get(models_path(spec, self.defaults))
         return Observation(models=read_models(expect_ok(response)), models_authoritative=False)

@@ -7,7 +7,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from monitord.model import Capability, ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
-from monitord.providers.base import HttpResponse, Observation, ProbeError, ProbeHttp, TypeDefaults, expect_ok
+from monitord.providers.base import (
+    HttpResponse,
+    Observation,
+    ProbeError,
+    ProbeHttp,
+    TypeDefaults,
+    expect_ok,
+    models_path,
+)
 from monitord.providers.openai import capabilities, read_served_models
 
 MODEL_INFO_PATHS = ("/model_info", "/get_model_info")  # the second is the deprecated alias older builds have
@@ -69,7 +77,7 @@ class SGLang:
             not_ready = read_health(await http.get(health_path, authenticated=False))
             if not_ready is not None:
                 return not_ready
-        models = read_served_models(expect_ok(await http.get(spec.model_endpoint or self.defaults.models_path)))
+        models = read_served_models(expect_ok(await http.get(models_path(spec, self.defaults))))
         info = None
         for path in MODEL_INFO_PATHS:
             info = read_model_info(response := await http.get(path))
