@@ -1,8 +1,9 @@
 """Detection to alert: how long after a provider dies its webhook arrives (interval 1 s, thresholds 3/2).
 
-The real daemon (in-process: scheduler, probe, live state, rules, outbox, dispatcher, signed POST) against a
-llama.cpp double and a webhook receiver, both on loopback; each trial kills the double, times the
-`provider.down` POST, brings the double back and waits for `provider.up` before the next.
+The real daemon (in-process: scheduler, probe, live state, rules, outbox, dispatcher, signed POST) against
+llama.cpp doubles and a webhook receiver, all on loopback; each trial kills one double, times the
+`provider.down` POST, brings it back and waits for `provider.up`. Every trial has a provider of its own: one
+provider going down and up again and again is flapping, and the rules rightly go quiet about it.
 Target: p99 <= interval x failure_threshold + 1 s.
 """
 
@@ -47,15 +48,17 @@ async def _wait_for(receiver: WebhookReceiver, event: str, after: int, timeout_s
 async def run(quick: bool) -> list[Table]:
     logs.configure("warning", "console")
     trials = 1 if quick else 20
-    double = ProviderDouble("llamacpp", DOUBLES["llamacpp"], DoubleControl())
-    await double.start()
+    doubles = [await ProviderDouble("llamacpp", DOUBLES["llamacpp"], DoubleControl()).start()
+               for _ in range(trials)]
+    providers = "".join(
+        f'  gpu{i}: {{type: llamacpp, endpoint: "{double.url}", '
+        f"parameters: {{probe_interval: {INTERVAL_S}s, timeout: 500ms, max_retries: 0}}}}\n"
+        for i, double in enumerate(doubles))
     async with WebhookReceiver() as receiver:
         with tempfile.TemporaryDirectory() as tmp:
             text = f"""
 providers:
-  gpu: {{type: llamacpp, endpoint: "{double.url}",
-         parameters: {{probe_interval: {INTERVAL_S}s, timeout: 500ms, max_retries: 0}}}}
-storage: {{url: "sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"}}
+{providers}storage: {{url: "sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"}}
 api: {{listen: "127.0.0.1:0"}}
 alerts:
   failure_threshold: {FAILURE_THRESHOLD}
@@ -68,7 +71,7 @@ alerts:
             recoveries: list[float] = []
             try:
                 await asyncio.sleep(INTERVAL_S * 3)  # up and steady
-                for _ in range(trials):
+                for double in doubles:
                     seen = len(receiver.requests)
                     killed = time.monotonic()
                     await double.set("down")
@@ -80,7 +83,8 @@ alerts:
                     await asyncio.sleep(INTERVAL_S)
             finally:
                 await daemon.stop()
-                await double.stop()
+                for double in doubles:
+                    await double.stop()
     bound_s = INTERVAL_S * FAILURE_THRESHOLD + 1.0
     p99 = _percentile(delays, 0.99)
     table = Table(f"Detection to alert ({trials} trials)", ("event", "p50 s", "p99 s", "max s", "target", "result"))
