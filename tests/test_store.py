@@ -484,3 +484,19 @@ async def test_unchanged_models_are_not_rewritten_every_batch(store: Store) -> N
     await store.flush()
     (model,) = await store.models("a")
     assert model.last_seen == T0 + timedelta(seconds=3 + MODEL_REFRESH_S) and model.first_seen == T0
+
+
+async def test_results_read_back_keep_their_models_between_last_seen_writes(store: Store) -> None:
+    """Cluster peers rebuild results from the probes table and provider_models; a probe newer than the stored
+    last_seen (written at most every MODEL_REFRESH_S) still lists its models."""
+    from monitord.model import ModelInfo, ProbeResult, Status
+
+    for at_s in (0, 30):
+        store.enqueue(ProbeResult(provider="a", provider_type="vllm", started_at=T0 + timedelta(seconds=at_s),
+                                  status=Status.UP, total_ms=5.0, models=(ModelInfo(id="m"),)))
+        await store.flush()
+    (model,) = await store.models("a")
+    assert model.last_seen == T0  # the 30 s sighting was not rewritten
+    results = await store.results_since(T0 - timedelta(seconds=1))
+    assert [(r.started_at - T0).total_seconds() for r in results] == [0, 30]
+    assert all(r.model_ids == ("m",) for r in results)

@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, and_, case, func, select
@@ -27,6 +27,7 @@ from monitord.store.retention import (
     mark_name,
     read_marks,
 )
+from monitord.store.rows import MODEL_REFRESH_S
 from monitord.store.schema import probe_rollups, probes, provider_models, providers
 
 P95 = 0.95
@@ -350,7 +351,8 @@ async def results_since(engine: AsyncEngine, since: datetime, *, exclude: Collec
 
 def _result(row: Row[*tuple[Any, ...]], models: Sequence[StoredModel]) -> ProbeResult:
     sample = _sample(row)
-    listed = tuple(model.info for model in models if model.first_seen <= sample.ts <= model.last_seen)
+    slack = timedelta(seconds=MODEL_REFRESH_S)  # last_seen lags the newest sighting by up to this
+    listed = tuple(model.info for model in models if model.first_seen <= sample.ts <= model.last_seen + slack)
     return ProbeResult(
         provider=sample.provider,
         provider_type=row.type or "openai",

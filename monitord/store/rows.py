@@ -11,6 +11,10 @@ from monitord.model import ProbeResult, ProviderSpec
 ERROR_MAX_CHARS = 2000  # a probe error is a short message; cap it so one odd body cannot bloat the table
 
 
+# provider_models.last_seen is rewritten at most this often per model unless the model changes (writer.py), so a
+# reader matching probes to the models they listed allows that much slack (queries.py).
+MODEL_REFRESH_S = 60.0
+
 def probe_row(result: ProbeResult) -> dict[str, Any]:
     error = result.error
     if error is not None and len(error) > ERROR_MAX_CHARS:

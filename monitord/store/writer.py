@@ -22,7 +22,7 @@ from monitord.store import dialects, rows
 from monitord.store.schema import probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
-MODEL_REFRESH_S = 60.0  # provider_models.last_seen is written at most this often per model (unless it changes)
+MODEL_REFRESH_S = rows.MODEL_REFRESH_S
 MODELS_REMEMBERED = 100_000
 
 
