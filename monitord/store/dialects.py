@@ -122,8 +122,14 @@ async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, 
     # batch stays all or nothing with the statements that follow.
     await conn.execute(text("SELECT 1"))
     raw = await conn.get_raw_connection()
-    await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-        table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns)
+    try:
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns)
+    except BaseException:
+        # The driver's own error bypasses SQLAlchemy, which would otherwise hand this (possibly dead)
+        # connection to the next caller: drop it from the pool, so the next batch reconnects.
+        await conn.invalidate()
+        raise
 
 
 def upsert(
