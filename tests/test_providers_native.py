@@ -333,7 +333,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[ProviderDouble]]]:
 
 
 def spec_for(server: str, double: ProviderDouble, **changes: Any) -> ProviderSpec:
-    spec = ProviderSpec(name=f"{server}-1", type=server, base_url=double.url, timeout_s=0.5, max_retries=0,
+    spec = ProviderSpec(name=f"{server}-1", type=server, base_url=double.url, timeout_s=1.5, max_retries=0,
                         retry_backoff_s=0.01)
     return replace(spec, **changes)
 
