@@ -4,7 +4,8 @@ briefly unreachable the last good answer to the same question is returned, marke
     async with MonitordClient("http://127.0.0.1:8765", token=os.environ.get("MONITORD_API_TOKEN")) as monitord:
         choice = await monitord.select(task_type="code_generation", required_capabilities=["tools"])
         for candidate in choice.candidates:   # best first, then the fallbacks
-            ...
+            if await call_llm(candidate.provider):  # your own request; on failure try the next
+                break
 """
 
 from __future__ import annotations
