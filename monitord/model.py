@@ -20,6 +20,9 @@ class Status(enum.StrEnum):
     LOADING = "loading"  # alive, model not ready yet (e.g. llama.cpp 503 "Loading model")
     DOWN = "down"
     UNKNOWN = "unknown"  # never probed
+    STALLED = "stalled"  # answers its health routes but cannot generate (canary missed its deadline, stalled)
+    MISCONFIGURED = "misconfigured"  # the server on the port is not the configured type
+    DISABLED = "disabled"  # `enabled: false` in the config: never probed on purpose
 
 
 class ErrorClass(enum.StrEnum):
@@ -41,6 +44,16 @@ class ErrorClass(enum.StrEnum):
     EMPTY_MODELS = "empty_models"  # answers, serves no model
     MODEL_MISSING = "model_missing"  # a model named in the config is not served
     INTERNAL = "internal"  # a bug in monitord while probing: recorded, never raised
+    # generation canary (a real completion or embedding request)
+    GENERATION_TIMEOUT = "generation_timeout"  # no first token by the canary's deadline
+    STREAM_STALLED = "stream_stalled"  # a gap between chunks longer than the deadline
+    STREAM_BROKEN = "stream_broken"  # malformed chunk, no terminal marker, connection cut mid-stream
+    EMPTY_GENERATION = "empty_generation"  # finished without a token
+    BUSY = "busy"  # no idle slot: the canary did not queue behind real work
+    NOT_LOADED = "not_loaded"  # the model is not resident and the canary may not load it
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the model's daily canary token budget is spent
+    # server identity
+    WRONG_SERVER = "wrong_server"  # the server on the port is another type than configured
 
 
 class Capability(enum.StrEnum):
@@ -178,6 +191,48 @@ class HttpCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ResidentModel:
+    """A model a server holds in memory now (Ollama /api/ps, LM Studio `state: loaded`, ...)."""
+
+    id: str
+    expires_at: datetime | None = None  # when the server will unload it, where it says
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a server publishes about its load; every field optional because servers differ.
+
+    Filled by pure readers per server (llama.cpp /slots and /props, vLLM/TGI/SGLang /metrics, KoboldCpp
+    /api/extra/perf, Ollama /api/ps, LM Studio model state). None means the server did not say.
+    """
+
+    slots_total: int | None = None
+    slots_busy: int | None = None
+    queue_depth: int | None = None  # requests waiting for a slot
+    kv_cache_usage: float | None = None  # 0..1
+    resident_models: tuple[ResidentModel, ...] | None = None
+    requests_running: int | None = None
+    generation_tokens_total: float | None = None  # monotonic counter, for passive stall detection
+
+    @property
+    def saturated(self) -> bool:
+        """No idle slot, or requests waiting."""
+        if self.queue_depth is not None and self.queue_depth > 0:
+            return True
+        return self.slots_total is not None and self.slots_busy is not None and self.slots_busy >= self.slots_total
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What the server on the port looks like, from the signals it gives (health body, headers, routes)."""
+
+    looks_like: str | None = None  # a provider type name, or None when the signals do not tell
+    version: str | None = None
+    evidence: str | None = None  # the signal that told, for the hint shown to the user
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """The outcome of one probe of one provider. Every probe ends as one of these; none raises."""
 
@@ -195,6 +250,8 @@ class ProbeResult:
     models: tuple[ModelInfo, ...] = ()
     server_version: str | None = None
     attempts: int = 1
+    capacity: Capacity | None = None  # None: the type publishes nothing, or it was not read
+    identity: Identity | None = None
 
     @property
     def reachable(self) -> bool:
@@ -204,6 +261,54 @@ class ProbeResult:
     @property
     def model_ids(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.models)
+
+
+class SampleKind(enum.StrEnum):
+    GENERATION = "generation"  # a chat/completion/generate request
+    EMBEDDING = "embedding"  # an embeddings request (embedding models never generate)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSample:
+    """The outcome of one generation canary against one model. Every canary ends as one of these.
+
+    `ok` false with `error_class` set on failure; `skipped` true (BUSY, NOT_LOADED, BUDGET_EXHAUSTED, a model
+    kind with no cheap probe) means nothing was measured and says nothing about health.
+    """
+
+    provider: str
+    provider_type: str
+    model: str
+    started_at: datetime  # timezone-aware UTC
+    ok: bool
+    kind: SampleKind = SampleKind.GENERATION
+    skipped: bool = False
+    error_class: ErrorClass | None = None
+    error: str | None = None  # short, secrets scrubbed
+    ttft_ms: float | None = None  # request start to first content (or reasoning) token
+    total_ms: float | None = None
+    tokens_per_s: float | None = None  # decode rate after the first token
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    streamed: bool = False
+    stream_complete: bool | None = None  # every chunk parsed and the terminal marker seen (streamed only)
+    server_busy: bool | None = None  # the server reported work in progress when the canary failed
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """How one real request went, as the application that sent it says (POST /v1/report)."""
+
+    provider: str
+    received_at: datetime  # timezone-aware UTC, monitord's clock
+    ok: bool
+    model: str | None = None
+    error_class: ErrorClass | None = None  # set when not ok
+    ttft_ms: float | None = None
+    completion_tokens: int | None = None
+    duration_ms: float | None = None
+    client: str | None = None  # an optional client label, for the record
 
 
 # --- live state and ranking ---
