@@ -21,7 +21,7 @@ test: install lint typecheck  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check monitord tests migrations bench docs
+	$(BIN)/ruff check monitord tests bench docs
 	$(BIN)/cog --check -I . README.md
 
 docs: install  ## regenerate the README's generated blocks (CLI help, config keys, provider types)

@@ -26,6 +26,17 @@ def _mask_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
+def _dotted_foreign(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A line from a library's stdlib logger (APScheduler, Alembic, asyncio) gets a dotted event name like ours:
+    `<library>.<level>` ("alembic.warning"), its text in `message` and the logger's full name in `logger`."""
+    record = event.get("_record")
+    if record is not None and isinstance(record, logging.LogRecord):
+        event["message"] = event.get("event")
+        event["logger"] = record.name
+        event["event"] = f"{record.name.split('.')[0]}.{record.levelname.lower()}"
+    return event
+
+
 def wants_json(fmt: LogFormat, stream: TextIO) -> bool:
     """JSON for journald (JOURNAL_STREAM is set by systemd) and pipes; console for a person at a terminal."""
     if fmt != "auto":
@@ -57,12 +68,13 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared))
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[*shared, _dotted_foreign]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if level != "debug" else logging.DEBUG)
     # APScheduler is chatty at INFO ("Running job ..."): keep it to warnings unless debugging.
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     logging.getLogger("apscheduler").setLevel(quiet)
+    # Alembic's own INFO lines ("Context impl ...", "Running upgrade ...") are replaced by our migration.* events.
     logging.getLogger("alembic").setLevel(quiet)
-    logging.getLogger("alembic.runtime.migration").setLevel(numeric)  # "Running upgrade ..." is worth a line

@@ -1,6 +1,8 @@
 """Apply the Alembic migrations from code (`monitord migrate`, `monitord run`), on either database.
 
-The revisions live in the repository's migrations/ folder; this module only points Alembic at them.
+The revisions ship inside the package (monitord/migrations/), so a wheel or `pip install .` carries them; the
+Alembic config is built here in code, so no alembic.ini has to exist on disk (the repository's alembic.ini is
+only for developers' `alembic` CLI).
 Alembic's context is process-wide: run one migration at a time per process (processes may race; see dialects).
 """
 
@@ -15,10 +17,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-import monitord
 from monitord.store import dialects
 
-MIGRATIONS_DIR = Path(monitord.__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def alembic_config() -> Config:
