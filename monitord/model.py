@@ -297,6 +297,61 @@ class GenerationSample:
 
 
 @dataclass(frozen=True, slots=True)
+class GenerationStats:
+    """What the canaries measured of one model on one provider over the window (generation.py folds them).
+
+    Timings come from successful samples only; a skipped sample (busy, not loaded, budget spent) is counted in
+    `skipped` and is neither a success nor a failure. `tokens_spent` is prompt + completion tokens of the window.
+    """
+
+    provider: str
+    model: str
+    kind: SampleKind = SampleKind.GENERATION
+    samples: int = 0  # measured samples in the window: ok + failed, skipped ones excluded
+    samples_ok: int = 0
+    skipped: int = 0
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    tokens_per_s_p50: float | None = None
+    total_p50_ms: float | None = None  # whole request (the only timing of an embedding)
+    tokens_spent: int = 0
+    last_sample_at: datetime | None = None  # newest sample of any outcome (skipped included)
+    last_ok_at: datetime | None = None
+    last_error_class: ErrorClass | None = None  # newest failure; skips never land here
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    last_skip_class: ErrorClass | None = None
+    last_skip_at: datetime | None = None
+
+    def age_s(self, now: datetime) -> float | None:
+        """Seconds since the newest sample (None: none yet)."""
+        return max(0.0, (now - self.last_sample_at).total_seconds()) if self.last_sample_at else None
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        age = self.age_s(now)
+        return {
+            "model": self.model,
+            "kind": self.kind.value,
+            "samples": self.samples,
+            "samples_ok": self.samples_ok,
+            "skipped": self.skipped,
+            "ttft_p50_ms": self.ttft_p50_ms,
+            "ttft_p95_ms": self.ttft_p95_ms,
+            "tokens_per_s_p50": self.tokens_per_s_p50,
+            "total_p50_ms": self.total_p50_ms,
+            "tokens_spent": self.tokens_spent,
+            "last_sample_at": _iso(self.last_sample_at),
+            "last_sample_age_s": round(age, 3) if age is not None else None,
+            "last_ok_at": _iso(self.last_ok_at),
+            "last_error_class": self.last_error_class.value if self.last_error_class else None,
+            "last_error": self.last_error,
+            "last_error_at": _iso(self.last_error_at),
+            "last_skip_class": self.last_skip_class.value if self.last_skip_class else None,
+            "last_skip_at": _iso(self.last_skip_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomeReport:
     """How one real request went, as the application that sent it says (POST /v1/report)."""
 
