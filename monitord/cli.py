@@ -25,6 +25,7 @@ from rich.text import Text
 from monitord import __version__, logs
 from monitord.config import Config, ConfigError, load_config
 from monitord.model import ProbeResult, QualityPreference, Status, TaskType
+from monitord.text import safe_text
 
 if TYPE_CHECKING:
     from monitord.client import MonitordClient, ProvidersAnswer, RankingAnswer, ServerEvent
@@ -229,6 +230,15 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
+def plain(value: object) -> Text:
+    """Server data as a table cell: never parsed as Rich markup, control characters escaped (text.safe_text)."""
+    return Text(safe_text(value))
+
+
+def status_cell(status: Status) -> Text:
+    return Text(status.value, style=STATUS_STYLE[status])
+
+
 def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(show_edge=False, header_style="bold")
@@ -238,9 +248,8 @@ def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str
     for r in results:
         models = ", ".join(r.model_ids[:3]) + (f" (+{len(r.models) - 3})" if len(r.models) > 3 else "")
         error = f"{r.error_class.value}: {r.error}" if r.error_class else ""
-        table.add_row(r.provider, r.provider_type, endpoints.get(r.provider, ""),
-                      f"[{STATUS_STYLE[r.status]}]{r.status.value}[/]", f"{r.total_ms:.0f} ms", models or "-",
-                      error)
+        table.add_row(plain(r.provider), r.provider_type, plain(endpoints.get(r.provider, "")),
+                      status_cell(r.status), f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error))
     console.print(table)
     up = sum(r.status is Status.UP for r in results)
     console.print(f"{up}/{len(results)} up")
@@ -282,7 +291,7 @@ def cmd_health(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return cmd_check(args)
     except ClientError as exc:
-        print(f"monitord: the daemon at {api_url(config)} refused: {exc}", file=sys.stderr)
+        print(f"monitord: the daemon at {api_url(config)} refused: {safe_text(exc)}", file=sys.stderr)
         return 1
     if args.json:
         print(orjson.dumps({"source": "daemon", "providers": providers}, option=orjson.OPT_INDENT_2).decode())
@@ -329,9 +338,9 @@ def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table
         ids = [m["id"] for m in p["models"]]
         models = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
         error = f"{p['last_error_class']}: {p['last_error'] or ''}".rstrip(": ") if p["last_error_class"] else ""
-        table.add_row(p["name"], p["type"], f"[{STATUS_STYLE[status]}]{status.value}[/]", _for(p["since"], now),
+        table.add_row(plain(p["name"]), plain(p["type"]), status_cell(status), _for(p["since"], now),
                       _ratio_text(p["availability"]), _ms_text(p["latency_p50_ms"]), _ms_text(p["latency_p95_ms"]),
-                      models or "-", error)
+                      plain(models or "-"), plain(error))
     return table
 
 
@@ -364,7 +373,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     except ApiError as exc:
-        print(f"monitord: the daemon at {api_url(config)} refused: {exc}", file=sys.stderr)
+        print(f"monitord: the daemon at {api_url(config)} refused: {safe_text(exc)}", file=sys.stderr)
         return 2 if exc.status == 400 else 1
     if args.json:
         print(orjson.dumps({
@@ -391,9 +400,8 @@ def rank_table(answer: RankingAnswer) -> Table:
         parts = [f"{entry.components.get(part, 0.0):.2f}" for part in RANK_PARTS]
         weight = entry.components.get("weight", 1.0) * entry.components.get("status_factor", 1.0)
         models = ", ".join(entry.models[:3]) + (f" (+{len(entry.models) - 3})" if len(entry.models) > 3 else "")
-        table.add_row(str(place), entry.provider, entry.type,
-                      f"[{STATUS_STYLE[entry.status]}]{entry.status.value}[/]", f"{entry.score:.3f}", *parts,
-                      f"{weight:.2f}", models or "-")
+        table.add_row(str(place), plain(entry.provider), plain(entry.type), status_cell(entry.status),
+                      f"{entry.score:.3f}", *parts, f"{weight:.2f}", plain(models or "-"))
     return table
 
 
@@ -404,7 +412,7 @@ def print_rank_table(answer: RankingAnswer) -> None:
     if answer.excluded:
         console.print(f"excluded ({len(answer.excluded)}):")
         for name in sorted(answer.excluded):
-            console.print(f"  {name}: {'; '.join(answer.excluded[name])}", highlight=False)
+            console.print(plain(f"  {name}: {'; '.join(answer.excluded[name])}"))
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -435,7 +443,7 @@ async def monitor(client: MonitordClient, provider: str | None, console: Console
         lines: list[RenderableType] = [Text(f"monitord at {client.base_url}: {view['note']}", style="dim"),
                                        health_table(shown, view["at"])]
         lines += [Text("recent events:", style="bold")] if view["events"] else []
-        lines += [Text(line) for line in view["events"]]
+        lines += [plain(line) for line in view["events"]]
         return Group(*lines)
 
     async def fetch() -> None:
@@ -501,8 +509,8 @@ def cmd_alert(args: argparse.Namespace) -> int:
     for column in ("WEBHOOK", "STATE", "ATTEMPTS", "HTTP", "ERROR"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.webhook, row.state.value, str(row.attempts), str(row.last_status or "-"),
-                      row.last_error or "")
+        table.add_row(plain(row.webhook), row.state.value, str(row.attempts), str(row.last_status or "-"),
+                      plain(row.last_error or ""))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     return 0 if rows and all(row.state.value == "delivered" for row in rows) else 1
 

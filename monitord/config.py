@@ -32,6 +32,7 @@ from pydantic import (
 
 from monitord.model import ProviderSpec, Secret
 from monitord.providers import ADAPTERS
+from monitord.text import redact_url
 
 Loc = tuple[str | int, ...]
 
@@ -326,7 +327,7 @@ def _path(value: str | None) -> str | None:
         return None
     text = value.strip()
     if "://" in text:
-        raise ValueError(f"expected a path such as /v1/models, not a URL ('{_redact_url(text)}')")
+        raise ValueError(f"expected a path such as /v1/models, not a URL ('{redact_url(text)}')")
     if not text or any(c.isspace() for c in text):
         raise ValueError("expected a path such as /v1/models")
     return text if text.startswith("/") else f"/{text}"
@@ -347,22 +348,9 @@ Headers = Annotated[
 # ---------------------------------------------------------------------------------------------- URLs
 
 
-def _redact_url(url: str, *, hide_path: bool = False) -> str:
-    """The URL without userinfo (and, for webhook URLs whose path is the token, without the path)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return re.sub(r"^[^@/]*@", "***@", url)
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    if hide_path and (path or "?" in authority):
-        return f"{scheme}://{authority.split('?', 1)[0]}/***"
-    return f"{scheme}://{authority}{slash}{path}"
-
-
 def _http_url(value: str) -> SplitResult:
     text = value.strip()
-    shown = _redact_url(text)
+    shown = redact_url(text)
     if not text:
         raise ValueError("must not be empty")
     if any(c.isspace() for c in text):
@@ -407,7 +395,7 @@ def _webhook_url(value: str) -> str:
 def _storage_url(value: str) -> str:
     match = re.match(r"([A-Za-z0-9_]+)(\+[A-Za-z0-9_]+)?://", value.strip())
     if match is None:
-        raise ValueError(f"'{_redact_url(value)}' is not a database URL: use sqlite+aiosqlite:///monitord.db "
+        raise ValueError(f"'{redact_url(value)}' is not a database URL: use sqlite+aiosqlite:///monitord.db "
                          "or postgresql+asyncpg://user@host/db")
     if match.group(1).lower() not in ("sqlite", "postgresql"):
         raise ValueError(f"unsupported database '{match.group(1)}': use sqlite or postgresql")
@@ -449,7 +437,7 @@ class _Section(BaseModel):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             if name is not None and name in self._url_fields and isinstance(value, str):
-                value = _redact_url(value, hide_path=self._url_fields[name])
+                value = redact_url(value, hide_path=self._url_fields[name])
             yield name, value
 
 
@@ -531,7 +519,7 @@ class ProviderConfig(_Section):
 
     @field_serializer("endpoint")
     def _dump_endpoint(self, endpoint: str | None) -> str | None:
-        return None if endpoint is None else _redact_url(endpoint)
+        return None if endpoint is None else redact_url(endpoint)
 
     def spec(self, name: str, monitor: MonitorConfig) -> ProviderSpec:
         """The fully resolved provider: type defaults and monitor-wide fallbacks applied."""
@@ -644,7 +632,7 @@ class StorageConfig(_Section):
 
     @field_serializer("url")
     def _dump_url(self, url: str) -> str:
-        return _redact_url(url)
+        return redact_url(url)
 
 
 def _instance_id(value: str | None) -> str | None:
@@ -702,7 +690,7 @@ class WebhookConfig(_Section):
 
     @field_serializer("url")
     def _dump_url(self, url: str) -> str:
-        return _redact_url(url, hide_path=True)
+        return redact_url(url, hide_path=True)
 
 
 class SilenceConfig(_Section):

@@ -1,6 +1,7 @@
 """Plain value types that cross module borders.
 
-Leaf module: imports nothing of ours and carries no behaviour beyond trivial properties.
+Leaf module: imports nothing of ours but the leaf `text` (one URL redaction), and carries no behaviour beyond
+trivial properties.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from monitord.text import redact_url
 
 
 class Status(enum.StrEnum):
@@ -127,12 +130,8 @@ class ProviderSpec:
 
     @property
     def redacted_endpoint(self) -> str:
-        """base_url with any userinfo replaced, safe for logs, API output and alerts."""
-        scheme, sep, rest = self.base_url.partition("://")
-        if not sep or "@" not in rest.split("/", 1)[0]:
-            return self.base_url
-        host_and_path = rest.split("@", 1)[1]
-        return f"{scheme}://***@{host_and_path}"
+        """base_url with any userinfo replaced, safe for logs, API output and alerts (see text.redact_url)."""
+        return redact_url(self.base_url)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,21 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="monitord"'}
 
 
 def bearer_middleware(token: Secret, open_paths: Iterable[str] = OPEN_PATHS) -> Middleware:
-    """Reject requests without `Authorization: Bearer <token>` with 401 in the API's error shape."""
-    expected = f"Bearer {token.reveal()}".encode()
+    """Reject requests without `Authorization: Bearer <token>` with 401 in the API's error shape.
+
+    The scheme name is case-insensitive (RFC 9110 section 11.1): `bearer`, `BEARER` and `Bearer` are the same.
+    """
+    expected = token.reveal().encode()
     unguarded = frozenset(open_paths)
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in unguarded:
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            given = request.headers.get("Authorization", "")
+            scheme, _, credentials = given.strip().partition(" ")
+            presented = credentials.strip().encode("utf-8", "surrogateescape")
             # compare_digest's time depends only on the length of its inputs, never on where they differ
-            if not hmac.compare_digest(given, expected):
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
                 code = "unauthorized"
                 message = "missing bearer token" if not given else "invalid bearer token"
                 raise ApiError(401, code, message, headers=_CHALLENGE)

@@ -23,6 +23,7 @@ from monitord.store.retention import Retention, RetentionPolicy, RetentionReport
 from monitord.store.schema import providers
 from monitord.store.silences import SilenceStore
 from monitord.store.writer import HealthTracker, StoreHealth, Writer, describe_error
+from monitord.text import redact_url
 
 __all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "LeaseStore", "OutboxStore", "ProbeSample",
            "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth", "StoredModel"]
@@ -57,8 +58,7 @@ class Store:
         store = cls(engine, writer)
         if not await store.ping():
             structlog.get_logger("monitord.store").warning(
-                "store.unreachable", url=engine.url.render_as_string(hide_password=True)
-            )
+                "store.unreachable", url=redact_url(url))
         return store
 
     @property

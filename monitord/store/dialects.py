@@ -15,6 +15,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from monitord.text import redact_url
+
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 
@@ -45,7 +47,7 @@ def normalize_url(url: str | URL) -> URL:
     backend = _BACKEND_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name())
     driver = _ASYNC_DRIVERS.get(backend)
     if driver is None:
-        shown = parsed.render_as_string(hide_password=True)
+        shown = redact_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=True))
         raise ValueError(
             f"unsupported database URL {shown!r}: use sqlite+aiosqlite:///PATH or postgresql+asyncpg://..."
         )
