@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitord.model import ProviderSpec, Secret
+from monitord.model import DEFAULT_CANARY_PROMPT, CanarySpec, ProviderSpec, Secret
 from monitord.providers import ADAPTERS
 from monitord.text import redact_url
 
@@ -441,6 +441,97 @@ class _Section(BaseModel):
             yield name, value
 
 
+def _prompt(value: str | None) -> str | None:
+    if value is not None and (not value.strip() or len(value) > 2000):
+        raise ValueError("must be 1 to 2000 characters of text")
+    return value
+
+
+CanaryPrompt = Annotated[str | None, AfterValidator(_prompt)]
+_CANARY_MAX_TOKENS = 1024
+_CANARY_MIN_INTERVAL_S = 1.0
+
+
+def _canary_shorthand(value: object) -> object:
+    """`canary: true` / `canary: false` stand for `canary: {enabled: true|false}`."""
+    if isinstance(value, bool):
+        return {"enabled": value}
+    return value
+
+
+class CanaryConfig(_Section):
+    """A provider's generation canary (`parameters.canary`); unset keys take monitor.canary's."""
+
+    enabled: bool | None = Field(None, description="Run the canary for this provider (default true once the block "
+                                                   "is written; `canary: true` is short for `{enabled: true}`).")
+    interval_s: PositiveSeconds | None = Field(None, alias="interval", description="Time between canaries of a model.")
+    models: ModelIds | None = Field(
+        None, description="Models to test (default: the provider's models, else the first chat model it lists).")
+    max_tokens: int | None = Field(None, ge=1, le=_CANARY_MAX_TOKENS,
+                                   description="Tokens a canary may generate, reasoning tokens included.")
+    deadline_s: PositiveSeconds | None = Field(
+        None, alias="deadline", description="Time allowed to the first token, and between two chunks of a stream.")
+    timeout_s: PositiveSeconds | None = Field(None, alias="timeout", description="Time allowed to the whole request.")
+    prompt: CanaryPrompt = Field(None, description="The user message sent (or the text embedded).")
+    stream: bool | None = Field(None, description="Stream the reply (default: the provider's streaming_support).")
+    max_tokens_per_day: int | None = Field(
+        None, ge=1, description="Tokens a model's canaries may spend in a UTC day; past it they pause and say so.")
+    load: bool | None = Field(None, description="Test models the server does not hold in memory (loads them); "
+                                                "otherwise they are skipped as not_loaded.")
+
+
+class CanaryDefaults(_Section):
+    """Defaults of every provider's generation canary (`monitor.canary`), and their shared concurrency cap."""
+
+    enabled: bool = Field(False, description="Run canaries for every provider that does not say otherwise.")
+    interval_s: PositiveSeconds = Field(300.0, alias="interval", description="Time between canaries of a model.")
+    models: ModelIds = Field((), description="Models to test where a provider names none (default: the "
+                                             "provider's models, else the first chat model it lists).")
+    max_tokens: int = Field(8, ge=1, le=_CANARY_MAX_TOKENS,
+                            description="Tokens a canary may generate, reasoning tokens included.")
+    deadline_s: PositiveSeconds = Field(
+        10.0, alias="deadline", description="Time allowed to the first token, and between two chunks of a stream.")
+    timeout_s: PositiveSeconds = Field(30.0, alias="timeout", description="Time allowed to the whole request.")
+    prompt: Annotated[str, AfterValidator(_prompt)] = Field(
+        DEFAULT_CANARY_PROMPT, description="The user message sent (or the text embedded).")
+    stream: bool | None = Field(None, description="Stream the reply (default: each provider's streaming_support).")
+    max_tokens_per_day: int = Field(
+        5000, ge=1, description="Tokens a model's canaries may spend in a UTC day; past it they pause and say so.")
+    load: bool = Field(False, description="Test models the server does not hold in memory (loads them); "
+                                          "otherwise they are skipped as not_loaded.")
+    concurrency: int = Field(2, ge=1, description="Most canaries running at once (apart from health probes).")
+
+
+_CANARY_KEYS = ("enabled", "interval_s", "models", "max_tokens", "deadline_s", "timeout_s", "prompt", "stream",
+                "max_tokens_per_day", "load")
+
+
+def resolve_canary(own: CanaryConfig | None, defaults: CanaryDefaults, streaming_support: bool) -> CanarySpec:
+    """One provider's canary: its own keys, else monitor.canary's; `stream` falls back to streaming_support."""
+    values: dict[str, Any] = {}
+    for key in _CANARY_KEYS:
+        value = getattr(own, key) if own is not None else None
+        values[key] = getattr(defaults, key) if value is None else value
+    if own is not None and own.enabled is None:
+        values["enabled"] = True  # writing a provider's canary block turns it on unless it says enabled: false
+    if values["stream"] is None or not streaming_support:
+        values["stream"] = streaming_support and values["stream"] is not False
+    return CanarySpec(**values)
+
+
+def canary_problems(canary: CanarySpec, loc: Loc) -> list[tuple[Loc, str]]:
+    """Checks across canary keys once defaults are merged, reported at `loc` (where the provider's block is)."""
+    problems: list[tuple[Loc, str]] = []
+    if canary.timeout_s < canary.deadline_s:
+        problems.append(((*loc, "timeout"), f"must be at least deadline ({canary.deadline_s:g}s)"))
+    if canary.interval_s < _CANARY_MIN_INTERVAL_S:
+        problems.append(((*loc, "interval"), f"must be at least {_CANARY_MIN_INTERVAL_S:g}s"))
+    if canary.max_tokens_per_day < canary.max_tokens:
+        problems.append(((*loc, "max_tokens_per_day"), f"must be at least max_tokens ({canary.max_tokens}): "
+                                                        "no canary could ever run"))
+    return problems
+
+
 class ProviderParameters(_Section):
     """Per-provider probe settings (the `parameters:` block)."""
 
@@ -465,6 +556,9 @@ class ProviderParameters(_Section):
     verify_tls: bool | None = Field(None, description="Verify the server's TLS certificate (default true).")
     insecure: bool | None = Field(None, description="Same as verify_tls: false.")
     ca_file: str | None = Field(None, min_length=1, description="CA bundle (PEM) to verify the server with.")
+    canary: Annotated[CanaryConfig | None, BeforeValidator(_canary_shorthand)] = Field(
+        None, description="Generation canary: a tiny real request that proves the server can generate "
+                          "(`true` turns it on with monitor.canary's settings).")
 
     @model_validator(mode="after")
     def _check(self) -> ProviderParameters:
@@ -552,6 +646,7 @@ class ProviderConfig(_Section):
             max_body_bytes=params.max_body_bytes,
             verify_tls=params.tls_verified,
             ca_file=params.ca_file,
+            canary=resolve_canary(params.canary, monitor.canary, streaming),
             **optional,
         )
 
@@ -565,6 +660,10 @@ class MonitorConfig(_Section):
     concurrency: int = Field(64, ge=1, description="Most probes running at once.")
     timeout_s: PositiveSeconds = Field(
         10.0, alias="timeout", description="Probe budget for providers without their own timeout.")
+    stall_window_s: PositiveSeconds = Field(
+        60.0, alias="stall_window",
+        description="A server that reports requests running but no new generated token for this long is stalled.")
+    canary: CanaryDefaults = Field(default_factory=CanaryDefaults)
 
     @model_validator(mode="after")
     def _check(self) -> MonitorConfig:
@@ -813,6 +912,7 @@ class Config(_Section):
             if problem:
                 problems.append((("alerts", "silences", index, "provider"), problem))
         problems += self._cluster_problems()
+        problems += self._canary_problems()
         if problems:
             raise _FieldProblems(*problems)
         return self
@@ -829,6 +929,18 @@ class Config(_Section):
             return [(("cluster", "lease"), f"must be at most 3/4 of the shortest probe interval ({shortest_s:g}s), "
                                            "so a dead instance's providers are probed again within two intervals")]
         return []
+
+    def _canary_problems(self) -> list[tuple[Loc, str]]:
+        """Merged canary settings that cannot work: at monitor.canary, or at the provider's block that broke them."""
+        shared = canary_problems(resolve_canary(None, self.monitor.canary, True), ())
+        problems: list[tuple[Loc, str]] = [(("monitor", "canary", *sub), message) for sub, message in shared]
+        for name, provider in self.providers.items():
+            if provider.parameters.canary is None:
+                continue
+            merged = resolve_canary(provider.parameters.canary, self.monitor.canary, True)
+            problems += [(("providers", name, "parameters", "canary", *sub), message)
+                         for sub, message in canary_problems(merged, ()) if (sub, message) not in shared]
+        return problems
 
     def _unknown_provider(self, pattern: str) -> str | None:
         if any(c in pattern for c in "*?[") or pattern in self.providers:
@@ -870,6 +982,18 @@ def _effective_provider(spec: ProviderSpec) -> dict[str, Any]:
             "max_body_bytes": spec.max_body_bytes,
             "verify_tls": spec.verify_tls,
             "ca_file": spec.ca_file,
+            "canary": {
+                "enabled": spec.canary.enabled,
+                "interval": spec.canary.interval_s,
+                "models": list(spec.canary.models),
+                "max_tokens": spec.canary.max_tokens,
+                "deadline": spec.canary.deadline_s,
+                "timeout": spec.canary.timeout_s,
+                "prompt": spec.canary.prompt,
+                "stream": spec.canary.stream,
+                "max_tokens_per_day": spec.canary.max_tokens_per_day,
+                "load": spec.canary.load,
+            },
         },
     }
 
@@ -1044,6 +1168,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 __all__ = [
     "AlertsConfig",
     "ApiConfig",
+    "CanaryConfig",
+    "CanaryDefaults",
     "ClusterConfig",
     "Config",
     "ConfigError",

@@ -102,6 +102,25 @@ class Secret:
         return bool(self.value)
 
 
+DEFAULT_CANARY_PROMPT = "Reply with one word: ok"
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySpec:
+    """A provider's generation canary, resolved (monitor.canary defaults applied). Built by config."""
+
+    enabled: bool = False
+    interval_s: float = 300.0
+    models: tuple[str, ...] = ()  # empty: the provider's `models:`, else the first chat model it lists
+    max_tokens: int = 8  # reasoning tokens count too
+    deadline_s: float = 10.0  # time to the first token, and the longest gap between two chunks
+    timeout_s: float = 30.0  # the whole request
+    prompt: str = DEFAULT_CANARY_PROMPT
+    stream: bool = True  # resolved: the provider's streaming_support unless set
+    max_tokens_per_day: int = 5000  # per model; generated tokens (input tokens for embedding models)
+    load: bool = False  # may send a canary to a model the server does not hold in memory (it will load it)
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
     """One configured provider, fully resolved (per-type defaults applied). Built by config."""
@@ -127,6 +146,7 @@ class ProviderSpec:
     max_body_bytes: int = 1 << 20
     verify_tls: bool = True
     ca_file: str | None = None
+    canary: CanarySpec = CanarySpec()
 
     @property
     def redacted_endpoint(self) -> str:

@@ -474,7 +474,12 @@ def test_redacted_marks_secrets_and_keeps_the_rest() -> None:
     hook = out["alerts"]["webhooks"][0]
     assert (hook["url"], hook["secret"], hook["headers"]) == (
         "https://hooks.slack.com/***", "***", {"Authorization": "***"})
-    assert out["monitor"] == {"interval": 30.0, "jitter": 0.0, "concurrency": 64, "timeout": 10.0}
+    assert out["monitor"] == {
+        "interval": 30.0, "jitter": 0.0, "concurrency": 64, "timeout": 10.0, "stall_window": 60.0,
+        "canary": {"enabled": False, "interval": 300.0, "models": [], "max_tokens": 8, "deadline": 10.0,
+                   "timeout": 30.0, "prompt": "Reply with one word: ok", "stream": None, "max_tokens_per_day": 5000,
+                   "load": False, "concurrency": 2}}
+    assert provider["parameters"]["canary"]["enabled"] is False
 
 
 def test_errors_do_not_echo_secret_values() -> None:
@@ -539,3 +544,45 @@ def test_config_error_renders_problems_without_lines() -> None:
 
 def test_config_is_reachable_as_a_type() -> None:
     assert isinstance(parse_config(one_provider(), env={}), Config)
+
+
+@pytest.mark.parametrize(
+    ("canary_lines", "expected"),
+    [
+        ("", dict(enabled=False, stream=True, max_tokens=8, deadline_s=10.0, timeout_s=30.0, interval_s=300.0)),
+        ("canary: true", dict(enabled=True, stream=True, max_tokens_per_day=5000, load=False)),
+        ("canary: false", dict(enabled=False)),
+        ("canary: {interval: 10s}", dict(enabled=True, interval_s=10.0)),  # a block turns it on
+        ("canary: {enabled: false, interval: 10s}", dict(enabled=False, interval_s=10.0)),
+        ("canary: {stream: false, models: qwen}", dict(stream=False, models=("qwen",))),
+        ("streaming_support: false\n      canary: {stream: true}", dict(stream=False)),  # cannot stream: never asked
+    ],
+)
+def test_canary_keys_fall_back_to_monitor_canary(canary_lines: str, expected: dict[str, object]) -> None:
+    text = f"""
+providers:
+  p:
+    type: vllm
+    parameters:
+      {canary_lines or 'priority: 0'}
+monitor:
+  canary: {{max_tokens: 8}}
+"""
+    (spec,) = parse_config(text, env={}).provider_specs()
+    for key, value in expected.items():
+        assert getattr(spec.canary, key) == value, key
+
+
+def test_monitor_canary_enables_every_provider_that_does_not_opt_out() -> None:
+    text = """
+providers:
+  a: {type: vllm}
+  b: {type: ollama, parameters: {canary: false}}
+  c: {type: gpt4all}
+monitor:
+  canary: {enabled: true, interval: 1m, stream: true}
+"""
+    specs = {s.name: s.canary for s in parse_config(text, env={}).provider_specs()}
+    assert (specs["a"].enabled, specs["b"].enabled, specs["c"].enabled) == (True, False, True)
+    assert (specs["a"].stream, specs["c"].stream) == (True, False)  # GPT4All cannot stream
+    assert specs["a"].interval_s == 60.0
