@@ -322,6 +322,8 @@ def _entry(raw: Mapping[str, Any]) -> RankedProvider:
         provider=raw["provider"], type=raw["type"], score=float(raw["score"]), status=Status(raw["status"]),
         components={key: float(value) for key, value in raw["components"].items()},
         models=tuple(raw["models"]),
+        endpoint=str(raw.get("endpoint") or ""), api_base=raw.get("api_base"), chat_url=raw.get("chat_url"),
+        model=raw.get("model"),
     )
 
 

@@ -640,8 +640,17 @@ class Criteria:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderUrls:
+    """Where a caller sends requests to a provider: never a key, a header or userinfo."""
+
+    endpoint: str  # the configured base URL with any userinfo removed
+    api_base: str | None = None  # the OpenAI-compatible base (ends in /v1) where the server has one
+    chat_url: str | None = None  # chat completions: api_base + /chat/completions, or the configured path
+
+
+@dataclass(frozen=True, slots=True)
 class RankedProvider:
-    """One eligible provider with its score and the parts the score is made of."""
+    """One eligible provider with its score, the parts the score is made of, and where to send requests."""
 
     provider: str
     type: str
@@ -649,6 +658,10 @@ class RankedProvider:
     status: Status
     components: Mapping[str, float]  # availability, latency, recency, priority, quality, task_fit, weight, ...
     models: tuple[str, ...]  # models that matched the criteria (all listed ones when no model was asked)
+    endpoint: str = ""  # base URL, userinfo removed
+    api_base: str | None = None  # OpenAI-compatible base with /v1, where the server has one
+    chat_url: str | None = None
+    model: str | None = None  # the served model id that best fits the criteria; None: the server lists none
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -658,6 +671,10 @@ class RankedProvider:
             "status": self.status.value,
             "components": {key: round(value, 6) for key, value in self.components.items()},
             "models": list(self.models),
+            "endpoint": self.endpoint,
+            "api_base": self.api_base,
+            "chat_url": self.chat_url,
+            "model": self.model,
         }
 
 

@@ -25,12 +25,14 @@ from monitord.model import (
     ModelKind,
     ProviderSpec,
     ProviderState,
+    ProviderUrls,
     QualityPreference,
     RankedProvider,
     Ranking,
     Status,
     TaskType,
 )
+from monitord.providers import provider_urls
 
 _CHAT_OR_COMPLETION = frozenset({"chat", "completion"})
 
@@ -134,7 +136,7 @@ def model_quality(info: ModelInfo | None, model_id: str | None) -> float:
 class _Offer:
     """One model a provider offers, with what it can do; id None when the provider lists no model at all."""
 
-    __slots__ = ("capabilities", "context_length", "declared", "id", "key", "quality")
+    __slots__ = ("capabilities", "context_length", "declared", "id", "key", "own", "quality")
 
     def __init__(self, spec_capabilities: frozenset[str], info: ModelInfo | None, model_id: str | None) -> None:
         own = frozenset(CAPABILITY_ALIASES.get(c, c) for c in info.capabilities) if info else frozenset()
@@ -145,6 +147,7 @@ class _Offer:
                 own & {"embeddings", "rerank"} and not own & _CHAT_OR_COMPLETION):
             generative = spec_capabilities - _GENERATIVE
         self.id = model_id
+        self.own = own  # what the model itself says it does (the provider's config aside)
         self.key = model_id.lower() if model_id is not None else None
         self.capabilities = own | generative
         self.declared = own | spec_capabilities
@@ -157,24 +160,33 @@ class _Offer:
 class _Fit:
     """How one provider meets one query: the offers that fit and the parts of the score they decide."""
 
-    __slots__ = ("models", "quality", "reasons", "task_fit")
+    __slots__ = ("model", "models", "quality", "reasons", "task_fit")
 
-    def __init__(self, offers: tuple[_Offer, ...], reasons: tuple[str, ...], preferred: str | None) -> None:
+    def __init__(self, offers: tuple[_Offer, ...], reasons: tuple[str, ...], preferred: str | None,
+                 groups: tuple[tuple[str, frozenset[str]], ...] = ()) -> None:
         self.reasons = reasons  # () when eligible
         self.models = tuple(o.id for o in offers if o.id is not None)
         self.quality = max((o.quality for o in offers), default=0.0)
         self.task_fit = 1.0 if preferred is None or any(preferred in o.declared for o in offers) else 0.0
+        # The one to name: one that itself says it has the required capabilities, then one that says it does
+        # the task, then the most capable; ties go to the first id.
+        listed = [o for o in offers if o.id is not None]
+        self.model = max(listed, key=lambda o: (sum(not g.isdisjoint(o.own) for _, g in groups),
+                                                preferred is not None and preferred in o.declared, o.quality)
+                         ).id if listed else None
 
 
 class _Prepared:
     """Everything about one provider that does not depend on the criteria, and its fits to recent queries."""
 
     __slots__ = ("availability", "contexts", "fits", "last_failure_s", "latency_ms", "offers", "priority",
-                 "priority_part", "spec", "state", "status", "status_factor", "status_reasons", "tier", "weight")
+                 "priority_part", "spec", "state", "status", "status_factor", "status_reasons", "tier", "urls",
+                 "weight")
 
     def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy) -> None:
         self.state = state
         self.spec = spec
+        self.urls: ProviderUrls = provider_urls(spec)
         self.status = state.status if state is not None else Status.UNKNOWN
         self.tier, self.status_factor = _STATUS_TIER.get(self.status, (3, 0.0))
         self.status_reasons = _status_reasons(state, spec)
@@ -215,7 +227,7 @@ class _Prepared:
                 self.fits.clear()
             offers, reason = query.match(self.offers)
             reasons = self.status_reasons if reason is None else (*self.status_reasons, reason)
-            fit = self.fits[key] = _Fit(offers, reasons, query.preferred)
+            fit = self.fits[key] = _Fit(offers, reasons, query.preferred, query.groups)
         return fit
 
 
@@ -364,6 +376,7 @@ class Ranker:
 
 
 def _entry(score: float, prepared: _Prepared, fit: _Fit, latency: float, recency: float) -> RankedProvider:
+    urls = prepared.urls
     return RankedProvider(
         provider=prepared.spec.name, type=prepared.spec.type, score=score, status=prepared.status,
         components={
@@ -372,6 +385,7 @@ def _entry(score: float, prepared: _Prepared, fit: _Fit, latency: float, recency
             "weight": prepared.weight, "status_factor": prepared.status_factor,
         },
         models=fit.models,
+        endpoint=urls.endpoint, api_base=urls.api_base, chat_url=urls.chat_url, model=fit.model,
     )
 
 

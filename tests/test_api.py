@@ -24,6 +24,7 @@ from monitord.store import Store
 from tests.plugins.api import (
     CHAT,
     EMBED,
+    LLAMA,
     LLAVA,
     NOW,
     SECRETS,
@@ -148,10 +149,37 @@ async def test_default_ranking_explains_every_entry_and_exclusion(api: tuple[Cli
     assert body["generated_at"] == NOW.isoformat()
     assert [e["provider"] for e in body["ranking"]] == ["alpha", "delta", "beta"]
     top = body["ranking"][0]
-    assert set(top) == {"provider", "type", "score", "status", "components", "models"}
+    assert set(top) == {"provider", "type", "score", "status", "components", "models", "endpoint", "api_base",
+                        "chat_url", "model"}
     assert {"availability", "latency", "recency", "priority", "quality", "task_fit"} <= set(top["components"])
     assert top["score"] >= body["ranking"][1]["score"]
     assert body["excluded"]["gamma"][0].startswith("status down")
+
+
+async def test_every_answer_says_where_to_send_the_request(api: tuple[Client, World]) -> None:
+    client, world = api
+    for _ in range(2):  # gamma (userinfo in its URL) answers again
+        world.feed(probe(world.specs["gamma"], at=NOW, models=(LLAMA,)))
+    entries = {e["provider"]: e for e in (await get_json(client, "/v1/ranking"))["ranking"]}
+    alpha, beta, gamma = entries["alpha"], entries["beta"], entries["gamma"]
+    assert (alpha["endpoint"], alpha["api_base"], alpha["chat_url"]) == (
+        "http://127.0.0.1:11434", "http://127.0.0.1:11434/v1", "http://127.0.0.1:11434/v1/chat/completions")
+    assert beta["api_base"] == "http://127.0.0.1:8000/v1" and beta["model"] == LLAMA.id
+    assert (gamma["endpoint"], gamma["api_base"]) == ("http://127.0.0.1:8080", "http://127.0.0.1:8080/v1")
+    # the model that best fits: the one asked for, else one that suits the task, else the most capable
+    assert alpha["model"] == "qwen2.5:7b"  # 7.6B with a 32k context beats 13B with 4k on the quality guess
+    assert (await ranked_entry(client, "?model=LLAVA:13B"))["model"] == "llava:13b"
+    assert (await ranked_entry(client, "?capability=vision"))["model"] == "llava:13b"
+    selected = await client.post("/v1/select", json={"task_type": "chat", "fallbacks": 3})
+    body = await selected.json()
+    for entry in (body["provider"], *body["fallbacks"]):
+        assert entry["chat_url"] == entry["api_base"] + "/chat/completions" and entry["model"]
+    text = await (await client.get("/v1/ranking")).text()
+    assert not [secret for secret in SECRETS if secret in text] and "admin" not in text
+
+
+async def ranked_entry(client: Client, query: str) -> Any:
+    return (await get_json(client, f"/v1/ranking{query}"))["ranking"][0]
 
 
 @pytest.mark.parametrize(("query", "expected"), [

@@ -85,6 +85,9 @@ async def test_select_returns_the_best_and_its_fallbacks(client: MonitordClient)
     assert choice.criteria == Criteria.from_mapping({"task_type": "chat", "required_capabilities": "tools,vision"})
     assert choice.generated_at == NOW
     assert set(choice.provider.components) >= {"availability", "latency", "recency"}
+    assert choice.provider.api_base == "http://127.0.0.1:11434/v1"
+    assert choice.provider.model in ("llava:13b", "qwen2.5:7b")  # neither lists both vision and tools
+    assert choice.provider.chat_url == "http://127.0.0.1:11434/v1/chat/completions"
     choice = await client.select(Criteria(), fallbacks=5)
     assert [c.provider for c in choice.candidates] == ["alpha", "delta", "beta"]
     choice = await client.select({"task_type": "embedding"})

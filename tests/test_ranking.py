@@ -19,6 +19,7 @@ from monitord.model import (
     Status,
     TaskType,
 )
+from monitord.providers import provider_urls
 from monitord.ranking import Ranker, model_quality, parameter_billions, rank, wilson_lower_bound
 
 NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
@@ -436,3 +437,38 @@ def test_a_new_max_tokens_reuses_the_cached_fit_when_it_changes_nothing() -> Non
     assert len(ranker._prepared["p"].fits) == 1
     assert ranker.rank({"p": state}, {"p": spec}, Criteria(max_tokens=8193), now).excluded["p"]
     assert len(ranker._prepared["p"].fits) == 2
+
+
+# --- where to send the request ---
+
+
+@pytest.mark.parametrize(("provider_type", "base_url", "chat_endpoint", "expected"), [
+    ("llamacpp", "http://127.0.0.1:8080", None,
+     ("http://127.0.0.1:8080", "http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/chat/completions")),
+    ("vllm", "https://user:pw@gpu.lan:8443/llm", None,
+     ("https://gpu.lan:8443/llm", "https://gpu.lan:8443/llm/v1", "https://gpu.lan:8443/llm/v1/chat/completions")),
+    ("openai", "http://[::1]:9000", "/openai/v1/chat/completions",
+     ("http://[::1]:9000", "http://[::1]:9000/openai/v1", "http://[::1]:9000/openai/v1/chat/completions")),
+    ("ollama", "http://127.0.0.1:11434", "/api/chat",
+     ("http://127.0.0.1:11434", "http://127.0.0.1:11434/v1", "http://127.0.0.1:11434/api/chat")),
+    ("koboldai", "http://127.0.0.1:5000", None, ("http://127.0.0.1:5000", None, None)),
+    ("koboldcpp", "http://127.0.0.1:5001", None,
+     ("http://127.0.0.1:5001", "http://127.0.0.1:5001/v1", "http://127.0.0.1:5001/v1/chat/completions")),
+])
+def test_urls_name_the_openai_base_and_never_the_userinfo(provider_type: str, base_url: str,
+                                                          chat_endpoint: str | None,
+                                                          expected: tuple[str, str | None, str | None]) -> None:
+    urls = provider_urls(ProviderSpec("p", provider_type, base_url, chat_endpoint=chat_endpoint))
+    assert (urls.endpoint, urls.api_base, urls.chat_url) == expected
+
+
+def test_each_entry_names_the_model_that_best_fits() -> None:
+    coder = ModelInfo("qwen2.5-coder:7b", parameter_size="7B")
+    big = ModelInfo("llama3.1:70b", parameter_size="70B")
+    states, specs = world(state("a", models=served(coder, big)))
+    assert rank(states, specs, Criteria(), NOW).entries[0].model == "llama3.1:70b"
+    assert rank(states, specs, Criteria(task_type=TaskType.CODE_GENERATION), NOW).entries[0].model == coder.id
+    assert rank(states, specs, Criteria(model="QWEN*"), NOW).entries[0].model == coder.id
+    states, specs = world(state("b"))
+    entry = rank(states, specs, Criteria(), NOW).entries[0]
+    assert entry.model is None and entry.api_base == "http://b:11434/v1"

@@ -148,6 +148,14 @@ _ENTRY = _object({
                    "description": "availability, latency, recency, priority, quality, task_fit (each 0..1), "
                                   "weight and status_factor; score = weight x status_factor x weighted sum."},
     "models": STRINGS,
+    "endpoint": {"type": "string", "description": "The provider's base URL, userinfo removed."},
+    "api_base": {**_nullable("string"), "description": "The OpenAI-compatible base URL (ends in /v1) to give an "
+                                                      "OpenAI client; null where the server has no such API."},
+    "chat_url": {**_nullable("string"), "description": "The chat completions URL (api_base + "
+                                                      "/chat/completions, or the configured chat_endpoint)."},
+    "model": {**_nullable("string"), "description": "The served model id that best fits the criteria (the one "
+                                                   "asked for, else one that suits the task, else the most "
+                                                   "capable); null when the server lists none."},
 })
 
 _EXCLUDED = {"type": "object", "additionalProperties": STRINGS,

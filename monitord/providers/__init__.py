@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
 
+from monitord.model import ProviderSpec, ProviderUrls
 from monitord.providers.base import Adapter, TypeDefaults
 from monitord.providers.kobold import Kobold
 from monitord.providers.llamacpp import LlamaCpp
@@ -33,7 +36,8 @@ ADAPTERS: Mapping[str, Adapter] = {
     "mistralrs": MistralRs(TypeDefaults(port=1234, summary="mistral.rs serve")),
     "gpt4all": GPT4All(TypeDefaults(port=4891, capabilities=frozenset({"chat", "completion"}), streaming=False,
                                     summary="GPT4All desktop API server")),
-    "koboldai": Kobold(_KOBOLD),
+    # KoboldAI Client speaks only its own /api/v1; KoboldCpp also serves the OpenAI API under /v1
+    "koboldai": Kobold(replace(_KOBOLD, api_base_path=None)),
     "koboldcpp": Kobold(_KOBOLD),
     "ollama": Ollama(TypeDefaults(port=11434, models_path="/api/tags", health_path="/api/version",
                                   chat_path="/api/chat", summary="Ollama")),
@@ -43,4 +47,31 @@ ADAPTERS: Mapping[str, Adapter] = {
     "openai": OpenAICompatible(TypeDefaults(port=8000, summary="any other OpenAI-compatible server")),
 }
 
-__all__ = ["ADAPTERS", "Adapter", "TypeDefaults"]
+_CHAT_SUFFIX = "/chat/completions"
+
+
+def without_userinfo(url: str) -> str:
+    """`url` with any user:password@ removed (a caller's own credentials never come from monitord)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def provider_urls(spec: ProviderSpec) -> ProviderUrls:
+    """Where a caller sends requests to `spec`: its base URL, OpenAI-compatible base and chat URL.
+
+    A configured `chat_endpoint` wins; one ending in /chat/completions also sets the OpenAI base in front of it.
+    """
+    endpoint = without_userinfo(spec.base_url)
+    adapter = ADAPTERS.get(spec.type)
+    base_path = adapter.defaults.api_base_path if adapter is not None else "/v1"
+    api_base = endpoint + base_path if base_path is not None else None
+    if spec.chat_endpoint:
+        if spec.chat_endpoint.endswith(_CHAT_SUFFIX):
+            api_base = endpoint + spec.chat_endpoint.removesuffix(_CHAT_SUFFIX)
+        return ProviderUrls(endpoint, api_base, endpoint + spec.chat_endpoint)
+    return ProviderUrls(endpoint, api_base, api_base + _CHAT_SUFFIX if api_base is not None else None)
+
+
+__all__ = ["ADAPTERS", "Adapter", "TypeDefaults", "provider_urls", "without_userinfo"]

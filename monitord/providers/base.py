@@ -23,6 +23,7 @@ class TypeDefaults:
     models_path: str = "/v1/models"
     health_path: str | None = None  # None: the server has no health route
     chat_path: str = "/v1/chat/completions"
+    api_base_path: str | None = "/v1"  # the OpenAI-compatible API under the base URL; None: the server has none
     capabilities: frozenset[str] = frozenset({"chat", "completion", "streaming"})
     streaming: bool = True
     scheme: str = "http"
