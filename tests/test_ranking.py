@@ -452,6 +452,8 @@ def test_a_new_max_tokens_reuses_the_cached_fit_when_it_changes_nothing() -> Non
     ("ollama", "http://127.0.0.1:11434", "/api/chat",
      ("http://127.0.0.1:11434", "http://127.0.0.1:11434/v1", "http://127.0.0.1:11434/api/chat")),
     ("koboldai", "http://127.0.0.1:5000", None, ("http://127.0.0.1:5000", None, None)),
+    ("tgi", "http://u:pa/ss@127.0.0.1:3000", None,  # a password with a slash is still userinfo
+     ("http://127.0.0.1:3000", "http://127.0.0.1:3000/v1", "http://127.0.0.1:3000/v1/chat/completions")),
     ("koboldcpp", "http://127.0.0.1:5001", None,
      ("http://127.0.0.1:5001", "http://127.0.0.1:5001/v1", "http://127.0.0.1:5001/v1/chat/completions")),
 ])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
 
 from monitord.model import ProviderSpec, ProviderUrls
 from monitord.providers.base import Adapter, TypeDefaults
@@ -18,6 +17,7 @@ from monitord.providers.sglang import SGLang
 from monitord.providers.tabby import TabbyAPI
 from monitord.providers.textgen import TextGen
 from monitord.providers.tgi import TGI
+from monitord.text import MASK, redact_url
 
 _CHAT = frozenset({"chat", "completion", "streaming"})
 # KoboldCpp's port; `koboldcpp` names the same adapter, which also reads the older KoboldAI Client (port 5000)
@@ -51,11 +51,12 @@ _CHAT_SUFFIX = "/chat/completions"
 
 
 def without_userinfo(url: str) -> str:
-    """`url` with any user:password@ removed (a caller's own credentials never come from monitord)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """`url` with any user:password@ removed (hostile ones too, see text.redact_url): a URL to call, not to show."""
+    redacted = redact_url(url)
+    scheme, sep, rest = redacted.partition("://")
+    if rest.startswith(MASK + "@"):
+        return f"{scheme}{sep}{rest.removeprefix(MASK + '@')}"
+    return redacted
 
 
 def provider_urls(spec: ProviderSpec) -> ProviderUrls:
