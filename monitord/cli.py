@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-STATUS_STYLE = {Status.UP: "green", Status.DEGRADED: "yellow", Status.LOADING: "cyan", Status.DOWN: "red",
-                Status.UNKNOWN: "dim"}
+STATUS_STYLE = {"up": "green", "degraded": "yellow", "suspect": "yellow", "loading": "cyan", "down": "red",
+                "stalled": "red", "misconfigured": "magenta", "unknown": "dim", "disabled": "dim"}
 
 EPILOG = """\
 configuration:
@@ -235,8 +235,9 @@ def plain(value: object) -> Text:
     return Text(safe_text(value))
 
 
-def status_cell(status: Status) -> Text:
-    return Text(status.value, style=STATUS_STYLE[status])
+def status_cell(status: Status | str) -> Text:
+    """A status as the daemon names it; one this build does not know is shown plainly."""
+    return Text(safe_text(str(status)), style=STATUS_STYLE.get(str(status), ""))
 
 
 def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str]) -> None:
@@ -334,11 +335,10 @@ def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table
         table.add_column(column, justify="right" if column in ("FOR", "AVAIL", "P50", "P95") else "left",
                          overflow="fold" if column in ("MODELS", "LAST ERROR") else "ellipsis")
     for p in providers:
-        status = Status(p["status"])
         ids = [m["id"] for m in p["models"]]
         models = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
         error = f"{p['last_error_class']}: {p['last_error'] or ''}".rstrip(": ") if p["last_error_class"] else ""
-        table.add_row(plain(p["name"]), plain(p["type"]), status_cell(status), _for(p["since"], now),
+        table.add_row(plain(p["name"]), plain(p["type"]), status_cell(p["status"]), _for(p["since"], now),
                       _ratio_text(p["availability"]), _ms_text(p["latency_p50_ms"]), _ms_text(p["latency_p95_ms"]),
                       plain(models or "-"), plain(error))
     return table

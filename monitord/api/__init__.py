@@ -14,7 +14,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from monitord.api.auth import bearer_middleware
+from monitord.api import page
+from monitord.api.auth import OPEN_PATHS, bearer_middleware
 from monitord.api.context import CONTEXT, ApiContext
 from monitord.api.errors import error_middleware
 from monitord.api.views import add_routes
@@ -41,10 +42,11 @@ async def _end_streams(app: web.Application) -> None:
 def make_app(ctx: ApiContext) -> web.Application:
     middlewares: list[Middleware] = [error_middleware]
     if ctx.token:
-        middlewares.append(bearer_middleware(ctx.token))
+        middlewares.append(bearer_middleware(ctx.token, OPEN_PATHS | page.OPEN_PATHS, page.OPEN_PREFIXES))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[CONTEXT] = ctx
     add_routes(app)
+    page.add_page_routes(app)
     app.cleanup_ctx.append(_best_watcher)
     app.on_shutdown.append(_end_streams)  # before aiohttp waits for handlers: event streams end at once
     return app

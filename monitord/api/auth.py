@@ -1,4 +1,4 @@
-"""Optional bearer-token check for every route but /healthz, compared in constant time."""
+"""Optional bearer-token check for every route but /healthz and the status page's data-free shell, in constant time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ OPEN_PATHS = frozenset({"/healthz"})  # a liveness probe must work without crede
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="monitord"'}
 
 
-def bearer_middleware(token: Secret, open_paths: Iterable[str] = OPEN_PATHS) -> Middleware:
+def bearer_middleware(token: Secret, open_paths: Iterable[str] = OPEN_PATHS,
+                      open_prefixes: tuple[str, ...] = ()) -> Middleware:
     """Reject requests without `Authorization: Bearer <token>` with 401 in the API's error shape.
 
     The scheme name is case-insensitive (RFC 9110 section 11.1): `bearer`, `BEARER` and `Bearer` are the same.
@@ -25,7 +26,7 @@ def bearer_middleware(token: Secret, open_paths: Iterable[str] = OPEN_PATHS) -> 
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in unguarded:
+        if request.path not in unguarded and not request.path.startswith(open_prefixes):
             given = request.headers.get("Authorization", "")
             scheme, _, credentials = given.strip().partition(" ")
             presented = credentials.strip().encode("utf-8", "surrogateescape")

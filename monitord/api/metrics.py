@@ -143,9 +143,10 @@ class StateCollector:
             if state is None:
                 continue
             key = [name, specs[name].type]
-            up.add_metric(key, float(state.status is Status.UP))
+            current = state.status if specs[name].enabled else Status.DISABLED
+            up.add_metric(key, float(current is Status.UP))
             for value in Status:
-                status.add_metric([*key, value.value], float(state.status is value))
+                status.add_metric([*key, value.value], float(current is value))
             if state.availability is not None:
                 availability.add_metric(key, state.availability)
             for stat, ms in (("p50", state.latency_p50_ms), ("p95", state.latency_p95_ms),

@@ -267,6 +267,10 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     return {str(status): _json(_ref("Error"), meaning[status]) for status in statuses}
 
 
+def _page(content_type: str, description: str) -> Schema:
+    return {"description": description, "content": {content_type: {"schema": {"type": "string"}}}}
+
+
 def _query(name: str, schema: Schema, description: str, *, repeat: bool = False) -> Schema:
     parameter: Schema = {"name": name, "in": "query", "required": False, "description": description,
                          "schema": {"type": "array", "items": schema} if repeat else schema}
@@ -369,6 +373,17 @@ def _paths() -> dict[str, Schema]:
             "summary": "Prometheus text exposition.", "operationId": "metrics",
             "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **_errors(401)}}},
+        "/": {"get": {
+            "summary": "The status page (HTML; its script reads this API, so the page itself holds no data).",
+            "operationId": "statusPage", "security": [], "responses": {"200": _page("text/html", "The overview")}}},
+        "/providers/{name}": {"get": {
+            "summary": "The status page of one provider (HTML shell; the data comes from /v1/providers/{name}).",
+            "operationId": "statusPageProvider", "security": [], "parameters": [_NAME],
+            "responses": {"200": _page("text/html", "The detail page")}}},
+        "/ui/page.js": {"get": {"summary": "The status page's script.", "operationId": "statusPageScript",
+                                "security": [], "responses": {"200": _page("text/javascript", "The script")}}},
+        "/ui/page.css": {"get": {"summary": "The status page's stylesheet.", "operationId": "statusPageStyle",
+                                 "security": [], "responses": {"200": _page("text/css", "The stylesheet")}}},
         "/openapi.json": {"get": {
             "summary": "This document.", "operationId": "openapi",
             "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"), **_errors(401)}}},

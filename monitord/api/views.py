@@ -75,8 +75,11 @@ async def readyz(request: web.Request) -> web.Response:
 def provider_dict(spec: ProviderSpec, state: ProviderState | None) -> dict[str, Any]:
     """Live state plus the configuration a caller may see: the endpoint without userinfo, never keys or headers."""
     state = state or ProviderState(name=spec.name, type=spec.type)
+    shown = state.to_dict()
+    if not spec.enabled:
+        shown["status"] = Status.DISABLED.value
     return {
-        **state.to_dict(),
+        **shown,
         "endpoint": spec.redacted_endpoint,
         "enabled": spec.enabled,
         "capabilities": sorted(spec.capabilities),
