@@ -721,6 +721,9 @@ class StorageConfig(_Section):
     flush_interval_s: PositiveSeconds = Field(
         1.0, alias="flush_interval", description="Longest time a result waits before it is written.")
     buffer_limit: int = Field(100_000, ge=1, description="Results held in memory while the database is down.")
+    write_timeout_s: PositiveSeconds = Field(
+        15.0, alias="write_timeout",
+        description="Longest time one batch may take; past it the connection is cut and the batch retried.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")

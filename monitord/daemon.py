@@ -35,6 +35,7 @@ from monitord.systemd import Notifier, watchdog_interval_s
 log = structlog.get_logger("monitord.daemon")
 
 Clock = Callable[[], datetime]
+STOP_STEP_TIMEOUT_S = 10.0  # each database step of a stop; the store's writer bounds its own final flush
 
 
 async def probe_all(specs: Sequence[ProviderSpec], *, concurrency: int = 64,
@@ -137,7 +138,8 @@ class Daemon:
         await migrate(cfg.storage.url)
         self._store = await Store.open(cfg.storage.url, batch_size=cfg.storage.batch_size,
                                        flush_interval_s=cfg.storage.flush_interval_s,
-                                       buffer_limit=cfg.storage.buffer_limit)
+                                       buffer_limit=cfg.storage.buffer_limit,
+                                       write_timeout_s=cfg.storage.write_timeout_s)
         await self._store.start()
         specs = cfg.provider_specs()
         now = self.clock()
@@ -276,13 +278,18 @@ class Daemon:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._cluster is not None:
             try:
-                await self._cluster.leave()  # the others take over at their next heartbeat, not after a lease
+                async with asyncio.timeout(STOP_STEP_TIMEOUT_S):  # a silent database must not hold the stop
+                    await self._cluster.leave()  # the others take over at their next heartbeat, not after a lease
             except Exception as exc:  # database away: the leases expire instead
                 log.warning("cluster.leave_failed", error=type(exc).__name__)
         if self._api_server is not None:
             await self._api_server.close()
         if self.dispatcher is not None:
-            await self.dispatcher.stop()
+            try:
+                async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
+                    await self.dispatcher.stop()
+            except TimeoutError:  # the database went silent: unsaved events are reported by the dispatcher's log
+                log.error("alert.stop_timed_out", timeout_s=STOP_STEP_TIMEOUT_S)
         if self._store is not None:
             await self._store.close()
             log.info("store.closed", written=self._store.written_total, dropped=self._store.dropped_total)

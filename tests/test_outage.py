@@ -29,7 +29,8 @@ pytestmark = pytest.mark.postgres
 
 class TcpProxy:
     """127.0.0.1:port → target. cut() resets every connection and refuses new ones (as a PostgreSQL restart or a
-    dead link does); restore() listens on the same port again."""
+    dead link does); restore() listens on the same port again. silence() makes connections half-open: they stay
+    up, bytes are taken from the sender and never passed on (a hung middlebox); speak() lets them flow again."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -37,6 +38,19 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
+        self._links: list[asyncio.Event] = []  # one per connection: set while it passes bytes on
+        self._new_links_speak = True
+
+    def silence(self, *, new_connections_too: bool = False) -> None:
+        """Every open connection goes silent mid-stream; new ones too when asked (else they work normally)."""
+        for speaking in self._links:
+            speaking.clear()
+        self._new_links_speak = not new_connections_too
+
+    def speak(self) -> None:
+        for speaking in self._links:
+            speaking.set()
+        self._new_links_speak = True
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
@@ -49,6 +63,9 @@ class TcpProxy:
             self._server = None
         for writer in list(self._writers):
             writer.transport.abort()  # RST, not a polite FIN: the client learns at its next read or write
+        for speaking in self._links:
+            speaking.set()  # silenced pipes wake up to find their connection gone
+        self._links.clear()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def restore(self) -> None:
@@ -64,14 +81,19 @@ class TcpProxy:
             client_writer.transport.abort()
             return
         self._writers |= {client_writer, server_writer}
+        speaking = asyncio.Event()
+        if self._new_links_speak:
+            speaking.set()
+        self._links.append(speaking)
         for source, sink in ((client_reader, server_writer), (server_reader, client_writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+            task = asyncio.create_task(self._pipe(source, sink, speaking))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, speaking: asyncio.Event) -> None:
         try:
             while data := await source.read(65536):
+                await speaking.wait()  # silenced: the bytes read are held, the peer's kernel still ACKs them
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, OSError):

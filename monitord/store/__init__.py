@@ -22,12 +22,13 @@ from monitord.store.queries import Bucket, ProbeSample, StoredModel
 from monitord.store.retention import Retention, RetentionPolicy, RetentionReport
 from monitord.store.schema import providers
 from monitord.store.silences import SilenceStore
-from monitord.store.writer import HealthTracker, StoreHealth, Writer, describe_error
+from monitord.store.writer import WRITE_TIMEOUT_S, HealthTracker, StoreHealth, Writer, describe_error
 from monitord.text import redact_url
 
 __all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "LeaseStore", "OutboxStore", "ProbeSample",
            "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth", "StoredModel"]
 
+DISPOSE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0  # readiness asks often; a database slower than this to say "1" counts as away
 
 
@@ -47,6 +48,7 @@ class Store:
         batch_size: int = 500,
         flush_interval_s: float = 1.0,
         buffer_limit: int = 100_000,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> Store:
         """Connect to `url` (see dialects.create_engine for the URL options). Does not migrate.
 
@@ -54,7 +56,7 @@ class Store:
         """
         engine = dialects.create_engine(url)
         writer = Writer(engine, batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
-                        health=HealthTracker())
+                        health=HealthTracker(), write_timeout_s=write_timeout_s)
         store = cls(engine, writer)
         if not await store.ping():
             structlog.get_logger("monitord.store").warning(
@@ -115,7 +117,12 @@ class Store:
     async def close(self) -> None:
         """Flush pending rows, stop the writer and release every connection. Never raises for the database."""
         await self._writer.close()
-        await self._engine.dispose()
+        try:
+            # a pooled connection to a silent peer would wait for ever for its goodbye to be read
+            async with asyncio.timeout(DISPOSE_TIMEOUT_S):
+                await self._engine.dispose()
+        except TimeoutError:
+            structlog.get_logger("monitord.store").warning("store.close_timed_out", timeout_s=DISPOSE_TIMEOUT_S)
 
     def enqueue(self, result: ProbeResult) -> None:
         """Queue one probe result for writing. Non-blocking; never raises."""

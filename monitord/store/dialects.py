@@ -5,6 +5,7 @@ Engine creation (drivers, pragmas, search_path), the upsert statement, time buck
 
 from __future__ import annotations
 
+import socket
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,14 @@ SQLITE_PRAGMAS = (
 )
 PG_CONNECT_TIMEOUT_S = 5.0  # asyncpg waits 60 s by default: too long for a writer that retries anyway
 PG_APPLICATION_NAME = "monitord"
+# A session whose client went silent must not hold a transaction (and its locks) open on the server for ever.
+PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+# TCP keepalive on every PostgreSQL socket: a peer that vanished (host down, NAT entry gone) is noticed within
+# about IDLE + INTERVAL * COUNT seconds even while no statement runs. A silent but alive peer (a stuck proxy)
+# still ACKs keepalives: only the statement timeout of the writer (abort_connection) ends that.
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -74,7 +83,8 @@ def create_engine(url: str | URL) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
     query = dict(parsed.query)
-    server_settings = {"application_name": PG_APPLICATION_NAME}
+    server_settings = {"application_name": PG_APPLICATION_NAME,
+                       "idle_in_transaction_session_timeout": str(PG_IDLE_IN_TRANSACTION_TIMEOUT_MS)}
     path = search_path(parsed)
     query.pop("search_path", None)
     if path is not None:
@@ -82,7 +92,43 @@ def create_engine(url: str | URL) -> AsyncEngine:
     timeout = query.pop("timeout", None)
     timeout_s = float(timeout if isinstance(timeout, str) else PG_CONNECT_TIMEOUT_S)
     connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": timeout_s}
-    return create_async_engine(parsed.set(query=query), pool_pre_ping=True, connect_args=connect_args)
+    engine = create_async_engine(parsed.set(query=query), pool_pre_ping=True, connect_args=connect_args)
+    event.listen(engine.sync_engine, "connect", _postgresql_on_connect)
+    return engine
+
+
+def _postgresql_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    transport = getattr(dbapi_connection.driver_connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        set_keepalive(sock)
+
+
+def set_keepalive(sock: Any) -> None:
+    """SO_KEEPALIVE with the probe timings above, where the platform has the options."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def abort_connection(driver_connection: Any) -> None:
+    """End a statement that overran its time, from outside it, without a round trip (the peer may be silent).
+
+    PostgreSQL: close the socket at once (asyncpg's terminate); every await on the connection fails and SQLAlchemy,
+    seeing it closed, drops it from the pool. SQLite: interrupt the running statement (thread-safe); the
+    connection stays usable.
+    """
+    if hasattr(driver_connection, "terminate"):
+        driver_connection.terminate()
+        return
+    try:
+        inner = driver_connection._conn  # aiosqlite runs sqlite3 in a thread of its own
+    except (AttributeError, ValueError):  # not aiosqlite, or already closed
+        return
+    inner.interrupt()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

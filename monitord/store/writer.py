@@ -22,6 +22,10 @@ from monitord.store import dialects, rows
 from monitord.store.schema import probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
+WRITE_TIMEOUT_S = 15.0
+# After the write timeout cuts the connection, how long the batch's own clean-up may take before it is cancelled
+# (a checkout stuck in the pool's pre-ping has no connection of ours to cut yet).
+ABORT_GRACE_S = 3.0
 MODEL_REFRESH_S = rows.MODEL_REFRESH_S
 MODELS_REMEMBERED = 100_000
 
@@ -35,6 +39,10 @@ class StoreHealth:
     error: str | None  # the last failure while unhealthy
     pending: int
     dropped_total: int
+
+
+class WriteTimedOut(Exception):
+    """A batch overran the write timeout: its connection was cut and the batch goes back to the buffer."""
 
 
 class HealthTracker:
@@ -64,10 +72,12 @@ class Writer:
 
     def __init__(
         self, engine: AsyncEngine, *, batch_size: int, flush_interval_s: float, buffer_limit: int,
-        health: HealthTracker | None = None,
+        health: HealthTracker | None = None, write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
-        if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0:
-            raise ValueError("need batch_size >= 1, buffer_limit >= batch_size and flush_interval_s > 0")
+        if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0 or write_timeout_s <= 0:
+            raise ValueError("need batch_size >= 1, buffer_limit >= batch_size, flush_interval_s > 0 and "
+                             "write_timeout_s > 0")
+        self._write_timeout_s = write_timeout_s
         self._engine = engine
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -169,8 +179,7 @@ class Writer:
             batch = self._in_flight
             model_rows = self._changed_models(batch)
             try:
-                async with self._engine.begin() as conn:
-                    await _write(conn, batch, model_rows)
+                await self._commit(batch, model_rows)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
                 self._log.error("store.batch_rejected", rows=len(batch), error=describe_error(exc))
@@ -200,6 +209,37 @@ class Writer:
                 self._log.info("store.write_recovered", failures_in_a_row=self._failures_in_a_row)
                 self._failures_in_a_row = 0
             return True
+
+    async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]]) -> None:
+        """One transaction, bounded by the write timeout whatever the database or the network does.
+
+        A silent peer (half-open TCP) never answers, not even a rollback or a goodbye: when the time is up the
+        connection is cut from outside (dialects.abort_connection), so every await on it fails at once and the
+        pool forgets it; the batch is then retried on a new connection. The outer timeout covers a checkout that
+        hangs before there is a connection to cut.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._write_timeout_s
+        aborted = False
+
+        def abort(driver_connection: Any) -> None:
+            nonlocal aborted
+            aborted = True
+            dialects.abort_connection(driver_connection)
+
+        try:
+            async with asyncio.timeout_at(deadline + ABORT_GRACE_S), self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                watchdog = loop.call_at(deadline, abort, raw.driver_connection)
+                try:
+                    async with conn.begin():
+                        await _write(conn, batch, model_rows)
+                finally:
+                    watchdog.cancel()
+        except Exception as exc:
+            if aborted or isinstance(exc, TimeoutError):
+                raise WriteTimedOut(f"no answer within {self._write_timeout_s:g}s; connection discarded") from exc
+            raise
 
     def _changed_models(self, batch: list[ProbeResult]) -> list[dict[str, Any]]:
         """The model rows worth an upsert: new, changed details, an earlier first sighting, or a last sighting

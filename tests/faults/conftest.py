@@ -22,6 +22,7 @@ from monitord.store import Store
 from monitord.store.queries import ProbeSample
 from tests.faults.monitord_process import MonitordProcess
 from tests.faults.servers import Behaviour, FaultServer
+from tests.test_outage import proxy  # noqa: F401 - the PostgreSQL proxy fixture, for the writer's faults
 
 PROBE_TIMEOUT_S = 0.5
 PROBE_INTERVAL_S = 0.2
