@@ -14,8 +14,9 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from monitord.model import ProbeResult, ProviderSpec
-from monitord.store import dialects, queries, rows
+from monitord.model import GenerationSample, ProbeResult, ProviderSpec
+from monitord.store import dialects, generation, queries, rows
+from monitord.store.generation import GenerationBucket, StoredSample
 from monitord.store.leases import LeaseStore
 from monitord.store.outbox import ClaimedDelivery, DeliveryRow, EventRow, OutboxStore
 from monitord.store.queries import Bucket, ProbeSample, StoredModel
@@ -25,8 +26,9 @@ from monitord.store.silences import SilenceStore
 from monitord.store.writer import WRITE_TIMEOUT_S, HealthTracker, StoreHealth, Writer, describe_error
 from monitord.text import redact_url
 
-__all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "LeaseStore", "OutboxStore", "ProbeSample",
-           "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth", "StoredModel"]
+__all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "GenerationBucket", "LeaseStore", "OutboxStore",
+           "ProbeSample", "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth", "StoredModel",
+           "StoredSample"]
 
 DISPOSE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0  # readiness asks often; a database slower than this to say "1" counts as away
@@ -124,8 +126,8 @@ class Store:
         except TimeoutError:
             structlog.get_logger("monitord.store").warning("store.close_timed_out", timeout_s=DISPOSE_TIMEOUT_S)
 
-    def enqueue(self, result: ProbeResult) -> None:
-        """Queue one probe result for writing. Non-blocking; never raises."""
+    def enqueue(self, result: ProbeResult | GenerationSample) -> None:
+        """Queue one probe result or canary sample for writing. Non-blocking; never raises."""
         self._writer.enqueue(result)
 
     async def flush(self) -> None:
@@ -180,6 +182,22 @@ class Store:
         rollups, minute steps from raw rows while they are kept and from minute rollups after.
         """
         return await queries.aggregate(self._engine, provider, step_s=step_s, since=since, until=until)
+
+    async def generation_history(self, provider: str, *, since: datetime | None = None,
+                                 until: datetime | None = None, model: str | None = None,
+                                 limit: int = 1000) -> list[StoredSample]:
+        """Canary samples of one provider (one model, if given) with since <= ts < until, newest first."""
+        return await generation.history(self._engine, provider, since=since, until=until, model=model, limit=limit)
+
+    async def generation_recent(self, since: datetime) -> list[StoredSample]:
+        """Canary samples of every provider with ts >= since, oldest first (to rebuild the live statistics)."""
+        return await generation.recent(self._engine, since)
+
+    async def generation_aggregate(self, provider: str, *, step_s: int, since: datetime, until: datetime,
+                                   model: str | None = None) -> list[GenerationBucket]:
+        """step_s-wide buckets per model over since <= ts < until (raw rows or rollups, as `aggregate`)."""
+        return await generation.aggregate(self._engine, provider, step_s=step_s, since=since, until=until,
+                                          model=model)
 
     async def results_since(self, since: datetime, *, exclude: Collection[str] = (),
                             newer_than: Mapping[str, datetime] | None = None) -> list[ProbeResult]:

@@ -205,23 +205,23 @@ async def aggregate(
     return buckets
 
 
-def plan_sources(step_s: int, since: datetime, until: datetime,
-                 marks: Mapping[str, datetime]) -> list[tuple[int | None, datetime, datetime]]:
+def plan_sources(step_s: int, since: datetime, until: datetime, marks: Mapping[str, datetime],
+                 prefix: str = "") -> list[tuple[int | None, datetime, datetime]]:
     """Where each part of [since, until) is read from: (rollup step_s, or None for raw rows, start, end).
 
     Hour multiples (1h, 1d) always read hour rollups where every hour is rolled up, then minute rollups, then raw
     rows for the latest part: a year of hours is 8760 rows, a week of raw probes can be 20,000. Other minute
     multiples (1m, 5m) read raw rows while they are kept (exact p95) and minute rollups before that. Cut points
-    are aligned to step_s, so no bucket mixes two sources.
+    are aligned to step_s, so no bucket mixes two sources. `prefix` names the series' marks ("": probes).
     """
-    minutes_done = marks.get(mark_name(MINUTE_S))
+    minutes_done = marks.get(mark_name(MINUTE_S, prefix))
     plan: list[tuple[int, datetime | None]] = []
     if step_s % HOUR_S == 0:
-        hours_done = marks.get(mark_name(HOUR_S))
+        hours_done = marks.get(mark_name(HOUR_S, prefix))
         plan = [(HOUR_S, floor_time(hours_done, step_s) if hours_done else None),
                 (MINUTE_S, floor_time(minutes_done, step_s) if minutes_done else None)]
     elif step_s % MINUTE_S == 0:
-        raw_pruned = marks.get(RAW_PRUNED)
+        raw_pruned = marks.get(prefix + RAW_PRUNED)
         plan = [(MINUTE_S, ceil_time(raw_pruned, step_s) if raw_pruned and minutes_done else None)]
     segments: list[tuple[int | None, datetime, datetime]] = []
     start = since

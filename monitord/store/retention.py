@@ -1,4 +1,7 @@
-"""Retention: roll raw probes up into minute and hour rows, then delete what has aged out, in small batches.
+"""Retention: roll raw rows up into minute and hour rows, then delete what has aged out, in small batches.
+
+Two series take the same path (SERIES): probes (per provider) and generation canary samples (per provider and
+model), each with its own rollup table and its own marks.
 
 Rollups are recomputed from their source (raw rows for minutes, minute rows for hours) and upserted, so a run is
 idempotent and a crashed run is simply repeated. Raw rows are deleted only once rolled up, minute rows only once
@@ -10,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import and_, delete, func, select, tuple_
+from sqlalchemy import Table, and_, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from monitord.model import Status
 from monitord.store import dialects, histogram
-from monitord.store.schema import probe_rollups, probes, retention_marks
+from monitord.store.schema import generation_rollups, generation_samples, probe_rollups, probes, retention_marks
 
 log = structlog.get_logger("monitord.store")
 
@@ -34,9 +36,9 @@ LOCK_NAME = "monitord.retention"
 CHUNK_ROWS = 20_000  # source rows read per rollup transaction (more only when one bucket holds more)
 
 
-def mark_name(step_s: int) -> str:
-    """The retention_marks row saying rollups of step_s are complete before its time."""
-    return f"rollup_{step_s}"
+def mark_name(step_s: int, prefix: str = "") -> str:
+    """The retention_marks row saying rollups of step_s are complete before its time ("" prefix: probes)."""
+    return f"{prefix}rollup_{step_s}"
 
 
 RAW_PRUNED = "raw_pruned"
@@ -61,13 +63,31 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionReport:
-    """What one run did. `skipped`: another instance holds the retention lock, so this one did nothing."""
+class SeriesReport:
+    """What one run did to one series."""
 
     rolled_up: Mapping[int, int] = field(default_factory=dict)  # step_s -> rollup rows written
-    deleted: Mapping[str, int] = field(default_factory=dict)  # "probes", "rollup_60", "rollup_3600" -> rows
+    deleted: Mapping[str, int] = field(default_factory=dict)  # raw table name and mark names -> rows deleted
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    """What one run did, by series name. `skipped`: another instance holds the retention lock, so this one did
+    nothing."""
+
+    series: Mapping[str, SeriesReport] = field(default_factory=dict)
     elapsed_s: float = 0.0
     skipped: bool = False
+
+    @property
+    def rolled_up(self) -> Mapping[int, int]:
+        """Probe rollup rows written, by step_s."""
+        return self.series["probes"].rolled_up if "probes" in self.series else {}
+
+    @property
+    def deleted(self) -> Mapping[str, int]:
+        """Probe rows deleted: "probes", "rollup_60", "rollup_3600" -> rows."""
+        return self.series["probes"].deleted if "probes" in self.series else {}
 
 
 @dataclass(slots=True)
@@ -81,6 +101,13 @@ class Rollup:
     latency_max_ms: float | None = None
     hist: histogram.Histogram = field(default_factory=dict)
 
+    @property
+    def count(self) -> int:
+        return self.probe_count
+
+    def add_raw(self, row: Any) -> None:
+        self.add_probe(row.status == _UP, float(row.total_ms))
+
     def add_probe(self, ok: bool, total_ms: float) -> None:
         self.probe_count += 1
         if ok:
@@ -88,7 +115,8 @@ class Rollup:
             self._add_latency(total_ms, total_ms, total_ms)
             histogram.add(self.hist, histogram.bucket_index(total_ms))
 
-    def merge(self, other: Rollup) -> None:
+    def merge(self, other: Any) -> None:
+        assert isinstance(other, Rollup)
         self.probe_count += other.probe_count
         self.ok_count += other.ok_count
         if other.latency_sum_ms is not None:
@@ -106,9 +134,9 @@ class Rollup:
         return cls(row.probe_count, row.ok_count, row.latency_sum_ms, row.latency_min_ms, row.latency_max_ms,
                    histogram.decode(row.latency_hist))
 
-    def row(self, provider: str, step_s: int, start_s: int) -> dict[str, Any]:
+    def row(self, key: tuple[str, ...], step_s: int, start_s: int) -> dict[str, Any]:
         return {
-            "provider": provider,
+            "provider": key[0],
             "step_s": step_s,
             "bucket_start_s": start_s,
             "probe_count": self.probe_count,
@@ -118,6 +146,134 @@ class Rollup:
             "latency_max_ms": self.latency_max_ms,
             "latency_hist": histogram.encode(self.hist),
         }
+
+
+_UP = Status.UP.value
+
+
+@dataclass(slots=True)
+class GenerationRollup:
+    """Canary samples of one (provider, model) in one bucket; mergeable like Rollup. Timings of ok samples only."""
+
+    sample_count: int = 0  # every row, skipped ones too (a late row must raise the count)
+    ok_count: int = 0
+    skipped_count: int = 0
+    ttft_sum_ms: float | None = None
+    ttft_min_ms: float | None = None
+    ttft_max_ms: float | None = None
+    ttft_hist: histogram.Histogram = field(default_factory=dict)
+    tps_min: float | None = None
+    tps_max: float | None = None
+    tps_hist: histogram.Histogram = field(default_factory=dict)
+    tokens_spent: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.sample_count
+
+    def add_raw(self, row: Any) -> None:
+        self.add_sample(bool(row.ok), bool(row.skipped), row.ttft_ms, row.tokens_per_s,
+                        (row.prompt_tokens or 0) + (row.completion_tokens or 0))
+
+    def add_sample(self, ok: bool, skipped: bool, ttft_ms: float | None, tokens_per_s: float | None,
+                   tokens: int) -> None:
+        self.sample_count += 1
+        self.tokens_spent += tokens
+        if skipped:
+            self.skipped_count += 1
+            return
+        if not ok:
+            return
+        self.ok_count += 1
+        if ttft_ms is not None:
+            self._ttft(ttft_ms, ttft_ms, ttft_ms)
+            histogram.add(self.ttft_hist, histogram.bucket_index(ttft_ms))
+        if tokens_per_s is not None:
+            self._tps(tokens_per_s, tokens_per_s)
+            histogram.add(self.tps_hist, histogram.bucket_index(tokens_per_s))
+
+    def merge(self, other: Any) -> None:
+        assert isinstance(other, GenerationRollup)
+        self.sample_count += other.sample_count
+        self.ok_count += other.ok_count
+        self.skipped_count += other.skipped_count
+        self.tokens_spent += other.tokens_spent
+        if other.ttft_sum_ms is not None:
+            assert other.ttft_min_ms is not None and other.ttft_max_ms is not None
+            self._ttft(other.ttft_sum_ms, other.ttft_min_ms, other.ttft_max_ms)
+        if other.tps_min is not None and other.tps_max is not None:
+            self._tps(other.tps_min, other.tps_max)
+        histogram.merge_into(self.ttft_hist, other.ttft_hist)
+        histogram.merge_into(self.tps_hist, other.tps_hist)
+
+    def _ttft(self, sum_ms: float, min_ms: float, max_ms: float) -> None:
+        self.ttft_sum_ms = sum_ms if self.ttft_sum_ms is None else self.ttft_sum_ms + sum_ms
+        self.ttft_min_ms = min_ms if self.ttft_min_ms is None else min(self.ttft_min_ms, min_ms)
+        self.ttft_max_ms = max_ms if self.ttft_max_ms is None else max(self.ttft_max_ms, max_ms)
+
+    def _tps(self, low: float, high: float) -> None:
+        self.tps_min = low if self.tps_min is None else min(self.tps_min, low)
+        self.tps_max = high if self.tps_max is None else max(self.tps_max, high)
+
+    def ttft_ms(self, fraction: float) -> float | None:
+        return histogram.quantile(self.ttft_hist, fraction, min_ms=self.ttft_min_ms, max_ms=self.ttft_max_ms)
+
+    def tokens_per_s(self, fraction: float) -> float | None:
+        return histogram.quantile(self.tps_hist, fraction, min_ms=self.tps_min, max_ms=self.tps_max)
+
+    @classmethod
+    def from_row(cls, row: Any) -> GenerationRollup:
+        return cls(row.sample_count, row.ok_count, row.skipped_count, row.ttft_sum_ms, row.ttft_min_ms,
+                   row.ttft_max_ms, histogram.decode(row.ttft_hist), row.tps_min, row.tps_max,
+                   histogram.decode(row.tps_hist), row.tokens_spent)
+
+    def row(self, key: tuple[str, ...], step_s: int, start_s: int) -> dict[str, Any]:
+        provider, model = key
+        return {
+            "provider": provider, "model": model, "step_s": step_s, "bucket_start_s": start_s,
+            "sample_count": self.sample_count, "ok_count": self.ok_count, "skipped_count": self.skipped_count,
+            "ttft_sum_ms": self.ttft_sum_ms, "ttft_min_ms": self.ttft_min_ms, "ttft_max_ms": self.ttft_max_ms,
+            "ttft_hist": histogram.encode(self.ttft_hist), "tps_min": self.tps_min, "tps_max": self.tps_max,
+            "tps_hist": histogram.encode(self.tps_hist), "tokens_spent": self.tokens_spent,
+        }
+
+
+class Mergeable(Protocol):
+    @property
+    def count(self) -> int: ...
+    def add_raw(self, row: Any) -> None: ...
+    def merge(self, other: Any) -> None: ...
+    def row(self, key: tuple[str, ...], step_s: int, start_s: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One time series the job rolls up and prunes: raw rows -> minute rows -> hour rows, keyed by `keys`."""
+
+    name: str
+    raw: Table
+    rollups: Table
+    keys: tuple[str, ...]  # columns that key a rollup besides step and start: ("provider",) or + ("model",)
+    raw_columns: tuple[str, ...]  # what add_raw reads of a raw row
+    count_column: str  # the rollup column counting its source rows
+    new: Callable[[], Mergeable]
+    from_row: Callable[[Any], Mergeable]
+    mark_prefix: str = ""
+
+    def mark(self, step_s: int) -> str:
+        return mark_name(step_s, self.mark_prefix)
+
+    @property
+    def raw_pruned(self) -> str:
+        return f"{self.mark_prefix}{RAW_PRUNED}"
+
+
+PROBES = Series("probes", probes, probe_rollups, ("provider",), ("status", "total_ms"), "probe_count", Rollup,
+                Rollup.from_row)
+GENERATION = Series("generation", generation_samples, generation_rollups, ("provider", "model"),
+                    ("ok", "skipped", "ttft_ms", "tokens_per_s", "prompt_tokens", "completion_tokens"),
+                    "sample_count", GenerationRollup, GenerationRollup.from_row, mark_prefix="generation_")
+SERIES = (PROBES, GENERATION)
 
 
 def epoch_s(at: datetime) -> int:
@@ -145,11 +301,13 @@ class Retention:
     (one works at a time; the others skip)."""
 
     def __init__(self, engine: AsyncEngine, policy: RetentionPolicy, *,
-                 oldest_pending: Callable[[], datetime | None] = lambda: None) -> None:
+                 oldest_pending: Callable[[], datetime | None] = lambda: None,
+                 series: tuple[Series, ...] = SERIES) -> None:
         self._engine = engine
         self.policy = policy
         # The writer's oldest unwritten row: minutes at or after it are not complete in the database yet.
         self._oldest_pending = oldest_pending
+        self.series = series
 
     async def run_once(self, now: datetime) -> RetentionReport:
         """Roll up complete buckets, then delete rows past their retention. Raises if the database is away."""
@@ -160,159 +318,178 @@ class Retention:
             if not got:
                 return RetentionReport(skipped=True)
             try:
-                rolled = {MINUTE_S: await self._roll_minutes(now), HOUR_S: await self._roll_hours()}
-                deleted = await self._prune(now)
+                reports = {series.name: await self._run_series(series, now) for series in self.series}
             finally:
                 await _unlock(lock_conn)
-        report = RetentionReport(rolled, deleted, time.monotonic() - started)
-        if any(rolled.values()) or any(deleted.values()):
-            log.info("store.retention_done", rolled_up={str(k): v for k, v in rolled.items()}, deleted=deleted,
-                     elapsed_s=round(report.elapsed_s, 3))
+        report = RetentionReport(reports, time.monotonic() - started)
+        for name, done in reports.items():
+            if any(done.rolled_up.values()) or any(done.deleted.values()):
+                log.info("store.retention_done", series=name,
+                         rolled_up={str(k): v for k, v in done.rolled_up.items()}, deleted=dict(done.deleted),
+                         elapsed_s=round(report.elapsed_s, 3))
         return report
+
+    async def _run_series(self, series: Series, now: datetime) -> SeriesReport:
+        rolled = {MINUTE_S: await self._roll_minutes(series, now), HOUR_S: await self._roll_hours(series)}
+        return SeriesReport(rolled, await self._prune(series, now))
 
     # -- rollups -------------------------------------------------------------------------------------------------
 
-    async def _roll_minutes(self, now: datetime) -> int:
+    async def _roll_minutes(self, series: Series, now: datetime) -> int:
         complete_until = floor_time(now - timedelta(seconds=self.policy.settle_s), MINUTE_S)
         pending = self._oldest_pending()
         if pending is not None:
             complete_until = min(complete_until, floor_time(pending, MINUTE_S))
         async with self._engine.connect() as conn:
-            mark = (await read_marks(conn)).get(mark_name(MINUTE_S))
-            oldest = (await conn.execute(select(func.min(probes.c.ts)))).scalar_one_or_none()
+            mark = (await read_marks(conn)).get(series.mark(MINUTE_S))
+            oldest = (await conn.execute(select(func.min(series.raw.c.ts)))).scalar_one_or_none()
         if oldest is None:
             return 0
         start = floor_time(oldest, MINUTE_S) if mark is None else max(
             floor_time(mark - timedelta(seconds=self.policy.lookback_s), MINUTE_S), floor_time(oldest, MINUTE_S))
-        return await self._roll(MINUTE_S, start, complete_until, mark, self._minute_chunk)
+        return await self._roll(series, MINUTE_S, start, complete_until, mark, self._minute_chunk)
 
-    async def _roll_hours(self) -> int:
+    async def _roll_hours(self, series: Series) -> int:
+        r = series.rollups
         async with self._engine.connect() as conn:
             marks = await read_marks(conn)
-            oldest_s = (await conn.execute(select(func.min(probe_rollups.c.bucket_start_s))
-                                           .where(probe_rollups.c.step_s == MINUTE_S))).scalar_one_or_none()
-        minutes_done = marks.get(mark_name(MINUTE_S))
+            oldest_s = (await conn.execute(select(func.min(r.c.bucket_start_s))
+                                           .where(r.c.step_s == MINUTE_S))).scalar_one_or_none()
+        minutes_done = marks.get(series.mark(MINUTE_S))
         if minutes_done is None or oldest_s is None:
             return 0
         oldest = datetime.fromtimestamp(oldest_s, UTC)
-        mark = marks.get(mark_name(HOUR_S))
+        mark = marks.get(series.mark(HOUR_S))
         lookback_s = max(self.policy.lookback_s, HOUR_S)
         start = floor_time(oldest, HOUR_S) if mark is None else max(
             floor_time(mark - timedelta(seconds=lookback_s), HOUR_S), floor_time(oldest, HOUR_S))
-        return await self._roll(HOUR_S, start, floor_time(minutes_done, HOUR_S), mark, self._hour_chunk)
+        return await self._roll(series, HOUR_S, start, floor_time(minutes_done, HOUR_S), mark, self._hour_chunk)
 
-    async def _roll(self, step_s: int, start: datetime, until: datetime, mark: datetime | None,
-                    chunk: Callable[[AsyncConnection, datetime, datetime], Any]) -> int:
+    async def _roll(self, series: Series, step_s: int, start: datetime, until: datetime, mark: datetime | None,
+                    chunk: Callable[[AsyncConnection, Series, datetime, datetime], Any]) -> int:
         """Roll [start, until) up chunk by chunk, each in one transaction that also moves the mark forward
         (never back: a writer still holding old rows shortens the run, not what is already done)."""
         written = 0
         while start < until:
             async with self._engine.begin() as conn:
-                span = await _next_chunk(conn, step_s, start, until)
+                span = await _next_chunk(conn, series, step_s, start, until)
                 if span is None:  # no source rows left before `until`: the rest is done at once
                     end, rows = until, []
                 else:
                     start, end = span
-                    rows = await chunk(conn, start, end)
+                    rows = await chunk(conn, series, start, end)
                 if rows:
-                    await conn.execute(_rollup_upsert(conn.dialect.name), rows)
+                    await conn.execute(_rollup_upsert(conn.dialect.name, series), rows)
                 if mark is None or end > mark:
-                    await _set_mark(conn, mark_name(step_s), end)
+                    await _set_mark(conn, series.mark(step_s), end)
             written += len(rows)
             start = end
             await asyncio.sleep(0)  # one chunk at a time: let probes and the API run in between
         return written
 
-    async def _minute_chunk(self, conn: AsyncConnection, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    async def _minute_chunk(self, conn: AsyncConnection, series: Series, start: datetime,
+                            end: datetime) -> list[dict[str, Any]]:
         """Minute rows for [start, end) whose raw rows outnumber what is rolled up (new minutes, late rows)."""
-        minute = dialects.epoch_bucket(conn.dialect.name, probes.c.ts, MINUTE_S).label("bucket")
-        counts = await conn.execute(select(probes.c.provider, minute, func.count().label("n"))
-                                    .where(probes.c.ts >= start, probes.c.ts < end)
-                                    .group_by(probes.c.provider, minute))
-        dirty = await self._dirty(conn, MINUTE_S, start, end,
-                                  {(row.provider, int(row.bucket) * MINUTE_S): int(row.n) for row in counts})
+        raw = series.raw
+        keys = [raw.c[name] for name in series.keys]
+        minute = dialects.epoch_bucket(conn.dialect.name, raw.c.ts, MINUTE_S).label("bucket")
+        counts = await conn.execute(select(*keys, minute, func.count().label("n"))
+                                    .where(raw.c.ts >= start, raw.c.ts < end).group_by(*keys, minute))
+        dirty = await self._dirty(conn, series, MINUTE_S, start, end,
+                                  {(*row[:-2], int(row.bucket) * MINUTE_S): int(row.n) for row in counts})
         if not dirty:
             return []
-        low_s, high_s = min(s for _, s in dirty), max(s for _, s in dirty) + MINUTE_S
-        stmt = (select(probes.c.provider, minute, probes.c.status, probes.c.total_ms)
-                .where(probes.c.ts >= datetime.fromtimestamp(low_s, UTC),
-                       probes.c.ts < datetime.fromtimestamp(high_s, UTC),
-                       probes.c.provider.in_(sorted({provider for provider, _ in dirty}))))
-        rollups: dict[tuple[str, int], Rollup] = defaultdict(Rollup)
-        up = Status.UP.value
+        low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + MINUTE_S
+        stmt = (select(*keys, minute, *(raw.c[name] for name in series.raw_columns))
+                .where(raw.c.ts >= datetime.fromtimestamp(low_s, UTC),
+                       raw.c.ts < datetime.fromtimestamp(high_s, UTC),
+                       raw.c.provider.in_(sorted({key[0] for key in dirty}))))
+        rollups: dict[tuple[Any, ...], Mergeable] = {}
+        width = len(keys)
         for row in (await conn.execute(stmt)).all():
-            key = (row.provider, int(row.bucket) * MINUTE_S)
+            key = (*row[:width], int(row.bucket) * MINUTE_S)
             if key in dirty:
-                rollups[key].add_probe(row.status == up, float(row.total_ms))
+                rollup = rollups.get(key)
+                if rollup is None:
+                    rollup = rollups[key] = series.new()
+                rollup.add_raw(row)
         return _rows(rollups, MINUTE_S)
 
-    async def _hour_chunk(self, conn: AsyncConnection, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """Hour rows for [start, end), merged from minute rows, where those count more probes than the hour row."""
-        r = probe_rollups
+    async def _hour_chunk(self, conn: AsyncConnection, series: Series, start: datetime,
+                          end: datetime) -> list[dict[str, Any]]:
+        """Hour rows for [start, end), merged from minute rows, where those count more rows than the hour row."""
+        r = series.rollups
+        keys = [r.c[name] for name in series.keys]
         minutes = and_(r.c.step_s == MINUTE_S, r.c.bucket_start_s >= epoch_s(start),
                        r.c.bucket_start_s < epoch_s(end))
         hour = (r.c.bucket_start_s // HOUR_S).label("bucket")
-        counts = await conn.execute(select(r.c.provider, hour, func.sum(r.c.probe_count).label("n"))
-                                    .where(minutes).group_by(r.c.provider, hour))
-        dirty = await self._dirty(conn, HOUR_S, start, end,
-                                  {(row.provider, int(row.bucket) * HOUR_S): int(row.n) for row in counts})
+        counts = await conn.execute(select(*keys, hour, func.sum(r.c[series.count_column]).label("n"))
+                                    .where(minutes).group_by(*keys, hour))
+        dirty = await self._dirty(conn, series, HOUR_S, start, end,
+                                  {(*row[:-2], int(row.bucket) * HOUR_S): int(row.n) for row in counts})
         if not dirty:
             return []
-        low_s, high_s = min(s for _, s in dirty), max(s for _, s in dirty) + HOUR_S
+        low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + HOUR_S
         stmt = select(r).where(r.c.step_s == MINUTE_S, r.c.bucket_start_s >= low_s, r.c.bucket_start_s < high_s,
-                               r.c.provider.in_(sorted({provider for provider, _ in dirty})))
-        rollups: dict[tuple[str, int], Rollup] = defaultdict(Rollup)
+                               r.c.provider.in_(sorted({key[0] for key in dirty})))
+        rollups: dict[tuple[Any, ...], Mergeable] = {}
         for row in (await conn.execute(stmt)).all():
-            key = (row.provider, row.bucket_start_s // HOUR_S * HOUR_S)
+            key = (*(getattr(row, name) for name in series.keys), row.bucket_start_s // HOUR_S * HOUR_S)
             if key in dirty:
-                rollups[key].merge(Rollup.from_row(row))
+                rollup = rollups.get(key)
+                if rollup is None:
+                    rollup = rollups[key] = series.new()
+                rollup.merge(series.from_row(row))
         return _rows(rollups, HOUR_S)
 
     @staticmethod
-    async def _dirty(conn: AsyncConnection, step_s: int, start: datetime, end: datetime,
-                     source_counts: Mapping[tuple[str, int], int]) -> set[tuple[str, int]]:
-        """(provider, bucket start_s) whose source holds more probes than their rollup row: never fewer, so a
+    async def _dirty(conn: AsyncConnection, series: Series, step_s: int, start: datetime, end: datetime,
+                     source_counts: Mapping[tuple[Any, ...], int]) -> set[tuple[Any, ...]]:
+        """(keys..., bucket start_s) whose source holds more rows than their rollup row: never fewer, so a
         source already pruned (or pruned half-way) never shrinks a rollup."""
-        r = probe_rollups
-        stmt = select(r.c.provider, r.c.bucket_start_s, r.c.probe_count).where(
+        r = series.rollups
+        stmt = select(*(r.c[name] for name in series.keys), r.c.bucket_start_s, r.c[series.count_column]).where(
             r.c.step_s == step_s, r.c.bucket_start_s >= epoch_s(start), r.c.bucket_start_s < epoch_s(end))
-        rolled = {(row.provider, row.bucket_start_s): row.probe_count for row in (await conn.execute(stmt)).all()}
+        rolled = {tuple(row[:-1]): row[-1] for row in (await conn.execute(stmt)).all()}
         return {key for key, count in source_counts.items() if count > rolled.get(key, 0)}
 
     # -- pruning -------------------------------------------------------------------------------------------------
 
-    async def _prune(self, now: datetime) -> dict[str, int]:
+    async def _prune(self, series: Series, now: datetime) -> dict[str, int]:
         """Delete rows past retention, but never source rows whose rollup is not complete yet."""
         policy = self.policy
         async with self._engine.connect() as conn:
             marks = await read_marks(conn)
-        deleted = {"probes": 0, mark_name(MINUTE_S): 0, mark_name(HOUR_S): 0}
-        minutes_done, hours_done = marks.get(mark_name(MINUTE_S)), marks.get(mark_name(HOUR_S))
+        minute_mark, hour_mark = series.mark(MINUTE_S), series.mark(HOUR_S)
+        deleted = {series.raw.name: 0, minute_mark: 0, hour_mark: 0}
+        minutes_done, hours_done = marks.get(minute_mark), marks.get(hour_mark)
         if minutes_done is not None:
             cutoff = min(floor_time(now - timedelta(seconds=policy.raw_s), HOUR_S),
                          floor_time(minutes_done - timedelta(seconds=policy.lookback_s), MINUTE_S))
-            deleted["probes"] = await self._delete_raw(cutoff)
-            if marks.get(RAW_PRUNED) is None or marks[RAW_PRUNED] < cutoff:
+            deleted[series.raw.name] = await self._delete_raw(series.raw, cutoff)
+            pruned = marks.get(series.raw_pruned)
+            if pruned is None or pruned < cutoff:
                 async with self._engine.begin() as conn:
-                    await _set_mark(conn, RAW_PRUNED, cutoff)
+                    await _set_mark(conn, series.raw_pruned, cutoff)
         if hours_done is not None:
             lookback_s = max(policy.lookback_s, HOUR_S)
             cutoff = min(floor_time(now - timedelta(seconds=policy.minute_rollups_s), HOUR_S),
                          floor_time(hours_done - timedelta(seconds=lookback_s), HOUR_S))
-            deleted[mark_name(MINUTE_S)] = await self._delete_rollups(MINUTE_S, cutoff)
+            deleted[minute_mark] = await self._delete_rollups(series, MINUTE_S, cutoff)
         hour_cutoff = floor_time(now - timedelta(seconds=policy.hour_rollups_s), HOUR_S)
-        deleted[mark_name(HOUR_S)] = await self._delete_rollups(HOUR_S, hour_cutoff)
+        deleted[hour_mark] = await self._delete_rollups(series, HOUR_S, hour_cutoff)
         return deleted
 
-    async def _delete_raw(self, before: datetime) -> int:
-        oldest_first = select(probes.c.id).where(probes.c.ts < before).order_by(probes.c.ts)
-        return await self._delete_in_batches(lambda: delete(probes).where(
-            probes.c.id.in_(oldest_first.limit(self.policy.batch_size).scalar_subquery())))
+    async def _delete_raw(self, raw: Table, before: datetime) -> int:
+        oldest_first = select(raw.c.id).where(raw.c.ts < before).order_by(raw.c.ts)
+        return await self._delete_in_batches(lambda: delete(raw).where(
+            raw.c.id.in_(oldest_first.limit(self.policy.batch_size).scalar_subquery())))
 
-    async def _delete_rollups(self, step_s: int, before: datetime) -> int:
-        r = probe_rollups
-        key = tuple_(r.c.provider, r.c.step_s, r.c.bucket_start_s)
-        oldest_first = (select(r.c.provider, r.c.step_s, r.c.bucket_start_s)
+    async def _delete_rollups(self, series: Series, step_s: int, before: datetime) -> int:
+        r = series.rollups
+        columns = (*(r.c[name] for name in series.keys), r.c.step_s, r.c.bucket_start_s)
+        key = tuple_(*columns)
+        oldest_first = (select(*columns)
                         .where(r.c.step_s == step_s, r.c.bucket_start_s < epoch_s(before))
                         .order_by(r.c.bucket_start_s))
         return await self._delete_in_batches(lambda: delete(r).where(key.in_(oldest_first.limit(
@@ -329,18 +506,19 @@ class Retention:
             await asyncio.sleep(0)  # between batches, other transactions get the table
 
 
-def _rows(rollups: Mapping[tuple[str, int], Rollup], step_s: int) -> list[dict[str, Any]]:
-    return [rollup.row(provider, step_s, start_s) for (provider, start_s), rollup in sorted(rollups.items())]
+def _rows(rollups: Mapping[tuple[Any, ...], Mergeable], step_s: int) -> list[dict[str, Any]]:
+    return [rollup.row(key[:-1], step_s, key[-1]) for key, rollup in sorted(rollups.items())]
 
 
-async def _next_chunk(conn: AsyncConnection, step_s: int, start: datetime,
+async def _next_chunk(conn: AsyncConnection, series: Series, step_s: int, start: datetime,
                       until: datetime) -> tuple[datetime, datetime] | None:
-    """The next span of whole buckets in [start, until) holding about CHUNK_ROWS source rows (raw probes for
+    """The next span of whole buckets in [start, until) holding about CHUNK_ROWS source rows (raw rows for
     minutes, minute rollups for hours), skipping empty time; None when no source row is left before `until`."""
     if step_s == MINUTE_S:
-        source = select(probes.c.ts).where(probes.c.ts >= start, probes.c.ts < until).order_by(probes.c.ts)
+        raw = series.raw
+        source = select(raw.c.ts).where(raw.c.ts >= start, raw.c.ts < until).order_by(raw.c.ts)
     else:
-        r = probe_rollups
+        r = series.rollups
         source = (select(r.c.bucket_start_s)
                   .where(r.c.step_s == MINUTE_S, r.c.bucket_start_s >= epoch_s(start),
                          r.c.bucket_start_s < epoch_s(until)).order_by(r.c.bucket_start_s))
@@ -358,9 +536,11 @@ def _as_time(value: datetime | int | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int) else value
 
 
-def _rollup_upsert(dialect_name: str) -> Any:
-    columns = ("probe_count", "ok_count", "latency_sum_ms", "latency_min_ms", "latency_max_ms", "latency_hist")
-    return dialects.upsert(dialect_name, probe_rollups, ("provider", "step_s", "bucket_start_s"),
+def _rollup_upsert(dialect_name: str, series: Series) -> Any:
+    table = series.rollups
+    key_columns = (*series.keys, "step_s", "bucket_start_s")
+    columns = [column.name for column in table.columns if column.name not in key_columns]
+    return dialects.upsert(dialect_name, table, key_columns,
                            lambda excluded: {name: getattr(excluded, name) for name in columns})
 
 
@@ -375,4 +555,3 @@ async def _unlock(conn: AsyncConnection) -> None:
         await conn.commit()
     except Exception:  # the session is broken: close it rather than pool it, and the lock ends with it
         await conn.invalidate()
-

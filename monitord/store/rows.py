@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from monitord.model import ProbeResult, ProviderSpec
+from monitord.model import GenerationSample, ProbeResult, ProviderSpec
 
 ERROR_MAX_CHARS = 2000  # a probe error is a short message; cap it so one odd body cannot bloat the table
 
@@ -15,10 +15,14 @@ ERROR_MAX_CHARS = 2000  # a probe error is a short message; cap it so one odd bo
 # reader matching probes to the models they listed allows that much slack (queries.py).
 MODEL_REFRESH_S = 60.0
 
-def probe_row(result: ProbeResult) -> dict[str, Any]:
-    error = result.error
+def _short(error: str | None) -> str | None:
     if error is not None and len(error) > ERROR_MAX_CHARS:
-        error = error[: ERROR_MAX_CHARS - 1] + "…"
+        return error[: ERROR_MAX_CHARS - 1] + "…"
+    return error
+
+
+def probe_row(result: ProbeResult) -> dict[str, Any]:
+    error = _short(result.error)
     return {
         "ts": result.started_at,
         "provider": result.provider,
@@ -31,6 +35,27 @@ def probe_row(result: ProbeResult) -> dict[str, Any]:
         "http_status": result.http_status,
         "model_count": len(result.models),
         "attempts": result.attempts,
+    }
+
+
+def generation_row(sample: GenerationSample) -> dict[str, Any]:
+    return {
+        "ts": sample.started_at,
+        "provider": sample.provider,
+        "model": sample.model,
+        "kind": sample.kind.value,
+        "ok": sample.ok,
+        "skipped": sample.skipped,
+        "error_class": sample.error_class.value if sample.error_class is not None else None,
+        "error": _short(sample.error),
+        "ttft_ms": sample.ttft_ms,
+        "total_ms": sample.total_ms,
+        "tokens_per_s": sample.tokens_per_s,
+        "prompt_tokens": sample.prompt_tokens,
+        "completion_tokens": sample.completion_tokens,
+        "finish_reason": _short(sample.finish_reason),
+        "streamed": sample.streamed,
+        "stream_complete": sample.stream_complete,
     }
 
 

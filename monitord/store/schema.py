@@ -224,3 +224,59 @@ silences = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Index(None, "ends_at"),
 )
+
+
+# --- generation canaries: one row per canary sample, and their rollups ---
+
+# One row per canary run against one model (monitord.model.GenerationSample). ok/skipped as the sample says:
+# a skipped row (busy, not_loaded, budget_exhausted) measured nothing. No foreign key, like probes.
+generation_samples = Table(
+    "generation_samples",
+    metadata,
+    Column("id", ID_TYPE, primary_key=True, autoincrement=True),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("kind", String(16), nullable=False),  # generation | embedding
+    Column("ok", Boolean, nullable=False),
+    Column("skipped", Boolean, nullable=False),
+    Column("error_class", String(32), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("ttft_ms", Float, nullable=True),
+    Column("total_ms", Float, nullable=True),
+    Column("tokens_per_s", Float, nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("finish_reason", Text, nullable=True),
+    Column("streamed", Boolean, nullable=False),
+    Column("stream_complete", Boolean, nullable=True),
+    # History of one provider over a time range; all providers since a time (rebuild) and pruning by age.
+    Index(None, "provider", "ts"),
+    Index(None, "ts"),
+)
+
+# Samples of one (provider, model) within [bucket_start_s, bucket_start_s + step_s), like probe_rollups:
+# sample_count counts every row (skipped too) so a late row is noticed; timings cover ok samples only, and the
+# histograms (store.histogram's text; tokens/s in the same log buckets, read as plain numbers) give the
+# TTFT p50/p95 and the tokens/s p50 of any merged range.
+generation_rollups = Table(
+    "generation_rollups",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("step_s", Integer, primary_key=True),
+    Column("bucket_start_s", BigInteger, primary_key=True),
+    Column("sample_count", Integer, nullable=False),
+    Column("ok_count", Integer, nullable=False),
+    Column("skipped_count", Integer, nullable=False),
+    Column("ttft_sum_ms", Float, nullable=True),
+    Column("ttft_min_ms", Float, nullable=True),
+    Column("ttft_max_ms", Float, nullable=True),
+    Column("ttft_hist", Text, nullable=False),
+    Column("tps_min", Float, nullable=True),
+    Column("tps_max", Float, nullable=True),
+    Column("tps_hist", Text, nullable=False),
+    Column("tokens_spent", BigInteger, nullable=False),
+    Index(None, "step_s", "bucket_start_s"),
+    **CLUSTERED_BY_PRIMARY_KEY,
+)

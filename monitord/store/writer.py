@@ -1,4 +1,5 @@
-"""The one batched writer: probe rows, model sightings and server versions, in Core batches.
+"""The one batched writer: probe rows (with model sightings and server versions) and generation canary samples,
+in Core batches.
 
 Buffers while the database is away (bounded, oldest dropped and counted) and never raises to callers.
 """
@@ -10,16 +11,16 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import bindparam, case, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from monitord.model import ProbeResult
+from monitord.model import GenerationSample, ProbeResult
 from monitord.store import dialects, rows
-from monitord.store.schema import probes, provider_models, providers
+from monitord.store.schema import generation_samples, probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
 WRITE_TIMEOUT_S = 15.0
@@ -28,6 +29,9 @@ WRITE_TIMEOUT_S = 15.0
 ABORT_GRACE_S = 3.0
 MODEL_REFRESH_S = rows.MODEL_REFRESH_S
 MODELS_REMEMBERED = 100_000
+
+# Every kind of row the writer takes; a batch holds any mix, written in one transaction.
+Observation = ProbeResult | GenerationSample
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +86,8 @@ class Writer:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._buffer_limit = buffer_limit
-        self._buffer: deque[ProbeResult] = deque()
-        self._in_flight: list[ProbeResult] = []  # taken from the buffer, not yet committed
+        self._buffer: deque[Observation] = deque()
+        self._in_flight: list[Observation] = []  # taken from the buffer, not yet committed
         self._write_lock = asyncio.Lock()
         self._batch_ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -113,8 +117,8 @@ class Writer:
         waiting = [*self._in_flight, *self._buffer]
         return min((result.started_at for result in waiting), default=None)
 
-    def enqueue(self, result: ProbeResult) -> None:
-        """Buffer one result for the next batch. Non-blocking; never raises."""
+    def enqueue(self, result: Observation) -> None:
+        """Buffer one probe result or canary sample for the next batch. Non-blocking; never raises."""
         if self._closed:
             self._drop(1, reason="closed")
             return
@@ -177,9 +181,12 @@ class Writer:
             count = min(self._batch_size, len(self._buffer))
             self._in_flight = [self._buffer.popleft() for _ in range(count)]
             batch = self._in_flight
-            model_rows = self._changed_models(batch)
+            # Probe results are nearly every row: one pass sorts out the rest, the common case pays one type check.
+            samples = [row for row in batch if type(row) is GenerationSample]
+            results = [row for row in batch if type(row) is ProbeResult] if samples else cast(list[ProbeResult], batch)
+            model_rows = self._changed_models(results)
             try:
-                await self._commit(batch, model_rows)
+                await self._commit(results, model_rows, samples)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
                 self._log.error("store.batch_rejected", rows=len(batch), error=describe_error(exc))
@@ -210,7 +217,8 @@ class Writer:
                 self._failures_in_a_row = 0
             return True
 
-    async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]]) -> None:
+    async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
+                      samples: list[GenerationSample]) -> None:
         """One transaction, bounded by the write timeout whatever the database or the network does.
 
         A silent peer (half-open TCP) never answers, not even a rollback or a goodbye: when the time is up the
@@ -233,7 +241,7 @@ class Writer:
                 watchdog = loop.call_at(deadline, abort, raw.driver_connection)
                 try:
                     async with conn.begin():
-                        await _write(conn, batch, model_rows)
+                        await _write(conn, batch, model_rows, samples)
                 finally:
                     watchdog.cancel()
         except Exception as exc:
@@ -261,7 +269,7 @@ class Writer:
             first_seen = min(row["first_seen"], written[1]) if written else row["first_seen"]
             self._models_written[key] = (row["details"], first_seen, row["last_seen"])
 
-    def _requeue(self, batch: list[ProbeResult]) -> None:
+    def _requeue(self, batch: list[Observation]) -> None:
         """Put a failed batch back in front: it is older than anything enqueued meanwhile."""
         self._in_flight = []
         self._buffer.extendleft(reversed(batch))
@@ -274,8 +282,10 @@ class Writer:
             )
 
 
-async def _write(conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]]) -> None:
+async def _write(conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
+                 samples: list[GenerationSample]) -> None:
     await dialects.insert_rows(conn, probes, [rows.probe_row(result) for result in batch])
+    await dialects.insert_rows(conn, generation_samples, [rows.generation_row(sample) for sample in samples])
     if model_rows:
         await conn.execute(_model_upsert(conn.dialect.name), model_rows)
     versions = rows.server_versions(batch)
