@@ -97,12 +97,7 @@ class AiohttpProbeHttp:
         return await self._request("POST", path, payload, authenticated)
 
     def _headers(self, authenticated: bool) -> dict[str, str]:
-        headers = {name: value.reveal() for name, value in self._spec.headers}
-        if authenticated and self._spec.api_key:
-            # Every server in the reference accepts a Bearer token (TabbyAPI, LocalAI and llama.cpp also
-            # take X-Api-Key); a user-set Authorization header wins.
-            headers.setdefault("Authorization", f"Bearer {self._spec.api_key.reveal()}")
-        return headers
+        return request_headers(self._spec, authenticated=authenticated)
 
     async def _request(self, method: str, path: str, payload: Any, authenticated: bool) -> HttpResponse:
         remaining = self._deadline - time.perf_counter()
@@ -126,6 +121,16 @@ class AiohttpProbeHttp:
             self._attempt.calls.append(HttpCall(method, path, status, (time.perf_counter() - started) * 1000))
             if timing.connect_ms is not None:
                 self._attempt.connect_ms = (self._attempt.connect_ms or 0.0) + timing.connect_ms
+
+
+def request_headers(spec: ProviderSpec, *, authenticated: bool = True) -> dict[str, str]:
+    """The configured headers plus the api key; what every request to a provider carries."""
+    headers = {name: value.reveal() for name, value in spec.headers}
+    if authenticated and spec.api_key:
+        # Every server in the reference accepts a Bearer token (TabbyAPI, LocalAI and llama.cpp also
+        # take X-Api-Key); a user-set Authorization header wins.
+        headers.setdefault("Authorization", f"Bearer {spec.api_key.reveal()}")
+    return headers
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, path: str) -> bytes:
@@ -220,6 +225,11 @@ def _scrub(message: str, spec: ProviderSpec) -> str:
         if len(secret) >= 4:
             message = message.replace(secret, "***")
     return message
+
+
+def scrub(message: str, spec: ProviderSpec) -> str:
+    """`message` with every configured secret of `spec` replaced by ***."""
+    return _scrub(message, spec)
 
 
 def judge(observation: Observation, spec: ProviderSpec) -> tuple[Status, ErrorClass | None, str | None]:

@@ -227,7 +227,11 @@ def tgi_event(data: str) -> StreamEvent:
 
 def ollama_line(data: str) -> StreamEvent:
     """Ollama `/api/chat` or `/api/generate` NDJSON; the last line has `"done": true` and the counts."""
-    line = _object(data)
+    return ollama_object(_object(data))
+
+
+def ollama_object(line: dict[str, Any]) -> StreamEvent:
+    """One Ollama chat/generate object (a stream line, or the whole reply when not streamed)."""
     if line.get("error"):
         return StreamEvent(error=_error_text(line["error"]))
     message = _dict(line.get("message"))

@@ -28,6 +28,7 @@ from tests.doubles.base import (
     new_app,
     scenario_of,
 )
+from tests.doubles.generation import hang_unanswered, kobold_frames, send_generation
 
 KOBOLDCPP, KOBOLDAI = "koboldcpp", "koboldai"
 NOT_FOUND = "Error: HTTP Server is running, but this endpoint does not exist. Please check the URL."
@@ -111,7 +112,10 @@ def _koboldcpp_get(path: str, control: DoubleControl, scenario: Scenario, author
     if path.endswith(("/api/v1/config/max_context_length", "/api/latest/config/max_context_length")):
         return fixture(KOBOLDCPP, "api-v1-config-max-context-length.json")
     if path.endswith("/api/extra/perf"):
-        return fixture(KOBOLDCPP, "api-extra-perf.json")
+        perf = fixture(KOBOLDCPP, "api-extra-perf.json")
+        if control.options.get("busy"):  # a generation holds the lock and one more waits
+            perf.update(idle=0, queue=1)
+        return perf
     if path.endswith("/v1/models"):
         listing = fixture(KOBOLDCPP, "v1-models.json")
         listing["data"][0]["id"] = name  # v1.76 lists whatever the name is, "inactive" included
@@ -133,7 +137,11 @@ async def _koboldcpp_post(request: web.Request, control: DoubleControl, scenario
         return kobold_json(fixture(KOBOLDCPP, "error-busy-503.json"), 503)
     payload = await request.json(loads=orjson.loads)
     if path.endswith("/api/extra/generate/stream"):
-        return await _sse(request, fixture_bytes(KOBOLDCPP, "api-extra-generate-stream.sse"))
+        if control.options.get("reference_stream"):
+            return await _sse(request, fixture_bytes(KOBOLDCPP, "api-extra-generate-stream.sse"))
+        if await hang_unanswered(request):
+            return kobold_json(fixture(KOBOLDCPP, "error-busy-503.json"), 503)
+        return await send_generation(request, kobold_frames(control, payload if isinstance(payload, dict) else {}))
     if path.endswith("/v1/chat/completions") and isinstance(payload, dict) and payload.get("stream"):
         return await _sse(request, fixture_bytes(KOBOLDCPP, "chat-stream-old.sse"))
     if path.endswith("/v1/chat/completions"):

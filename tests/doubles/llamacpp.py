@@ -7,12 +7,16 @@ X-Api-Key) except on the public routes, then routing; unknown paths get the JSON
   multimodal    the model has an mmproj: `capabilities` gains `multimodal`, input modalities gain `image`
   metrics       serve `/metrics` (otherwise 501, as without `--metrics`)
   models_public False: the model list needs the key too (seen on the xllamacpp build of the server)
+  slots_busy    every slot is processing (`/slots`); generation requests wait in the queue meanwhile
+  reference_stream  stream the reference `chat-stream.sse` verbatim instead of a paced reply
+Generation (streams, stalls, hangs) follows tests/doubles/generation.py.
 Scenarios: LOADING 503 everywhere (router mode: the listing says `loading`); EMPTY router mode with every model
 unloaded (the only "no model" state llama.cpp has); ERROR 500 `server_error` on every route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -20,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from tests.doubles.base import DoubleControl, Scenario, control_of, fixture, fixture_bytes, new_app, scenario_of
+from tests.doubles.generation import hang_unanswered, openai_frames, send_generation
 
 SERVER = "llamacpp"
 PUBLIC_PATHS = frozenset({"/health", "/v1/health", "/models", "/v1/models", "/"})
@@ -122,6 +127,9 @@ async def _props(request: web.Request) -> web.StreamResponse:
 
 async def _slots(request: web.Request) -> web.StreamResponse:
     slots = fixture(SERVER, "slots.json")
+    busy = control_of(request).options.get("slots_busy")
+    for slot in slots:  # the reference has one idle and one busy slot; `slots_busy` takes both, else none
+        slot["is_processing"] = bool(busy)
     if request.query.get("fail_on_no_slot") == "1" and all(s["is_processing"] for s in slots):
         return llama_json(fixture(SERVER, "error-503-no-slot.json"), 503)
     return llama_json(slots)
@@ -144,13 +152,22 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return llama_error(400, "Failed to parse the request body as JSON", "invalid_request_error")
     if not isinstance(payload, dict):
         return llama_error(400, "Failed to parse the request body as JSON", "invalid_request_error")
-    if payload.get("stream"):
+    control = control_of(request)
+    while control.options.get("slots_busy"):  # every slot is taken: the request waits in the queue
+        if request.transport is None or request.transport.is_closing():
+            return llama_error(503, "no slot available", "unavailable_error")
+        await asyncio.sleep(0.05)
+    if await hang_unanswered(request):
+        return llama_error(503, "no slot available", "unavailable_error")
+    if payload.get("stream") and control.options.get("reference_stream"):
         response = web.StreamResponse(headers={**_HEADERS, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(fixture_bytes(SERVER, "chat-stream.sse"))
         await response.write_eof()
         return response
     model = fixture(SERVER, "models.json")["data"][0]["id"]
+    if payload.get("stream"):
+        return await send_generation(request, openai_frames(model, control, payload, timings=True), _HEADERS)
     return llama_json({
         "choices": [{"finish_reason": "length", "index": 0,
                      "message": {"role": "assistant", "content": "Hello"}}],

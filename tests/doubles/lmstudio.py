@@ -23,7 +23,8 @@ from tests.doubles.base import (
     new_app,
     scenario_of,
 )
-from tests.doubles.openai import completion_body, read_json, send_stream, stream_chunks
+from tests.doubles.generation import openai_frames, send_generation
+from tests.doubles.openai import completion_body, read_json
 
 _API_LEVELS = {"v1": 3, "v0": 2, "openai": 1}
 _TOKEN_REQUIRED = (
@@ -113,7 +114,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     payload = await read_json(request) or {}
     model = str(payload.get("model", ""))
     if payload.get("stream"):
-        return await send_stream(request, stream_chunks(model))
+        return await send_generation(request, openai_frames(model, ctl, payload))
     return json_response(completion_body(model))
 
 

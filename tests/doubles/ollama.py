@@ -6,6 +6,8 @@ no body. Keys are ignored everywhere (Ollama has none), so UNAUTHORIZED behaves 
 Scenarios: LOADING models on disk, none in memory yet (Ollama loads on first use and keeps answering);
 EMPTY nothing pulled (`/api/tags` `[]`, `/v1/models` `data: null`); ERROR 500 `{"error": ...}` from the
 model routes while `/` and `/api/version` still answer (they never touch a model).
+Options: `resident=False` nothing in memory (`/api/ps` empty: a request would load the model); `embedding_only`
+the model embeds (`/api/embed`) and refuses chat. Generation (streams, stalls) follows tests/doubles/generation.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from tests.doubles.base import DoubleControl, Scenario, control_of, fixture, fixture_bytes, new_app, scenario_of
+from tests.doubles.generation import hang_unanswered, ollama_frames, send_generation
 
 SERVER = "ollama"
 _TRUSTED_SUFFIXES = (".localhost", ".local", ".internal")
@@ -33,6 +36,7 @@ def ollama_app(control: DoubleControl) -> web.Application:
     app.router.add_get("/api/ps", _ps)
     app.router.add_post("/api/show", _show)
     app.router.add_post("/api/chat", _chat)
+    app.router.add_post("/api/embed", _embed)
     app.router.add_get("/v1/models", _openai_models)
     return app
 
@@ -93,7 +97,7 @@ async def _ps(request: web.Request) -> web.StreamResponse:
     scenario = scenario_of(request)
     if scenario is Scenario.ERROR:
         return gin_json({"error": "llama runner process has terminated: exit status 2"}, 500)
-    if scenario in (Scenario.EMPTY, Scenario.LOADING):
+    if scenario in (Scenario.EMPTY, Scenario.LOADING) or control_of(request).options.get("resident") is False:
         return gin_json({"models": []})
     resident = fixture(SERVER, "api-ps.json")["models"][0]
     first = _on_disk(control_of(request), scenario)[0]
@@ -124,15 +128,27 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return gin_json({"error": "model is required"}, 400)
     if name not in {m["name"] for m in _on_disk(control_of(request), scenario_of(request))}:
         return gin_json({"error": f"model '{name}' not found"}, 404)
-    lines = fixture_bytes(SERVER, "api-chat-stream.ndjson").replace(b"llama3.2:3b", name.encode())
+    control = control_of(request)
+    if control.options.get("embedding_only"):
+        return gin_json({"error": f'"{name}" does not support chat'}, 400)
+    if await hang_unanswered(request):
+        return gin_json({"error": "context canceled"}, 500)
     if payload.get("stream") is False:
+        lines = fixture_bytes(SERVER, "api-chat-stream.ndjson").replace(b"llama3.2:3b", name.encode())
         return gin_json(orjson.loads(lines.splitlines()[-1]))
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    for line in lines.splitlines(keepends=True):
-        await response.write(line)
-    await response.write_eof()
-    return response
+    return await send_generation(request, ollama_frames(name, control, payload))
+
+
+async def _embed(request: web.Request) -> web.StreamResponse:
+    try:
+        payload = await request.json(loads=orjson.loads)
+    except orjson.JSONDecodeError:
+        return gin_json({"error": "invalid character 'x' looking for beginning of value"}, 400)
+    name = payload.get("model") if isinstance(payload, dict) else None
+    if name not in {m["name"] for m in _on_disk(control_of(request), scenario_of(request))}:
+        return gin_json({"error": f"model '{name}' not found"}, 404)
+    return gin_json({"model": name, "embeddings": [[0.010071029, -0.0017594862, 0.05007221, 0.04692972]],
+                     "total_duration": 14143917, "load_duration": 1019500, "prompt_eval_count": 8})
 
 
 async def _openai_models(request: web.Request) -> web.StreamResponse:

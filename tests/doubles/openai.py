@@ -31,8 +31,27 @@ from tests.doubles.base import (
     scenario_of,
     text_response,
 )
+from tests.doubles.generation import (
+    Generation,
+    generation_of,
+    hang_unanswered,
+    openai_completion,
+    openai_frames,
+    send_generation,
+)
 
 FASTAPI_NOT_FOUND = {"detail": "Not Found"}
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """POST /v1/embeddings: a small vector and the usage, as vLLM / LocalAI / llama.cpp answer it."""
+    payload = await read_json(request) or {}
+    if await hang_unanswered(request):
+        return empty_response(503)
+    vector = [0.0125, -0.5, 0.25, 0.0625]
+    return json_response({"object": "list", "model": payload.get("model"),
+                          "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+                          "usage": {"prompt_tokens": 7, "total_tokens": 7}})
 
 
 # -- shared pieces ----------------------------------------------------------------------------------------------
@@ -104,8 +123,17 @@ def chat_handler(ids: Callable[[DoubleControl], Iterable[str]], *,
         model = str(payload.get("model") or (served[0] if served else ""))
         if model not in served and unknown_model is not None:
             return unknown_model(model, served)
+        if control.options.get("embedding_only"):
+            return json_response(openai_error("The model does not support Chat Completions API",
+                                              "BadRequestError", 400), status=400)
+        if await hang_unanswered(request):
+            return empty_response(503)
         if payload.get("stream"):
-            return await send_stream(request, stream(model))
+            if stream is not stream_chunks:
+                return await send_stream(request, stream(model))
+            return await send_generation(request, openai_frames(model, control, payload))
+        if generation_of(control) is not Generation.NORMAL:
+            return json_response(openai_completion(model, control, payload))
         return json_response(completion_body(model))
 
     return chat
@@ -180,6 +208,7 @@ def vllm_app(control: DoubleControl) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_handler(
         lambda ctl: served_ids(cards(ctl), ctl), unknown_model=unknown,
         failure=lambda: json_response(fixture("vllm", "error-500-engine.json"), status=500)))
+    app.router.add_post("/v1/embeddings", embeddings)
     return app
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tests.doubles.base import (
@@ -23,6 +24,7 @@ from tests.doubles.base import (
     scenario_of,
     text_response,
 )
+from tests.doubles.generation import hang_unanswered, reply_texts, send_generation, tgi_frames
 from tests.doubles.openai import chat_handler
 
 GENERATION_PATHS = ("/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions", "/vertex",
@@ -71,6 +73,25 @@ def _failure() -> web.StreamResponse:
                           "error_type": "generation"}, status=500)
 
 
+async def _generate(request: web.Request) -> web.StreamResponse:
+    """`/generate_stream` (SSE, the last event carries `generated_text`) and `/generate` (one JSON object)."""
+    control = control_of(request)
+    if scenario_of(request) is Scenario.ERROR:
+        return _failure()
+    if control.options.get("overloaded"):
+        return json_response(fixture("tgi", "error-overloaded-429.json"), status=429)
+    payload = orjson.loads(await request.read() or b"{}")
+    if await hang_unanswered(request):
+        return empty_response(503)
+    frames = tgi_frames(control, payload if isinstance(payload, dict) else {})
+    if request.path == "/generate_stream":
+        return await send_generation(request, frames)
+    parameters = payload.get("parameters") if isinstance(payload, dict) else None
+    texts = reply_texts(control, parameters.get("max_new_tokens") if isinstance(parameters, dict) else None)
+    return json_response({"generated_text": "".join(texts),
+                          "details": {"finish_reason": "length", "generated_tokens": len(texts), "seed": None}})
+
+
 def tgi_app(control: DoubleControl) -> web.Application:
     app = new_app(control, refuses_while_loading=True)
     app.middlewares.append(_auth)
@@ -80,6 +101,8 @@ def tgi_app(control: DoubleControl) -> web.Application:
     app.router.add_get("/info", _info)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/generate_stream", _generate)
+    app.router.add_post("/generate", _generate)
     # TGI serves its one model whatever the request names.
     app.router.add_post("/v1/chat/completions", chat_handler(lambda ctl: [_model_id(ctl)], failure=_failure,
                                                              unknown_model=None))

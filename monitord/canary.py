@@ -1,0 +1,340 @@
+"""Run one generation canary against one model and turn every outcome into a GenerationSample.
+
+Mirrors probe.py: the one place that applies the canary's deadline (first token, and the longest gap between two
+tokens), its timeout, the body cap and auth, that times the stream and classifies failures. `run_canary` never
+raises (except on cancellation). `CanaryRunner` adds the concurrency cap and the daily token budget; it has its own
+semaphore, so canaries never hold up health probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+
+from monitord.model import (
+    Capacity,
+    ErrorClass,
+    GenerationSample,
+    ModelInfo,
+    ModelKind,
+    ProviderSpec,
+    SampleKind,
+)
+from monitord.probe import AiohttpProbeHttp, _Attempt, classify, request_headers, scrub, ssl_context_for, utcnow
+from monitord.providers.base import HttpResponse, error_for_status
+from monitord.providers.generate import DIALECTS, CanaryRequest, Preflight, Skip, plan
+from monitord.providers.streams import StreamFormatError, StreamTally
+
+log = structlog.get_logger("monitord.canary")
+
+_NOT_GENERATING = frozenset({ModelKind.EMBEDDING, ModelKind.RERANK})
+_BUSY_MESSAGES = ("busy", "no slot", "overloaded")  # 503 KoboldCpp, 503 llama.cpp, 429 TGI
+
+
+# -- which models ----------------------------------------------------------------------------------------------
+
+
+def canary_models(spec: ProviderSpec, listed: Sequence[ModelInfo]) -> tuple[tuple[str, ModelKind | None], ...]:
+    """The models to test and their kinds: canary.models, else the provider's models, else the first chat model
+    the server lists (none yet: nothing to test)."""
+    kinds = {m.id: m.kind for m in listed}
+    named = spec.canary.models or spec.models
+    if named:
+        return tuple((model, kinds.get(model)) for model in named)
+    for info in listed:
+        if info.kind not in _NOT_GENERATING:
+            return ((info.id, info.kind),)
+    return ()
+
+
+# -- the daily budget ------------------------------------------------------------------------------------------
+
+
+class CanaryBudget:
+    """Tokens each (provider, model) spent on canaries in the current UTC day. In memory: a restart starts over."""
+
+    def __init__(self) -> None:
+        self._spent: dict[tuple[str, str], tuple[datetime, int]] = {}
+
+    @staticmethod
+    def _day(at: datetime) -> datetime:
+        return at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def spent(self, provider: str, model: str, at: datetime) -> int:
+        day, tokens = self._spent.get((provider, model), (self._day(at), 0))
+        return tokens if day == self._day(at) else 0
+
+    def refusal(self, spec: ProviderSpec, model: str, at: datetime) -> str | None:
+        """Why the next canary may not run (it could overrun the budget), or None."""
+        limit = spec.canary.max_tokens_per_day
+        spent = self.spent(spec.name, model, at)
+        if spent + spec.canary.max_tokens <= limit:
+            return None
+        resumes = (self._day(at) + timedelta(days=1)).isoformat()
+        return f"daily canary budget spent: {spent} of {limit} tokens; resumes at {resumes}"
+
+    def charge(self, sample: GenerationSample, spec: ProviderSpec) -> int:
+        """Count what a canary that was sent cost: generated tokens (input tokens for an embedding)."""
+        if sample.skipped:
+            return 0
+        if sample.kind is SampleKind.EMBEDDING:
+            cost = sample.prompt_tokens if sample.prompt_tokens is not None else len(spec.canary.prompt) // 4 + 1
+        else:
+            cost = sample.completion_tokens if sample.completion_tokens is not None else spec.canary.max_tokens
+        key = (sample.provider, sample.model)
+        total = self.spent(sample.provider, sample.model, sample.started_at) + cost
+        self._spent[key] = (self._day(sample.started_at), total)
+        return cost
+
+    def forget(self, keep: Iterable[str]) -> None:
+        """Drop providers no longer configured."""
+        kept = set(keep)
+        self._spent = {key: value for key, value in self._spent.items() if key[0] in kept}
+
+
+# -- one canary ------------------------------------------------------------------------------------------------
+
+
+class _Outcome(Exception):
+    """A classified end of a canary, raised inside the timed block and turned into the sample."""
+
+    def __init__(self, error_class: ErrorClass, message: str, *, skipped: bool = False) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.skipped = skipped
+
+
+@dataclass(slots=True)
+class _Clock:
+    """When the current wait must end: the first-token deadline, then each gap's, never past the timeout."""
+
+    started: float
+    deadline_s: float
+    hard_end: float
+    waiting_since: float
+
+    def next_end(self) -> float:
+        return min(self.waiting_since + self.deadline_s, self.hard_end)
+
+
+async def run_canary(spec: ProviderSpec, model: str, session: aiohttp.ClientSession, *,
+                     kind: ModelKind | None = None, capacity: Capacity | None = None,
+                     budget: CanaryBudget | None = None,
+                     now: Callable[[], datetime] = utcnow) -> GenerationSample:
+    """One canary of `model` on `spec`'s server. Never raises, except on cancellation."""
+    started_at = now()
+    planned = plan(spec, model, kind)
+    sample_kind = SampleKind.EMBEDDING if kind is ModelKind.EMBEDDING else SampleKind.GENERATION
+    base = GenerationSample(provider=spec.name, provider_type=spec.type, model=model, started_at=started_at,
+                            ok=False, kind=sample_kind)
+    if isinstance(planned, Skip):
+        return replace(base, skipped=True, error=planned.reason)
+    base = replace(base, kind=planned.kind, streamed=planned.stream)
+    refusal = budget.refusal(spec, model, started_at) if budget is not None else None
+    if refusal is not None:
+        return replace(base, skipped=True, error_class=ErrorClass.BUDGET_EXHAUSTED, error=refusal)
+    try:
+        sample = await _run(spec, model, session, planned, capacity, base)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug here is recorded, never raised into the scheduler
+        log.exception("canary.internal_error", provider=spec.name, model=model)
+        error_class, message = classify(exc)
+        sample = replace(base, error_class=error_class, error=scrub(message, spec))
+    if budget is not None:
+        budget.charge(sample, spec)
+    return sample
+
+
+async def _run(spec: ProviderSpec, model: str, session: aiohttp.ClientSession, request: CanaryRequest,
+               capacity: Capacity | None, base: GenerationSample) -> GenerationSample:
+    canary = spec.canary
+    started = time.perf_counter()
+    ssl_context = ssl_context_for(spec)
+    preflight = await _preflight(spec, model, session, ssl_context, started + min(canary.deadline_s, 5.0))
+    if preflight.busy:
+        return replace(base, skipped=True, error_class=ErrorClass.BUSY, server_busy=True,
+                       error=f"no idle slot ({preflight.detail or 'server busy'}): not queued behind real work")
+    if preflight.resident is False and not canary.load:
+        return replace(base, skipped=True, error_class=ErrorClass.NOT_LOADED,
+                       error="model not loaded; canary.load is off, so it is not loaded to be tested")
+    busy_before = bool(capacity is not None and capacity.saturated)
+    started = time.perf_counter()
+    clock = _Clock(started, canary.deadline_s if request.stream else canary.timeout_s,
+                   started + canary.timeout_s, started)
+    tally = StreamTally()
+    complete: bool | None = None
+    error: _Outcome | None = None
+    try:
+        complete = await _exchange(spec, session, ssl_context, request, tally, clock)
+    except _Outcome as outcome:
+        error = outcome
+    except TimeoutError:
+        error = _timeout(tally, clock, request)
+    except StreamFormatError as exc:
+        error = _Outcome(ErrorClass.STREAM_BROKEN, f"malformed chunk: {exc}")
+    except aiohttp.ClientPayloadError:
+        error = _Outcome(ErrorClass.STREAM_BROKEN, "connection cut mid-stream" if tally.events else
+                         "response body cut short")
+    except (aiohttp.ClientError, OSError) as exc:
+        error_class, message = classify(exc)
+        if tally.events and error_class is ErrorClass.CONNECTION:
+            error_class, message = ErrorClass.STREAM_BROKEN, f"connection cut mid-stream ({message})"
+        error = _Outcome(error_class, message)
+    total_ms = (time.perf_counter() - started) * 1000
+    if error is None:
+        error = _judge(tally, complete, request)
+    ttft_ms = (tally.first_token_at - started) * 1000 if tally.first_token_at is not None else None
+    stalled = error is not None and error.error_class in (ErrorClass.GENERATION_TIMEOUT, ErrorClass.STREAM_STALLED)
+    return replace(
+        base,
+        ok=error is None,
+        skipped=error.skipped if error is not None else False,
+        error_class=error.error_class if error is not None else None,
+        error=scrub(error.message, spec) if error is not None else None,
+        ttft_ms=ttft_ms if request.stream else None,
+        total_ms=total_ms,
+        tokens_per_s=tally.tokens_per_s() if request.stream else tally.server_tokens_per_s,
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion if request.kind is SampleKind.GENERATION else None,
+        finish_reason=tally.finish_reason,
+        stream_complete=bool(complete) if request.stream else None,
+        server_busy=busy_before if stalled else None,
+    )
+
+
+async def _preflight(spec: ProviderSpec, model: str, session: aiohttp.ClientSession,
+                     ssl_context: Any, deadline: float) -> Preflight:
+    """Ask the server whether the canary may run; a failed question is no answer (the canary still runs)."""
+    http = AiohttpProbeHttp(session, spec, deadline, ssl_context, _Attempt())
+    try:
+        return await asyncio.wait_for(DIALECTS[spec.type].preflight(http, spec, model),
+                                      max(deadline - time.perf_counter(), 0.001))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("canary.preflight_failed", provider=spec.name, error=type(exc).__name__)
+        return Preflight()
+
+
+async def _exchange(spec: ProviderSpec, session: aiohttp.ClientSession, ssl_context: Any, request: CanaryRequest,
+                    tally: StreamTally, clock: _Clock) -> bool:
+    """Send the request and read the reply into `tally`; True when the stream ended with its terminal marker."""
+    loop = asyncio.get_running_loop()
+    offset = loop.time() - time.perf_counter()  # perf_counter deadlines on the loop's clock
+    async with asyncio.timeout_at(clock.next_end() + offset) as window:
+        async with session.post(spec.base_url + request.path, json=request.payload,
+                                headers=request_headers(spec), ssl=ssl_context,
+                                timeout=aiohttp.ClientTimeout(total=None), max_redirects=5) as resp:
+            if resp.status >= 300:
+                body = await resp.content.read(64 * 1024)
+                raise _status_outcome(HttpResponse(resp.status, dict(resp.headers), body, request.path))
+            if not request.stream:
+                body = await _read_body(resp, spec.max_body_bytes, request.path)
+                try:
+                    parsed = orjson.loads(body)
+                except orjson.JSONDecodeError:
+                    raise _Outcome(ErrorClass.BAD_PAYLOAD, f"{request.path}: the reply is not JSON") from None
+                tally.add(request.read_reply(parsed), time.perf_counter())
+                return True
+            assert request.new_reader is not None
+            reader = request.new_reader()
+            size = 0
+            async for data in resp.content.iter_any():
+                size += len(data)
+                if size > spec.max_body_bytes:
+                    raise _Outcome(ErrorClass.TOO_LARGE, f"{request.path}: stream exceeds the "
+                                                         f"{spec.max_body_bytes}-byte cap")
+                if _fold(tally, reader.feed(data), clock):
+                    window.reschedule(clock.next_end() + offset)
+                if tally.done or tally.error is not None:
+                    return tally.done
+            _fold(tally, reader.close(), clock)
+            return tally.done
+
+
+def _fold(tally: StreamTally, events: list[Any], clock: _Clock) -> bool:
+    """Fold events; True when one carried a token (the stall clock restarts at it)."""
+    moved = False
+    for event in events:
+        at = time.perf_counter()
+        if tally.add(event, at):
+            clock.waiting_since = at
+            moved = True
+    return moved
+
+
+async def _read_body(resp: aiohttp.ClientResponse, cap: int, path: str) -> bytes:
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            raise _Outcome(ErrorClass.TOO_LARGE, f"{path}: body exceeds the {cap}-byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_outcome(response: HttpResponse) -> _Outcome:
+    """A refused canary: a saturated server's own answer is BUSY (skipped), anything else its HTTP class."""
+    failure = error_for_status(response)
+    text = failure.message.lower()
+    if response.status in (429, 503) and any(word in text for word in _BUSY_MESSAGES):
+        return _Outcome(ErrorClass.BUSY, f"server busy: {failure.message}", skipped=True)
+    return _Outcome(failure.error_class, failure.message)
+
+
+def _timeout(tally: StreamTally, clock: _Clock, request: CanaryRequest) -> _Outcome:
+    limit = clock.deadline_s
+    if time.perf_counter() >= clock.hard_end - 0.001 and tally.first_token_at is not None:
+        return _Outcome(ErrorClass.GENERATION_TIMEOUT, f"not finished within the {clock.hard_end - clock.started:g}s "
+                                                       "timeout")
+    if tally.first_token_at is None:
+        what = "no first token" if request.stream else "no reply"
+        return _Outcome(ErrorClass.GENERATION_TIMEOUT, f"{what} within {limit:g}s")
+    return _Outcome(ErrorClass.STREAM_STALLED, f"no token for {limit:g}s after {tally.token_chunks} "
+                                               f"chunk(s)")
+
+
+def _judge(tally: StreamTally, complete: bool | None, request: CanaryRequest) -> _Outcome | None:
+    """A reply that arrived: was it a good one?"""
+    if tally.error is not None:
+        return _Outcome(ErrorClass.STREAM_BROKEN, f"server error mid-stream: {tally.error}")
+    if request.stream and not complete:
+        return _Outcome(ErrorClass.STREAM_BROKEN, f"stream ended without {request.terminal}")
+    if not tally.generated:
+        what = "an empty embedding" if request.kind is SampleKind.EMBEDDING else "no token"
+        reason = f" (finish_reason {tally.finish_reason})" if tally.finish_reason else ""
+        return _Outcome(ErrorClass.EMPTY_GENERATION, f"finished with {what}{reason}")
+    return None
+
+
+# -- the runner the daemon holds -------------------------------------------------------------------------------
+
+
+class CanaryRunner:
+    """Runs canaries under their own concurrency cap and charges each to its model's daily budget."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, concurrency: int = 2,
+                 now: Callable[[], datetime] = utcnow) -> None:
+        self._session = session
+        self._limit = asyncio.Semaphore(concurrency)
+        self._now = now
+        self.budget = CanaryBudget()
+
+    async def run(self, spec: ProviderSpec, model: str, *, kind: ModelKind | None = None,
+                  capacity: Capacity | None = None) -> GenerationSample:
+        async with self._limit:
+            sample = await run_canary(spec, model, self._session, kind=kind, capacity=capacity,
+                                      budget=self.budget, now=self._now)
+        if sample.error_class is ErrorClass.BUDGET_EXHAUSTED:
+            log.warning("canary.paused", provider=spec.name, model=model, reason=sample.error)
+        return sample
