@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+import yarl
 
 from monitord.model import ErrorClass, HttpCall, ProbeResult, ProviderSpec, Status
 from monitord.providers.base import Adapter, HttpResponse, Observation, ProbeError
@@ -29,6 +30,8 @@ log = structlog.get_logger("monitord.probe")
 # Retrying these can help within the budget: a stale keep-alive socket, a restarting server, a brief 5xx.
 RETRYABLE = frozenset({ErrorClass.REFUSED, ErrorClass.CONNECTION, ErrorClass.TIMEOUT, ErrorClass.HTTP_5XX})
 _CHUNK = 64 * 1024
+MAX_REDIRECTS = 5  # requests per call, the first included
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def utcnow() -> datetime:
@@ -106,17 +109,30 @@ class AiohttpProbeHttp:
         timing = _Timing()
         started = time.perf_counter()
         status: int | None = None
+        url = yarl.URL(self._spec.base_url + path, encoded=True)
+        origin = url.origin()
+        headers = self._headers(authenticated)
         try:
-            async with self._session.request(
-                method, self._spec.base_url + path, json=payload, headers=self._headers(authenticated),
-                timeout=aiohttp.ClientTimeout(total=remaining), ssl=self._ssl, max_redirects=5,
-                trace_request_ctx=timing,
-            ) as resp:
-                status = resp.status
-                if self._attempt.ttfb_ms is None:
-                    self._attempt.ttfb_ms = (time.perf_counter() - started) * 1000
-                body = await _read_capped(resp, self._spec.max_body_bytes, path)
-                return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body, path=path)
+            for _request in range(MAX_REDIRECTS):
+                async with self._session.request(
+                    method, url, json=payload, headers=headers, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=max(self._deadline - time.perf_counter(), 0.001)),
+                    ssl=self._ssl, trace_request_ctx=timing,
+                ) as resp:
+                    status = resp.status
+                    if self._attempt.ttfb_ms is None:
+                        self._attempt.ttfb_ms = (time.perf_counter() - started) * 1000
+                    location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+                    if location is None:
+                        body = await _read_capped(resp, self._spec.max_body_bytes, path)
+                        return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body, path=path)
+                url = resp.url.join(yarl.URL(location))
+                if url.origin() != origin:
+                    # Another origin gets none of the configured headers and no key: only what any client sends.
+                    headers = {}
+                if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                    method, payload = "GET", None
+            raise ProbeError(ErrorClass.REDIRECT, f"{path}: too many redirects", status)
         finally:
             self._attempt.calls.append(HttpCall(method, path, status, (time.perf_counter() - started) * 1000))
             if timing.connect_ms is not None:

@@ -6,7 +6,9 @@ here logs or returns a webhook URL (Slack and Discord put their token in it), a 
 
 from __future__ import annotations
 
+import base64
 import enum
+import html
 import os
 import random
 import time
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Protocol
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -35,6 +38,7 @@ _OWN_HEADERS = frozenset(h.lower() for h in (EVENT_HEADER, DELIVERY_HEADER, TIME
 _ERROR_BODY_BYTES = 512  # enough of an error answer to say why (Slack "invalid_payload", Discord's JSON error)
 _ERROR_TEXT_MAX = 200
 _MASKED_WORD_MIN = 6
+_MASKED_PART_MIN = 4  # path segments and query pieces this long are masked wherever they appear
 # Transient by nature though 4xx: the server timed out reading us, or asks us to slow down.
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
@@ -188,14 +192,44 @@ def _failure(outcome: Outcome, error: str, started: float) -> DeliveryResult:
 
 def _answer_text(raw: bytes, target: WebhookTarget) -> str:
     """The start of an error answer on one line, with anything of ours it might echo masked."""
-    text = " ".join(raw.decode("utf-8", "replace").split())
-    hidden = [target.url, *(value.reveal() for value in target.headers.values())]
+    return sanitize_error(raw.decode("utf-8", "replace"), target)
+
+
+def sanitize_error(text: str, target: WebhookTarget) -> str:
+    """Error text safe to store, log and serve: one short line without the webhook URL's path, query or
+    credentials, its header values or its secret, in any form a receiver might echo them (percent-encoded or
+    decoded, HTML- or JSON-escaped, Basic credentials in base64). The one sanitizer for `last_error`."""
+    text = " ".join(text.split())
+    hidden = [*_url_secrets(target.url), *(value.reveal() for value in target.headers.values())]
     if target.secret:
         hidden.append(target.secret.reveal())
     # `Bearer <token>` may come back as the bare token: mask every long word of a hidden value too.
     hidden += [word for value in hidden for word in value.split() if len(word) >= _MASKED_WORD_MIN]
-    for value in sorted(hidden, key=len, reverse=True):
-        if value:
-            text = text.replace(value, "***")
+    forms = {form for value in hidden for form in _echoed_forms(value)}
+    for form in sorted(forms, key=len, reverse=True):
+        if form:
+            text = text.replace(form, "***")
     return text if len(text) <= _ERROR_TEXT_MAX else text[: _ERROR_TEXT_MAX - 1] + "…"
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of a webhook URL that may be its credential (Slack and Discord put the token in the path)."""
+    parts = urlsplit(url)
+    secrets = [url, parts.path, parts.query, parts.fragment, f"{parts.path}?{parts.query}"]
+    secrets += [segment for segment in parts.path.split("/") if len(segment) >= _MASKED_PART_MIN]
+    for pair in parts.query.split("&"):
+        secrets += [piece for piece in pair.split("=") if len(piece) >= _MASKED_PART_MIN]
+    if parts.username is not None or parts.password is not None:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        secrets += [userinfo, user, password, basic, basic.rstrip("=")]
+    return [secret for secret in secrets if secret and secret != "/"]
+
+
+def _echoed_forms(value: str) -> set[str]:
+    """`value` as a receiver may send it back: as sent, percent-decoded or encoded, HTML- or JSON-escaped."""
+    forms = {value, unquote(value), unquote_plus(value), quote(value, safe="/"), quote(value, safe="")}
+    forms |= {html.escape(form) for form in list(forms)} | {form.replace("/", "\\/") for form in list(forms)}
+    return forms
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import socket
 import struct
+import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 Behaviour = Callable[["Exchange"], Awaitable[None]]
 
-_REASONS = {200: "OK", 302: "Found", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests",
+_REASONS = {200: "OK", 302: "Found", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            500: "Internal Server Error", 429: "Too Many Requests",
             503: "Service Unavailable"}
 _CHUNK = 64 * 1024
 
@@ -304,5 +307,33 @@ def content_length_lies(*, declared: int, body: bytes, then: str) -> Behaviour:
                 return
             if then == "hang":
                 await _until_closed(ex)
+
+    return behaviour
+
+
+def redirect_to(target: str, status: int = 302) -> Behaviour:
+    """Every request is sent on to the same path under `target` (another origin, typically)."""
+
+    async def behaviour(ex: Exchange) -> None:
+        request = await ex.read_request()
+        if request is not None:
+            await ex.send(status, b"", content_type="text/plain", headers=[("Location", target + request.path)])
+
+    return behaviour
+
+
+def echo_request(status: int) -> Behaviour:
+    """An error page that echoes the request line and headers, as web frameworks' default 404 pages and debug
+    pages do (the path, the query, an Authorization header)."""
+
+    async def behaviour(ex: Exchange) -> None:
+        request = await ex.read_request()
+        if request is not None:
+            await ex.reader.readexactly(int(request.headers.get("content-length", "0")))
+            echoed = "".join(f"<li>{name}: {value}</li>" for name, value in request.headers.items())
+            body = (f"<h1>Not Found</h1><p>Cannot {request.method} {request.path}</p><ul>{echoed}</ul>"
+                    f"<p>decoded: {urllib.parse.unquote(request.path)}</p>"
+                    f'<a href="{html.escape(request.path)}">retry</a>')
+            await ex.send(status, body.encode(), content_type="text/html")
 
     return behaviour
