@@ -10,6 +10,14 @@ Status rules (one probe result at a time):
 - LOADING and DEGRADED results are reported immediately, from any status;
 - DOWN needs `failure_threshold` failures in a row (a LOADING result counts towards it);
 - from DOWN, UP needs `success_threshold` successes in a row; from LOADING or DEGRADED an UP result is immediate.
+Stalled (the server answers but cannot generate), from generation samples and the probes' Capacity:
+- a canary that got no first token by its deadline, or no token for a deadline mid-stream, while the server did not
+  report itself saturated, makes an UP or DEGRADED provider STALLED at once; only a canary that succeeds ends it;
+- passively, a server reporting requests running while its generated-token counter does not move for
+  `stall_window_s` is STALLED until the counter moves or nothing runs. Zero running requests never end a canary's
+  verdict: a hung engine can publish frozen zero gauges;
+- probes keep their say: DOWN still needs `failure_threshold` failures; an UP or DEGRADED result of a stalled
+  provider keeps it STALLED. Skipped samples (busy, not loaded, budget) say nothing.
 Latency statistics use successful results only; the EWMA is forgotten once no latency sample is left in the window.
 """
 
@@ -24,7 +32,9 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from monitord.model import (
+    Capacity,
     ErrorClass,
+    GenerationSample,
     ModelInfo,
     ModelServer,
     ProbeResult,
@@ -35,6 +45,7 @@ from monitord.model import (
 )
 
 _OK = frozenset({Status.UP, Status.DEGRADED})
+_STALL_CLASSES = frozenset({ErrorClass.GENERATION_TIMEOUT, ErrorClass.STREAM_STALLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +55,13 @@ class HealthPolicy:
     window_s: float = 900.0  # availability and latency window
     ewma_alpha: float = 0.3  # weight of the newest latency in the EWMA
     flap_window_s: float = 3600.0  # status changes counted in `transitions_recent`
+    stall_window_s: float = 60.0  # requests running with no generated token for this long: stalled (passive)
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.success_threshold < 1:
             raise ValueError("failure_threshold and success_threshold must be at least 1")
-        if self.window_s <= 0 or self.flap_window_s <= 0:
-            raise ValueError("window_s and flap_window_s must be positive")
+        if self.window_s <= 0 or self.flap_window_s <= 0 or self.stall_window_s <= 0:
+            raise ValueError("window_s, flap_window_s and stall_window_s must be positive")
         if not 0.0 < self.ewma_alpha <= 1.0:
             raise ValueError("ewma_alpha must be in (0, 1]")
 
@@ -111,8 +123,8 @@ def _error_class(value: ErrorClass | str | None) -> ErrorClass | None:
 class ProviderTracker:
     """Mutable bookkeeping behind one provider's immutable ProviderState snapshots."""
 
-    __slots__ = ("_changes", "_ewma_ms", "_latencies", "_models", "_ok", "_samples", "name", "policy",
-                 "provider_type", "state")
+    __slots__ = ("_canary_stall", "_changes", "_ewma_ms", "_latencies", "_models", "_ok", "_passive_stall",
+                 "_progress", "_samples", "name", "policy", "provider_type", "state")
 
     def __init__(self, name: str, provider_type: str, policy: HealthPolicy) -> None:
         self.name = name
@@ -125,12 +137,72 @@ class ProviderTracker:
         self._ewma_ms: float | None = None
         self._changes: deque[float] = deque()  # ts_s of status changes in the flap window
         self._models: tuple[ServedModel, ...] = ()
+        self._canary_stall: _Stall | None = None  # the failed canary that said "cannot generate"
+        self._passive_stall: _Stall | None = None  # the server's own counters say it stopped generating
+        self._progress: tuple[float, float] | None = None  # (since ts_s, token counter) while requests run
 
     def fold(self, result: ProbeResult, now: datetime) -> StatusChange | None:
         """Take one probe result; returns the status change it caused, if any."""
         self._take_models(result)
+        self._take_capacity(result.started_at, result.capacity)
         return self._fold(result.started_at, result.status, result.error_class, result.error,
                           result.total_ms, result.server_version, now)
+
+    def fold_sample(self, sample: GenerationSample, now: datetime) -> StatusChange | None:
+        """Take one generation canary sample; returns the status change it caused, if any."""
+        if sample.skipped:
+            return None
+        if sample.ok:
+            self._canary_stall = None
+        elif sample.error_class in _STALL_CLASSES and sample.server_busy is not True:
+            message = f"{sample.model}: {sample.error}" if sample.error else sample.model
+            self._canary_stall = _Stall(sample.started_at, sample.error_class, message)
+        else:
+            return None  # a refused or broken canary is recorded with the sample; it does not change the status
+        return self._restate(sample.started_at)
+
+    def _take_capacity(self, at: datetime, capacity: Capacity | None) -> None:
+        """Passive stall detection: requests running and the generated-token counter standing still."""
+        running = capacity.requests_running if capacity is not None else None
+        tokens = capacity.generation_tokens_total if capacity is not None else None
+        if running is None or tokens is None or running <= 0:
+            self._progress, self._passive_stall = None, None
+            return
+        ts_s = at.timestamp()
+        if self._progress is None or tokens != self._progress[1]:
+            self._progress, self._passive_stall = (ts_s, tokens), None
+            return
+        still_s = ts_s - self._progress[0]
+        if still_s >= self.policy.stall_window_s:
+            self._passive_stall = _Stall(at, ErrorClass.STREAM_STALLED,
+                                         f"{running} request(s) running and no token generated for {still_s:.0f}s "
+                                         "(server metrics)")
+
+    @property
+    def _stall(self) -> _Stall | None:
+        return self._canary_stall or self._passive_stall
+
+    def _restate(self, at: datetime) -> StatusChange | None:
+        """Apply a change of stall verdict to the current status."""
+        old = self.state
+        stall = self._stall
+        if stall is not None and old.status in _OK:
+            status = Status.STALLED
+        elif stall is None and old.status is Status.STALLED:
+            status = old.last_result_status if old.last_result_status in _OK else Status.UP
+        else:
+            return None
+        assert status is not None
+        change = StatusChange(
+            provider=self.name, provider_type=self.provider_type, previous=old.status, current=status, at=at,
+            since_previous_s=(at - old.since).total_seconds() if old.since is not None else None,
+            error_class=stall.error_class if stall else None, error=stall.message if stall else None)
+        self._changes.append(at.timestamp())
+        updates: dict[str, Any] = {"status": status, "since": at, "transitions_recent": len(self._changes)}
+        if stall is not None:
+            updates.update(last_error_class=stall.error_class, last_error=stall.message, last_error_at=at)
+        self.state = replace(old, **updates)
+        return change
 
     def fold_record(self, record: ProbeRecord, now: datetime) -> StatusChange | None:
         """Take one stored probe row (no model list: models come back with the next live probe)."""
@@ -170,6 +242,10 @@ class ProviderTracker:
         failures = 0 if ok else old.failures_in_a_row + 1
         successes = old.successes_in_a_row + 1 if ok else 0
         status = next_status(old.status, result, failures, successes, self.policy)
+        stall = self._stall
+        if stall is not None and status in _OK:
+            status = Status.STALLED  # it answers its health routes, but cannot generate
+            error_class, error = stall.error_class, stall.message
         change = None
         since = old.since
         if status is not old.status:
@@ -237,6 +313,13 @@ class ProviderTracker:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Stall:
+    at: datetime
+    error_class: ErrorClass
+    message: str
+
+
 def _unique(models: Iterable[ModelInfo]) -> list[ModelInfo]:
     """First listing of each id wins: a server that lists a model twice serves it once."""
     seen: dict[str, ModelInfo] = {}
@@ -282,6 +365,18 @@ class LiveState:
         self._states[result.provider] = tracker.state
         self.version += 1
         return [change] if change is not None else []
+
+    def fold_sample(self, sample: GenerationSample, now: datetime) -> list[StatusChange]:
+        """A generation canary's sample; a provider not tracked (removed meanwhile) is ignored."""
+        tracker = self._trackers.get(sample.provider)
+        if tracker is None:
+            return []
+        change = tracker.fold_sample(sample, now)
+        if change is None:
+            return []
+        self._states[sample.provider] = tracker.state
+        self.version += 1
+        return [change]
 
     def get(self, name: str) -> ProviderState | None:
         return self._states.get(name)

@@ -239,9 +239,9 @@ def _status_reasons(state: ProviderState | None, spec: ProviderSpec) -> tuple[st
         return ("disabled in config",)
     if state is None or state.status is Status.UNKNOWN:
         return ("status unknown (not probed yet)",)
-    if state.status is not Status.DOWN:
+    if state.status not in (Status.DOWN, Status.STALLED):  # stalled: answers, but cannot generate
         return ()
-    reason = "status down"
+    reason = f"status {state.status.value}"
     if state.since is not None:
         reason += f" since {state.since.isoformat()}"
     if state.last_error_class is not None:

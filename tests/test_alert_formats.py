@@ -34,6 +34,9 @@ SAMPLES: dict[AlertType, AlertEvent] = {
     AlertType.PROVIDER_DEGRADED: event(
         AlertType.PROVIDER_DEGRADED, previous_status=Status.UP, status=Status.DEGRADED, since=AT,
         error_class=ErrorClass.EMPTY_MODELS, error="no model listed"),
+    AlertType.PROVIDER_STALLED: event(
+        AlertType.PROVIDER_STALLED, previous_status=Status.UP, status=Status.STALLED, since=AT,
+        error_class=ErrorClass.GENERATION_TIMEOUT, error="llama3: no first token within 10s"),
     AlertType.PROVIDER_LOADING: event(
         AlertType.PROVIDER_LOADING, previous_status=Status.UP, status=Status.LOADING, since=AT,
         failures_in_a_row=1, error_class=ErrorClass.LOADING, error="Loading model"),

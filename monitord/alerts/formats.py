@@ -65,6 +65,7 @@ _SEVERITY: Mapping[AlertType, Severity] = {
     AlertType.PROVIDER_UP: Severity.OK,
     AlertType.PROVIDER_DEGRADED: Severity.WARNING,
     AlertType.PROVIDER_LOADING: Severity.WARNING,
+    AlertType.PROVIDER_STALLED: Severity.CRITICAL,
     AlertType.PROVIDER_FLAPPING: Severity.WARNING,
     AlertType.MODEL_ADDED: Severity.INFO,
     AlertType.MODEL_REMOVED: Severity.WARNING,
@@ -121,6 +122,7 @@ _PLAIN_TITLES: Mapping[AlertType, str] = {
     AlertType.PROVIDER_DOWN: "{name} is down",
     AlertType.PROVIDER_DEGRADED: "{name} is degraded",
     AlertType.PROVIDER_LOADING: "{name} is loading a model",
+    AlertType.PROVIDER_STALLED: "{name} answers but cannot generate (stalled)",
     AlertType.TEST: "Test alert from monitord",
 }
 

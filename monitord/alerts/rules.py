@@ -32,6 +32,7 @@ _STATUS_EVENTS: Mapping[Status, AlertType] = {
     Status.UP: AlertType.PROVIDER_UP,
     Status.DEGRADED: AlertType.PROVIDER_DEGRADED,
     Status.LOADING: AlertType.PROVIDER_LOADING,
+    Status.STALLED: AlertType.PROVIDER_STALLED,
 }
 _LISTED = frozenset({Status.UP, Status.DEGRADED})  # probe verdicts that come with a fresh model list
 
