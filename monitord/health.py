@@ -124,14 +124,18 @@ class ProviderTracker:
     """Mutable bookkeeping behind one provider's immutable ProviderState snapshots."""
 
     __slots__ = ("_canary_stall", "_changes", "_ewma_ms", "_latencies", "_models", "_ok", "_passive_stall",
-                 "_progress", "_samples", "name", "policy", "provider_type", "state")
+                 "_progress", "_request_count", "_request_ewma_ms", "_samples", "name", "policy", "provider_type",
+                 "state")
 
     def __init__(self, name: str, provider_type: str, policy: HealthPolicy) -> None:
         self.name = name
         self.provider_type = provider_type
         self.policy = policy
         self.state = ProviderState(name=name, type=provider_type)
-        self._samples: deque[tuple[float, bool, float | None]] = deque()  # (ts_s, ok, latency_ms)
+        self._samples: deque[tuple[float, bool, float | None, float | None]] = deque()  # ts_s, ok, latency_ms,
+        # and the mean time of one HTTP request of that probe (request_ms): types make one to three requests a probe
+        self._request_ewma_ms: float | None = None
+        self._request_count = 0
         self._ok = 0
         self._latencies: list[float] = []  # latencies in the window, kept sorted
         self._ewma_ms: float | None = None
@@ -146,7 +150,7 @@ class ProviderTracker:
         self._take_models(result)
         self._take_capacity(result.started_at, result.capacity)
         return self._fold(result.started_at, result.status, result.error_class, result.error,
-                          result.total_ms, result.server_version, now)
+                          result.total_ms, result.server_version, now, request_ms(result))
 
     def fold_sample(self, sample: GenerationSample, now: datetime) -> StatusChange | None:
         """Take one generation canary sample; returns the status change it caused, if any."""
@@ -227,12 +231,19 @@ class ProviderTracker:
         )
 
     def _fold(self, at: datetime, result: Status, error_class: ErrorClass | None, error: str | None,
-              total_ms: float | None, server_version: str | None, now: datetime) -> StatusChange | None:
+              total_ms: float | None, server_version: str | None, now: datetime,
+              per_request_ms: float | None = None) -> StatusChange | None:
         old = self.state
         ok = result in _OK
         ts_s = at.timestamp()
         latency_ms = total_ms if ok else None
-        self._samples.append((ts_s, ok, latency_ms))
+        per_request_ms = per_request_ms if ok else None
+        self._samples.append((ts_s, ok, latency_ms, per_request_ms))
+        if per_request_ms is not None:
+            self._request_count += 1
+            alpha = self.policy.ewma_alpha
+            self._request_ewma_ms = per_request_ms if self._request_ewma_ms is None \
+                else alpha * per_request_ms + (1 - alpha) * self._request_ewma_ms
         if ok:
             self._ok += 1
         if latency_ms is not None:
@@ -284,7 +295,9 @@ class ProviderTracker:
         cutoff_s = now_s - self.policy.window_s
         samples = self._samples
         while samples and samples[0][0] < cutoff_s:
-            _, ok, latency_ms = samples.popleft()
+            _, ok, latency_ms, per_request_ms = samples.popleft()
+            if per_request_ms is not None:
+                self._request_count -= 1
             changed = True
             if ok:
                 self._ok -= 1
@@ -292,6 +305,8 @@ class ProviderTracker:
                 del self._latencies[bisect.bisect_left(self._latencies, latency_ms)]
         if not self._latencies:
             self._ewma_ms = None
+        if not self._request_count:
+            self._request_ewma_ms = None
         flap_cutoff_s = now_s - self.policy.flap_window_s
         while self._changes and self._changes[0] < flap_cutoff_s:
             self._changes.popleft()
@@ -309,8 +324,17 @@ class ProviderTracker:
             "latency_p50_ms": percentile(latencies, 0.5),
             "latency_p95_ms": percentile(latencies, 0.95),
             "latency_ewma_ms": self._ewma_ms,
+            "request_latency_ms": self._request_ewma_ms,
+            "request_samples": self._request_count,
             "transitions_recent": len(self._changes),
         }
+
+
+def request_ms(result: ProbeResult) -> float | None:
+    """The mean time of one answered HTTP request of a probe: what makes types that ask one route and types that
+    ask three comparable. None when the probe recorded no answered request."""
+    answered = [call.elapsed_ms for call in result.calls if call.status is not None]
+    return sum(answered) / len(answered) if answered else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -437,6 +437,8 @@ class ProviderState:
     latency_p50_ms: float | None = None  # over successful probes in the window (total_ms)
     latency_p95_ms: float | None = None
     latency_ewma_ms: float | None = None
+    request_latency_ms: float | None = None  # EWMA of one HTTP request's time (ProbeResult.calls), ok probes
+    request_samples: int = 0  # ok probes in the window that timed their requests (0 after a restart's rebuild)
     models: tuple[ServedModel, ...] = ()
     server_version: str | None = None
     transitions_recent: int = 0  # status changes in the flap window
@@ -466,6 +468,8 @@ class ProviderState:
             "latency_p50_ms": self.latency_p50_ms,
             "latency_p95_ms": self.latency_p95_ms,
             "latency_ewma_ms": self.latency_ewma_ms,
+            "request_latency_ms": self.request_latency_ms,
+            "request_samples": self.request_samples,
             "models": [m.to_dict() for m in self.models],
             "server_version": self.server_version,
             "transitions_recent": self.transitions_recent,
@@ -535,7 +539,7 @@ class TaskType(enum.StrEnum):
 
 
 class QualityPreference(enum.StrEnum):
-    FAST = "fast"  # latency weighs most
+    FAST = "fast"  # speed (canary TTFT and tokens/s, else request latency) weighs most
     BALANCED = "balanced"
     QUALITY = "quality"  # availability and model size / context weigh most
 
@@ -649,6 +653,19 @@ class ProviderUrls:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one ranking component rests on: how many samples, how old the newest is, and where they came from."""
+
+    samples: int  # 0 for parts that come from the config or the model list
+    age_s: float | None  # seconds since the newest sample the part uses; None: no sample
+    source: str  # "probes", "requests", "canary", "config", "models"
+    model: str | None = None  # the model a canary-based part measured
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "age_s": self.age_s, "source": self.source, "model": self.model}
+
+
+@dataclass(frozen=True, slots=True)
 class RankedProvider:
     """One eligible provider with its score, the parts the score is made of, and where to send requests."""
 
@@ -656,12 +673,13 @@ class RankedProvider:
     type: str
     score: float
     status: Status
-    components: Mapping[str, float]  # availability, latency, recency, priority, quality, task_fit, weight, ...
+    components: Mapping[str, float]  # availability, speed, latency, recency, priority, quality, task_fit, ...
     models: tuple[str, ...]  # models that matched the criteria (all listed ones when no model was asked)
     endpoint: str = ""  # base URL, userinfo removed
     api_base: str | None = None  # OpenAI-compatible base with /v1, where the server has one
     chat_url: str | None = None
     model: str | None = None  # the served model id that best fits the criteria; None: the server lists none
+    evidence: Mapping[str, Evidence] = field(default_factory=dict)  # component -> what it rests on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -675,6 +693,7 @@ class RankedProvider:
             "api_base": self.api_base,
             "chat_url": self.chat_url,
             "model": self.model,
+            "evidence": {key: value.to_dict() for key, value in self.evidence.items()},
         }
 
 

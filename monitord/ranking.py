@@ -1,7 +1,10 @@
 """Pure: rank providers for a set of criteria from their live state; every score carries its parts.
 
-score = weight x status_factor x (weighted sum of availability, latency, recency, priority, quality, task_fit),
-each part in [0, 1] and the weights chosen by the quality preference (WEIGHTS).
+score = weight x status_factor x (weighted sum of availability, speed, recency, priority, quality, task_fit),
+each part in [0, 1] and the weights chosen by the quality preference (WEIGHTS). `speed` is what users wait for:
+the canary's TTFT and tokens/s of the model the criteria ask for, where samples exist; otherwise it falls back to
+`latency`, the control-plane time of one HTTP request (per request, so types that ask one route and types that ask
+three compare on equal work). Every part says what it rests on (RankedProvider.evidence).
 No I/O and no clock reads (`now` is an argument). `Ranker` keeps the criteria-independent preparation of each
 provider between calls, keyed by the identity of its immutable state and spec, so a request pays only for
 matching and scoring; `rank()` is the one-shot form.
@@ -21,6 +24,8 @@ from fnmatch import translate
 from monitord.model import (
     CAPABILITY_ALIASES,
     Criteria,
+    Evidence,
+    GenerationStats,
     ModelInfo,
     ModelKind,
     ProviderSpec,
@@ -73,13 +78,18 @@ _KIND_CAPABILITIES: Mapping[ModelKind, frozenset[str]] = {
 
 # Score weights by preference; each row sums to 1 so the weighted sum stays in [0, 1].
 WEIGHTS: Mapping[QualityPreference, Mapping[str, float]] = {
-    QualityPreference.FAST: {"availability": 0.25, "latency": 0.45, "recency": 0.15, "priority": 0.05,
+    QualityPreference.FAST: {"availability": 0.20, "speed": 0.50, "recency": 0.15, "priority": 0.05,
                              "quality": 0.00, "task_fit": 0.10},
-    QualityPreference.BALANCED: {"availability": 0.30, "latency": 0.25, "recency": 0.15, "priority": 0.10,
+    QualityPreference.BALANCED: {"availability": 0.30, "speed": 0.25, "recency": 0.15, "priority": 0.10,
                                  "quality": 0.10, "task_fit": 0.10},
-    QualityPreference.QUALITY: {"availability": 0.30, "latency": 0.05, "recency": 0.15, "priority": 0.10,
+    QualityPreference.QUALITY: {"availability": 0.30, "speed": 0.05, "recency": 0.15, "priority": 0.10,
                                 "quality": 0.30, "task_fit": 0.10},
 }
+# How the speed part weighs its two measures, by preference: `fast` leans on time to first token.
+SPEED_TTFT_SHARE: Mapping[QualityPreference, float] = {
+    QualityPreference.FAST: 0.6, QualityPreference.BALANCED: 0.5, QualityPreference.QUALITY: 0.5,
+}
+_NO_GENERATION: Mapping[str, GenerationStats] = {}
 # Degraded and loading providers stay eligible but always sort below every UP one (tier), and score less.
 _STATUS_TIER: Mapping[Status, tuple[int, float]] = {
     Status.UP: (0, 1.0),
@@ -96,6 +106,7 @@ _SIZE_UNIT_B = {"m": 1e-3, "b": 1.0, "t": 1e3}
 class RankingPolicy:
     recovery_tau_s: float = 300.0  # recency = 1 - exp(-time since last failure / tau)
     latency_floor_ms: float = 50.0  # added to both sides of best/latency: a few ms apart is no difference
+    ttft_floor_ms: float = 50.0  # the same for time to first token
     wilson_z: float = 1.96  # availability is the Wilson lower bound at this z (few samples count less)
 
 
@@ -160,11 +171,12 @@ class _Offer:
 class _Fit:
     """How one provider meets one query: the offers that fit and the parts of the score they decide."""
 
-    __slots__ = ("model", "models", "quality", "reasons", "task_fit")
+    __slots__ = ("model", "models", "quality", "reasons", "speed", "task_fit")
 
     def __init__(self, offers: tuple[_Offer, ...], reasons: tuple[str, ...], preferred: str | None,
                  groups: tuple[tuple[str, frozenset[str]], ...] = ()) -> None:
         self.reasons = reasons  # () when eligible
+        self.speed: GenerationStats | None = None  # the canary statistics the speed part rests on
         self.models = tuple(o.id for o in offers if o.id is not None)
         self.quality = max((o.quality for o in offers), default=0.0)
         self.task_fit = 1.0 if preferred is None or any(preferred in o.declared for o in offers) else 0.0
@@ -179,13 +191,15 @@ class _Fit:
 class _Prepared:
     """Everything about one provider that does not depend on the criteria, and its fits to recent queries."""
 
-    __slots__ = ("availability", "contexts", "fits", "last_failure_s", "latency_ms", "offers", "priority",
-                 "priority_part", "spec", "state", "status", "status_factor", "status_reasons", "tier", "urls",
-                 "weight")
+    __slots__ = ("availability", "contexts", "fits", "generation", "last_failure_s", "latency_ms", "latency_source",
+                 "offers", "priority", "priority_part", "spec", "state", "status", "status_factor", "status_reasons",
+                 "tier", "urls", "weight")
 
-    def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy) -> None:
+    def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy,
+                 generation: Mapping[str, GenerationStats] = _NO_GENERATION) -> None:
         self.state = state
         self.spec = spec
+        self.generation = generation
         self.urls: ProviderUrls = provider_urls(spec)
         self.status = state.status if state is not None else Status.UNKNOWN
         self.tier, self.status_factor = _STATUS_TIER.get(self.status, (3, 0.0))
@@ -193,11 +207,17 @@ class _Prepared:
         self.priority = spec.priority
         self.priority_part = 0.5 + 0.5 * spec.priority / (abs(spec.priority) + 5)
         self.weight = max(0.0, spec.weight)
+        self.latency_source = "requests"
         if state is None:
             self.availability, self.latency_ms, self.last_failure_s = 0.0, None, None
         else:
             self.availability = wilson_lower_bound(state.samples_ok, state.samples, policy.wilson_z)
-            self.latency_ms = state.latency_ewma_ms if state.latency_ewma_ms is not None else state.latency_p50_ms
+            # Per request where this run timed requests; right after a restart only whole probes are known.
+            self.latency_ms = state.request_latency_ms
+            if self.latency_ms is None:
+                self.latency_source = "probes"
+                self.latency_ms = state.latency_ewma_ms if state.latency_ewma_ms is not None \
+                    else state.latency_p50_ms
             self.last_failure_s = state.last_failure_at.timestamp() if state.last_failure_at else None
         capabilities = frozenset(CAPABILITY_ALIASES.get(c, c) for c in spec.capabilities)
         if not spec.streaming_support:
@@ -228,10 +248,29 @@ class _Prepared:
             offers, reason = query.match(self.offers)
             reasons = self.status_reasons if reason is None else (*self.status_reasons, reason)
             fit = self.fits[key] = _Fit(offers, reasons, query.preferred, query.groups)
+            fit.speed = _measured(fit, self.generation)
         return fit
 
 
 _FITS_KEPT = 32
+
+
+def _first_answer_ms(stats: GenerationStats) -> float | None:
+    """Time to first token; an embedding has no tokens to stream, so its whole answer stands in."""
+    return stats.ttft_p50_ms if stats.ttft_p50_ms is not None else stats.total_p50_ms
+
+
+def _measured(fit: _Fit, generation: Mapping[str, GenerationStats]) -> GenerationStats | None:
+    """The canary statistics of the fitting model the entry names, else of the fitting model with the most
+    successful samples; None when no fitting model has a timed canary sample."""
+    if not generation:
+        return None
+    timed = [stats for model in fit.models if (stats := generation.get(model)) is not None and stats.samples_ok
+             and (_first_answer_ms(stats) is not None or stats.tokens_per_s_p50 is not None)]
+    if not timed:
+        return None
+    named = [stats for stats in timed if stats.model == fit.model]
+    return named[0] if named else max(timed, key=lambda stats: (stats.samples_ok, stats.model))
 
 
 def _status_reasons(state: ProviderState | None, spec: ProviderSpec) -> tuple[str, ...]:
@@ -271,7 +310,8 @@ class _Query:
             else:
                 self.model_match = pattern.__eq__
         self.preferred = TASK_PREFERENCE.get(task) if task is not None else None
-        self.weights = WEIGHTS[QualityPreference(criteria.quality_preference)]
+        self.preference = QualityPreference(criteria.quality_preference)
+        self.weights = WEIGHTS[self.preference]
         self.key = (task, criteria.required_capabilities, criteria.max_tokens is not None, criteria.model)
 
     def match(self, offers: tuple[_Offer, ...]) -> tuple[tuple[_Offer, ...], str | None]:
@@ -310,8 +350,13 @@ class Ranker:
         self._prepared: dict[str, _Prepared] = {}
 
     def rank(self, states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec], criteria: Criteria,
-             now: datetime, *, limit: int | None = None) -> Ranking:
+             now: datetime, *, limit: int | None = None,
+             generation: Mapping[str, Mapping[str, GenerationStats]] | None = None) -> Ranking:
         """Configured providers (`specs`) best first; every other one under `excluded` with its reasons.
+
+        `generation` (provider -> model -> canary statistics, monitord.generation.GenerationState.all()) feeds the
+        speed part; each provider's mapping is taken by identity, like its state, so it must be replaced, never
+        changed in place.
 
         Order: status tier (up, degraded, loading), then score desc, priority desc, name asc. A provider not in
         an allow-list (`criteria.providers`) is left out silently; a listed name that is not configured is
@@ -324,12 +369,15 @@ class Ranker:
         state_for = states.get
         allowed = criteria.providers
         names: Iterable[str] = specs if allowed is None else sorted(allowed & specs.keys())
+        generation_for = generation.get if generation else None
         for name in names:
             spec = specs[name]
             state = state_for(name)
+            measured = generation_for(name, _NO_GENERATION) if generation_for is not None else _NO_GENERATION
             prepared = prepared_for(name)
-            if prepared is None or prepared.state is not state or prepared.spec is not spec:
-                prepared = self._prepared[name] = _Prepared(state, spec, self.policy)
+            if (prepared is None or prepared.state is not state or prepared.spec is not spec
+                    or prepared.generation is not measured):
+                prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured)
             key = prepared.fit_key(query)
             fit = prepared.fits.get(key) or prepared.fit(query, key)
             if fit.reasons:
@@ -349,47 +397,113 @@ class Ranker:
         latencies = [p.latency_ms for p, _ in candidates if p.latency_ms is not None]
         floor_ms = self.policy.latency_floor_ms
         best_ms = min(latencies) + floor_ms if latencies else floor_ms
+        speed = _SpeedScale([fit.speed for _, fit in candidates if fit.speed is not None], self.policy.ttft_floor_ms,
+                            SPEED_TTFT_SHARE[query.preference])
         now_s = now.timestamp()
         tau_s = self.policy.recovery_tau_s
         exp = math.exp
         w = query.weights
-        w_availability, w_latency, w_recency = w["availability"], w["latency"], w["recency"]
+        w_availability, w_speed, w_recency = w["availability"], w["speed"], w["recency"]
         w_priority, w_quality, w_task_fit = w["priority"], w["quality"], w["task_fit"]
         # Sort keys end with the candidate's index: names are unique, so nothing past the name is compared.
         keyed: list[tuple[int, float, int, str, int]] = []
-        parts: list[tuple[float, float]] = []
+        parts: list[tuple[float, float, float]] = []
         for index, (prepared, fit) in enumerate(candidates):
             latency_ms = prepared.latency_ms
             latency = best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
+            fast = speed.part(fit.speed) if fit.speed is not None else latency  # control plane: the fallback
             failed_s = prepared.last_failure_s
             recency = 1.0 if failed_s is None else 1.0 - exp(-max(0.0, now_s - failed_s) / tau_s)
-            total = (w_availability * prepared.availability + w_latency * latency + w_recency * recency
+            total = (w_availability * prepared.availability + w_speed * fast + w_recency * recency
                      + w_priority * prepared.priority_part + w_quality * fit.quality + w_task_fit * fit.task_fit)
             keyed.append((prepared.tier, -prepared.weight * prepared.status_factor * total, -prepared.priority,
                           prepared.spec.name, index))
-            parts.append((latency, recency))
+            parts.append((fast, latency, recency))
         if limit is not None and limit < len(keyed):
             keyed = heapq.nsmallest(max(0, limit), keyed)
         else:
             keyed.sort()
-        return tuple(_entry(-k[1], *candidates[k[4]], *parts[k[4]]) for k in keyed)
+        return tuple(_entry(-k[1], *candidates[k[4]], *parts[k[4]], now) for k in keyed)
 
 
-def _entry(score: float, prepared: _Prepared, fit: _Fit, latency: float, recency: float) -> RankedProvider:
+class _SpeedScale:
+    """Speed relative to the best candidate with canary samples: TTFT as best/own (with a floor, as latency),
+    tokens/s as own/best, mixed by `ttft_share`; a measure a candidate lacks leaves the other alone."""
+
+    __slots__ = ("best_tps", "best_ttft_ms", "floor_ms", "ttft_share")
+
+    def __init__(self, measured: list[GenerationStats], floor_ms: float, ttft_share: float) -> None:
+        ttfts = [ms for stats in measured if (ms := _first_answer_ms(stats)) is not None]
+        rates = [stats.tokens_per_s_p50 for stats in measured if stats.tokens_per_s_p50]
+        self.floor_ms = floor_ms
+        self.best_ttft_ms = min(ttfts) + floor_ms if ttfts else floor_ms
+        self.best_tps = max(rates) if rates else None
+        self.ttft_share = ttft_share
+
+    def part(self, stats: GenerationStats) -> float:
+        ttft_ms = _first_answer_ms(stats)
+        ttft = self.best_ttft_ms / (ttft_ms + self.floor_ms) if ttft_ms is not None else None
+        rate = stats.tokens_per_s_p50 / self.best_tps if stats.tokens_per_s_p50 and self.best_tps else None
+        if ttft is None:
+            return rate or 0.0
+        if rate is None:
+            return ttft
+        return self.ttft_share * ttft + (1.0 - self.ttft_share) * rate
+
+
+def _age_s(now: datetime, at: datetime | None) -> float | None:
+    return max(0.0, (now - at).total_seconds()) if at is not None else None
+
+
+_CONFIG = Evidence(0, None, "config")
+
+
+def _evidence(prepared: _Prepared, fit: _Fit, now: datetime) -> dict[str, Evidence]:
+    """What each part rests on: probes of the window (how many, the newest's age), canary samples, or config."""
+    state = prepared.state
+    probed = _age_s(now, state.last_probe_at) if state is not None else None
+    samples = state.samples if state is not None else 0
+    if state is not None and prepared.latency_source == "requests":
+        latency = Evidence(state.request_samples, probed, "requests")
+    else:
+        latency = Evidence(state.samples_ok if state is not None else 0, probed, "probes")
+    stats = fit.speed
+    speed = latency if stats is None else Evidence(stats.samples_ok, _age_s(now, stats.last_ok_at), "canary",
+                                                   stats.model)
+    models = Evidence(len(state.models) if state is not None else 0,
+                      _age_s(now, max((m.last_seen for m in state.models), default=None)) if state else None,
+                      "models") if state is not None and state.models else _CONFIG
+    return {
+        "availability": Evidence(samples, probed, "probes"),
+        "speed": speed,
+        "latency": latency,
+        "recency": Evidence(samples, probed, "probes"),
+        "priority": _CONFIG,
+        "quality": models,
+        "task_fit": models,
+        "weight": _CONFIG,
+        "status_factor": Evidence(samples, probed, "probes"),
+    }
+
+
+def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, latency: float, recency: float,
+           now: datetime) -> RankedProvider:
     urls = prepared.urls
     return RankedProvider(
         provider=prepared.spec.name, type=prepared.spec.type, score=score, status=prepared.status,
         components={
-            "availability": prepared.availability, "latency": latency, "recency": recency,
+            "availability": prepared.availability, "speed": speed, "latency": latency, "recency": recency,
             "priority": prepared.priority_part, "quality": fit.quality, "task_fit": fit.task_fit,
             "weight": prepared.weight, "status_factor": prepared.status_factor,
         },
         models=fit.models,
         endpoint=urls.endpoint, api_base=urls.api_base, chat_url=urls.chat_url, model=fit.model,
+        evidence=_evidence(prepared, fit, now),
     )
 
 
 def rank(states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec], criteria: Criteria,
-         now: datetime, *, limit: int | None = None, policy: RankingPolicy | None = None) -> Ranking:
+         now: datetime, *, limit: int | None = None, policy: RankingPolicy | None = None,
+         generation: Mapping[str, Mapping[str, GenerationStats]] | None = None) -> Ranking:
     """One-shot ranking; hold a Ranker instead to reuse per-provider preparation across calls."""
-    return Ranker(policy).rank(states, specs, criteria, now, limit=limit)
+    return Ranker(policy).rank(states, specs, criteria, now, limit=limit, generation=generation)

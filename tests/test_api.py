@@ -150,7 +150,8 @@ async def test_default_ranking_explains_every_entry_and_exclusion(api: tuple[Cli
     assert [e["provider"] for e in body["ranking"]] == ["alpha", "delta", "beta"]
     top = body["ranking"][0]
     assert set(top) == {"provider", "type", "score", "status", "components", "models", "endpoint", "api_base",
-                        "chat_url", "model"}
+                        "chat_url", "model", "evidence"}
+    assert set(top["evidence"]) == set(top["components"])
     assert {"availability", "latency", "recency", "priority", "quality", "task_fit"} <= set(top["components"])
     assert top["score"] >= body["ranking"][1]["score"]
     assert body["excluded"]["gamma"][0].startswith("status down")

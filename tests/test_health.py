@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from monitord.health import HealthPolicy, LiveState, ProviderTracker, next_status, percentile, update
-from monitord.model import ErrorClass, ModelInfo, ProbeResult, Status
+from monitord.model import ErrorClass, HttpCall, ModelInfo, ProbeResult, Status
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 LETTERS = {"U": Status.UP, "D": Status.DOWN, "L": Status.LOADING, "G": Status.DEGRADED}
@@ -386,3 +386,33 @@ def test_state_to_dict_is_json_ready() -> None:
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         HealthPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_request_latency_is_per_http_request_so_types_compare_on_equal_work() -> None:
+    """A type that asks three routes a probe is not three times slower than one that asks one."""
+    one_route = (HttpCall("GET", "/health", 200, 12.0),)
+    three_routes = (HttpCall("GET", "/health", 200, 10.0), HttpCall("GET", "/v1/models", 200, 14.0),
+                    HttpCall("GET", "/props", 200, 12.0))
+    live = LiveState(HealthPolicy(window_s=60))
+    for provider, calls in (("llamacpp", three_routes), ("ollama", one_route)):
+        total = sum(call.elapsed_ms for call in calls)
+        live.fold(ProbeResult(provider=provider, provider_type=provider, started_at=at(0), status=Status.UP,
+                              total_ms=total, calls=calls), at(0))
+    llamacpp, ollama = live.get("llamacpp"), live.get("ollama")
+    assert llamacpp is not None and ollama is not None
+    assert (llamacpp.latency_ewma_ms, ollama.latency_ewma_ms) == (36.0, 12.0)
+    assert (llamacpp.request_latency_ms, ollama.request_latency_ms) == (12.0, 12.0)
+    assert llamacpp.request_samples == ollama.request_samples == 1
+    # A refused call has no time worth comparing; a failed probe none at all; the window forgets the rest.
+    live.fold(ProbeResult(provider="ollama", provider_type="ollama", started_at=at(10), status=Status.UP,
+                          total_ms=30.0, calls=(HttpCall("GET", "/", None, 1.0), HttpCall("GET", "/", 200, 22.0))),
+              at(10))
+    live.fold(ProbeResult(provider="ollama", provider_type="ollama", started_at=at(20), status=Status.DOWN,
+                          total_ms=5.0, error_class=ErrorClass.REFUSED, calls=(HttpCall("GET", "/", None, 5.0),)),
+              at(20))
+    ollama = live.get("ollama")
+    assert ollama is not None and ollama.request_samples == 2
+    assert ollama.request_latency_ms == pytest.approx(0.3 * 22.0 + 0.7 * 12.0)
+    live.expire(at(100))
+    ollama = live.get("ollama")
+    assert ollama is not None and (ollama.request_latency_ms, ollama.request_samples) == (None, 0)

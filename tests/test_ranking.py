@@ -10,6 +10,8 @@ import pytest
 from monitord.model import (
     Criteria,
     ErrorClass,
+    Evidence,
+    GenerationStats,
     ModelInfo,
     ModelKind,
     ProviderSpec,
@@ -311,8 +313,9 @@ def test_latency_is_relative_to_the_best_candidate() -> None:
 def test_components_and_json() -> None:
     ranking = rank(*world(state("a", models=served(LLAMA))), Criteria(model="llama*"), NOW)
     entry = ranking.entries[0]
-    assert set(entry.components) == {"availability", "latency", "recency", "priority", "quality", "task_fit",
-                                     "weight", "status_factor"}
+    assert set(entry.components) == {"availability", "speed", "latency", "recency", "priority", "quality",
+                                     "task_fit", "weight", "status_factor"}
+    assert set(entry.evidence) == set(entry.components)
     assert 0.0 < entry.score <= 1.0
     body = ranking.to_dict()
     assert body["criteria"]["model"] == "llama*" and body["entries"][0]["models"] == ["llama3.1:8b"]
@@ -474,3 +477,89 @@ def test_each_entry_names_the_model_that_best_fits() -> None:
     states, specs = world(state("b"))
     entry = rank(states, specs, Criteria(), NOW).entries[0]
     assert entry.model is None and entry.api_base == "http://b:11434/v1"
+
+
+# -- speed: canary TTFT and tokens/s where samples exist, control-plane latency per request otherwise ------------
+
+def measured(provider: str, model: str, ttft_ms: float | None, tps: float | None, *, ok: int = 12,
+             last_ok_s_ago: float = 30.0, total_ms: float | None = None) -> GenerationStats:
+    return GenerationStats(provider=provider, model=model, samples=ok, samples_ok=ok, ttft_p50_ms=ttft_ms,
+                           ttft_p95_ms=ttft_ms, tokens_per_s_p50=tps, total_p50_ms=total_ms,
+                           last_sample_at=ago(last_ok_s_ago), last_ok_at=ago(last_ok_s_ago))
+
+
+def test_speed_ranks_by_what_users_wait_for_not_by_the_control_plane() -> None:
+    # "quick" answers its health routes in 5 ms but takes 2 s to the first token; "steady" is the reverse.
+    states, specs = world(state("quick", models=served(LLAMA), latency_ms=5.0),
+                          state("steady", models=served(LLAMA), latency_ms=300.0))
+    generation = {"quick": {LLAMA.id: measured("quick", LLAMA.id, 2000.0, 20.0)},
+                  "steady": {LLAMA.id: measured("steady", LLAMA.id, 150.0, 60.0)}}
+    blind = rank(states, specs, Criteria(quality_preference=QualityPreference.FAST), NOW)
+    assert [e.provider for e in blind.entries] == ["quick", "steady"]
+    seen = rank(states, specs, Criteria(quality_preference=QualityPreference.FAST), NOW, generation=generation)
+    assert [e.provider for e in seen.entries] == ["steady", "quick"]
+    steady, quick = seen.entries
+    assert steady.components["speed"] == 1.0
+    assert quick.components["speed"] == pytest.approx(0.6 * 200 / 2050 + 0.4 * 20 / 60)  # fast: TTFT weighs 0.6
+    assert quick.components["latency"] == 1.0  # still reported, no longer in the score
+    assert steady.evidence["speed"] == Evidence(12, 30.0, "canary", LLAMA.id)
+
+
+def test_speed_rests_on_the_model_the_criteria_ask_for() -> None:
+    states, specs = world(state("a", models=served("small-1b", "big-70b")), state("b", models=served("big-70b")))
+    generation = {"a": {"small-1b": measured("a", "small-1b", 40.0, 200.0),
+                        "big-70b": measured("a", "big-70b", 900.0, 8.0)},
+                  "b": {"big-70b": measured("b", "big-70b", 300.0, 16.0)}}
+    ranking = rank(states, specs, Criteria(model="big-70b", quality_preference=QualityPreference.FAST), NOW,
+                   generation=generation)
+    assert [e.provider for e in ranking.entries] == ["b", "a"]
+    assert ranking.entries[1].evidence["speed"].model == "big-70b"
+    small = rank(states, specs, Criteria(model="small-1b"), NOW, generation=generation)
+    assert small.entries[0].evidence["speed"].model == "small-1b" and small.entries[0].components["speed"] == 1.0
+
+
+def test_without_samples_speed_falls_back_to_the_control_plane_and_says_so() -> None:
+    plain = ProviderState(name="a", type="ollama", status=Status.UP, samples=20, samples_ok=20,
+                          latency_ewma_ms=90.0, request_latency_ms=30.0, request_samples=20, last_probe_at=ago(4))
+    restarted = ProviderState(name="b", type="ollama", status=Status.UP, samples=5, samples_ok=5,
+                              latency_ewma_ms=60.0, last_probe_at=ago(2))
+    specs = {"a": spec("a"), "b": spec("b")}
+    ranking = rank({"a": plain, "b": restarted}, specs, Criteria(), NOW,
+                   generation={"a": {"other": measured("a", "other", 10.0, 99.0)}})  # "other" is not listed by "a"
+    by_name = {e.provider: e for e in ranking.entries}
+    a, b = by_name["a"], by_name["b"]
+    assert a.components["latency"] == 1.0 and b.components["latency"] == pytest.approx(80 / 110)
+    assert b.components["speed"] == b.components["latency"]
+    assert a.evidence["latency"] == Evidence(20, 4.0, "requests")
+    assert b.evidence["speed"] == b.evidence["latency"] == Evidence(5, 2.0, "probes")  # no request timings yet
+    assert a.evidence["availability"] == Evidence(20, 4.0, "probes") and a.evidence["priority"].source == "config"
+    assert a.to_dict()["evidence"]["latency"] == {"samples": 20, "age_s": 4.0, "source": "requests",
+                                                     "model": None}
+
+
+def test_a_model_with_only_failed_or_skipped_canaries_has_no_speed() -> None:
+    states, specs = world(state("a", models=served(LLAMA)))
+    failing = GenerationStats(provider="a", model=LLAMA.id, samples=3, samples_ok=0, skipped=2, last_sample_at=ago(5),
+                              last_error_class=ErrorClass.GENERATION_TIMEOUT, last_error_at=ago(5))
+    entry = rank(states, specs, Criteria(), NOW, generation={"a": {LLAMA.id: failing}}).entries[0]
+    assert entry.evidence["speed"].source != "canary"
+
+
+def test_an_embedding_model_is_timed_by_its_whole_answer() -> None:
+    states, specs = world(state("a", models=served(EMBED)), state("b", models=served(EMBED)),
+                          a={"capabilities": frozenset({"embeddings"})}, b={"capabilities": frozenset({"embeddings"})})
+    generation = {name: {EMBED.id: measured(name, EMBED.id, None, None, total_ms=ms)}
+                  for name, ms in (("a", 80.0), ("b", 20.0))}
+    ranking = rank(states, specs, Criteria(task_type=TaskType.EMBEDDING), NOW, generation=generation)
+    assert [(e.provider, e.components["speed"]) for e in ranking.entries] == [("b", 1.0), ("a", 70 / 130)]
+
+
+def test_ranker_prepares_again_when_a_providers_statistics_change() -> None:
+    ranker = Ranker()
+    states, specs = world(state("a", models=served(LLAMA)), state("b", models=served(LLAMA)))
+    slow_a = {"a": {LLAMA.id: measured("a", LLAMA.id, 900.0, 5.0)},
+              "b": {LLAMA.id: measured("b", LLAMA.id, 100.0, 50.0)}}
+    fast = Criteria(quality_preference=QualityPreference.FAST)
+    assert ranker.rank(states, specs, fast, NOW, generation=slow_a).best.provider == "b"  # type: ignore[union-attr]
+    fast_a = {**slow_a, "a": {LLAMA.id: measured("a", LLAMA.id, 50.0, 80.0)}}
+    assert ranker.rank(states, specs, fast, NOW, generation=fast_a).best.provider == "a"  # type: ignore[union-attr]

@@ -107,6 +107,10 @@ _PROVIDER = _object({
     "latency_p50_ms": _nullable("number"),
     "latency_p95_ms": _nullable("number"),
     "latency_ewma_ms": _nullable("number"),
+    "request_latency_ms": {**_nullable("number"), "description": "EWMA of one HTTP request's time over the "
+                           "window's ok probes (a probe makes one to three requests, by type); null right after "
+                           "a restart until a probe times its requests."},
+    "request_samples": {"type": "integer", "minimum": 0},
     "models": {"type": "array", "items": _ref("ServedModel")},
     "server_version": _nullable("string"),
     "transitions_recent": {"type": "integer", "minimum": 0},
@@ -145,8 +149,12 @@ _ENTRY = _object({
     "score": {"type": "number", "minimum": 0},
     "status": STATUS,
     "components": {"type": "object", "additionalProperties": {"type": "number"},
-                   "description": "availability, latency, recency, priority, quality, task_fit (each 0..1), "
-                                  "weight and status_factor; score = weight x status_factor x weighted sum."},
+                   "description": "availability, speed, recency, priority, quality, task_fit (each 0..1) are "
+                                  "weighted and summed; score = weight x status_factor x that sum. speed comes "
+                                  "from canary TTFT and tokens/s where samples exist, else it equals latency "
+                                  "(control-plane time per HTTP request), which is always reported."},
+    "evidence": {"type": "object", "additionalProperties": _ref("Evidence"),
+                 "description": "What each component rests on."},
     "models": STRINGS,
     "endpoint": {"type": "string", "description": "The provider's base URL, userinfo removed."},
     "api_base": {**_nullable("string"), "description": "The OpenAI-compatible base URL (ends in /v1) to give an "
@@ -156,6 +164,35 @@ _ENTRY = _object({
     "model": {**_nullable("string"), "description": "The served model id that best fits the criteria (the one "
                                                    "asked for, else one that suits the task, else the most "
                                                    "capable); null when the server lists none."},
+})
+
+_EVIDENCE = _object({
+    "samples": {"type": "integer", "minimum": 0, "description": "Samples the part rests on (0: config)."},
+    "age_s": {**_nullable("number", minimum=0), "description": "Seconds since the newest of them."},
+    "source": {"type": "string", "enum": ["probes", "requests", "canary", "config", "models"]},
+    "model": {**_nullable("string"), "description": "The model a canary-based part measured."},
+})
+
+_GENERATION = _object({
+    "model": {"type": "string"},
+    "kind": {"type": "string", "enum": ["generation", "embedding"]},
+    "samples": {"type": "integer", "minimum": 0, "description": "Measured samples in the window (ok + failed)."},
+    "samples_ok": {"type": "integer", "minimum": 0},
+    "skipped": {"type": "integer", "minimum": 0, "description": "busy, not_loaded, budget_exhausted, ...: "
+                                                                "neither success nor failure."},
+    "ttft_p50_ms": _nullable("number"),
+    "ttft_p95_ms": _nullable("number"),
+    "tokens_per_s_p50": _nullable("number"),
+    "total_p50_ms": _nullable("number"),
+    "tokens_spent": {"type": "integer", "minimum": 0, "description": "Prompt + completion tokens in the window."},
+    "last_sample_at": TIME_OR_NULL,
+    "last_sample_age_s": _nullable("number", minimum=0),
+    "last_ok_at": TIME_OR_NULL,
+    "last_error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+    "last_error": _nullable("string"),
+    "last_error_at": TIME_OR_NULL,
+    "last_skip_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+    "last_skip_at": TIME_OR_NULL,
 })
 
 _EXCLUDED = {"type": "object", "additionalProperties": STRINGS,
@@ -171,6 +208,8 @@ _SCHEMAS: dict[str, Schema] = {
     "Ready": _object({"status": {"const": "ready"},
                       "checks": _object({"first_round": {"type": "boolean"}, "store": {"type": "boolean"}})}),
     "ModelInfo": _MODEL_INFO,
+    "Evidence": _EVIDENCE,
+    "GenerationStats": _GENERATION,
     "ServedModel": {**_MODEL_INFO, "properties": {**_MODEL_INFO["properties"], "first_seen": TIME,
                                                   "last_seen": TIME},
                     "required": ["id", "first_seen", "last_seen"]},
