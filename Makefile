@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= monitord.yaml
 
-.PHONY: install run test lint typecheck docs bench clean
+.PHONY: install run demo test lint typecheck docs bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: install  ## run the daemon on the sample config (SQLite file monitord.db here)
 	$(BIN)/monitord run -c $(CONFIG)
+
+demo: install  ## simulated servers through a two-minute story, the status page and the alerts (no config needed)
+	$(BIN)/monitord demo
 
 test: install lint typecheck  ## lint, type-check and run the whole test suite
 	$(BIN)/python -m pytest

@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     monitor = command("monitor", "Live view of provider status from the daemon's event stream (Ctrl-C to leave).")
     monitor.add_argument("--provider", "-p", metavar="NAME", help="follow this provider only")
+    demo = commands.add_parser(
+        "demo", help="Watch simulated servers load, slow down, stall, saturate, die and recover (no config needed).",
+        description="Start simulated llama.cpp, Ollama, vLLM and KoboldCpp servers and the daemon on a temporary "
+                    "SQLite file, play a two-minute story, print the status page URL and every alert; Ctrl-C "
+                    "stops it and removes everything it made.")
+    demo.add_argument("--port", type=int, default=8765, help="API and status page port (default 8765; 0: any free)")
+    demo.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
+                      help="play the story this many times faster (default 1: about two minutes)")
+    demo.add_argument("--exit-after-story", action="store_true", help="stop when the story ends")
     alert = commands.add_parser("alert", help="Work with webhook alerts.")
     alert_commands = alert.add_subparsers(dest="alert_command", metavar="SUBCOMMAND", required=True)
     alert_test = alert_commands.add_parser(
@@ -492,6 +501,16 @@ def describe_event(event: ServerEvent) -> str:
     return f"{event.kind}"
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not 0.1 <= args.speed <= 100:
+        print("monitord: --speed must be between 0.1 and 100", file=sys.stderr)
+        return 2
+    logs.configure("error", "console")  # the demo prints the story, status changes and alerts itself
+    from monitord.demo.run import run_demo
+
+    return _run_async(run_demo(speed=args.speed, port=args.port, exit_after_story=args.exit_after_story))
+
+
 def cmd_alert(args: argparse.Namespace) -> int:
     config, _ = _load(args)
     logs.configure("error", "console")
@@ -524,4 +543,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "health": cmd_health,
     "rank": cmd_rank,
     "monitor": cmd_monitor,
+    "demo": cmd_demo,
 }

@@ -74,7 +74,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if level != "debug" else logging.DEBUG)
     # APScheduler is chatty at INFO ("Running job ..."): keep it to warnings unless debugging.
-    quiet = logging.DEBUG if level == "debug" else logging.WARNING
+    quiet = logging.DEBUG if level == "debug" else max(logging.WARNING, numeric)
     logging.getLogger("apscheduler").setLevel(quiet)
     # Alembic's own INFO lines ("Context impl ...", "Running upgrade ...") are replaced by our migration.* events.
     logging.getLogger("alembic").setLevel(quiet)

@@ -19,14 +19,14 @@
   };
   // Detail charts: the range picks the history step.
   const RANGES = {
-    "1h": { step: "1m", count: 60 },
+    "1h": { raw: 3600 },  // every probe, not buckets
     "24h": { step: "5m", count: 288 },
     "7d": { step: "1h", count: 168 },
     "30d": { step: "1d", count: 30 },
   };
   const state = {
     providers: [], generatedAt: null, ranking: null, alerts: [], silences: [], history: {}, range: "24h",
-    detailRange: "24h", detail: null, samples: [], connection: "connecting", problem: null,
+    detailRange: "1h", detail: null, samples: [], connection: "connecting", problem: null,
   };
 
   // ---- DOM helpers: text is always text ----------------------------------------------------------------------
@@ -507,8 +507,10 @@
       throw err;
     }
     const range = RANGES[state.detailRange];
+    const since = new Date(Date.now() - (range.raw || 0) * 1000).toISOString();
     const [history, samples, alerts] = await Promise.all([
-      get(`${path}/history?step=${range.step}&limit=${range.count}`),
+      range.raw ? get(`${path}/history?since=${encodeURIComponent(since)}&limit=2000`).then(asBuckets)
+        : get(`${path}/history?step=${range.step}&limit=${range.count}`),
       get(`${path}/history?limit=20`),
       get(`/v1/alerts?limit=20&provider=${encodeURIComponent(name)}`).catch(() => ({ alerts: [] })),
     ]);
@@ -516,6 +518,22 @@
     state.samples = samples.samples;
     state.alerts = alerts.alerts;
     state.problem = null;
+  }
+
+  function asBuckets(raw) {
+    // raw probes drawn like buckets: one point per probe, latency only where the probe succeeded
+    const ok = new Set(["up", "degraded"]);
+    const oldest = raw.samples.length ? raw.samples[raw.samples.length - 1].ts : raw.since;
+    return {
+      since: oldest, until: new Date().toISOString(),  // the x axis spans the probes there are
+      buckets: raw.samples.map((one) => {
+        const point = { start: one.ts };
+        for (const [key, value] of Object.entries(one)) {
+          if (/_ms$/.test(key) || /ttft|token/.test(key)) point[key] = ok.has(one.status) ? value : null;
+        }
+        return point;
+      }),
+    };
   }
 
   const SHOWN = new Set(["name", "type", "status", "since", "models", "endpoint", "last_error", "last_error_class",
