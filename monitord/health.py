@@ -7,7 +7,8 @@ Status rules (one probe result at a time):
 - a result counts as a success when it is UP or DEGRADED (the server answered and listed what it serves) and as a
   failure when it is DOWN or LOADING (it cannot serve a request now);
 - the first result of a provider (status UNKNOWN) sets the status directly, so a fresh daemon says up or down at once;
-- LOADING and DEGRADED results are reported immediately, from any status;
+- LOADING, DEGRADED and MISCONFIGURED results are reported immediately, from any status (a wrong server on the
+  port is a fact of one answer, not a failure that needs confirming);
 - DOWN needs `failure_threshold` failures in a row (a LOADING result counts towards it);
 - from DOWN, UP needs `success_threshold` successes in a row; from LOADING or DEGRADED an UP result is immediate.
 Stalled (the server answers but cannot generate), from generation samples and the probes' Capacity:
@@ -35,6 +36,7 @@ from monitord.model import (
     Capacity,
     ErrorClass,
     GenerationSample,
+    Identity,
     ModelInfo,
     ModelServer,
     ProbeResult,
@@ -86,7 +88,7 @@ class ProbeRecord(Protocol):
 def next_status(current: Status, result: Status, failures_in_a_row: int, successes_in_a_row: int,
                 policy: HealthPolicy) -> Status:
     """The status after one result; the counters already include that result."""
-    if current is Status.UNKNOWN or result in (Status.LOADING, Status.DEGRADED):
+    if current is Status.UNKNOWN or result in (Status.LOADING, Status.DEGRADED, Status.MISCONFIGURED):
         return result
     if result is Status.UP:
         if current is Status.DOWN and successes_in_a_row < policy.success_threshold:
@@ -149,8 +151,10 @@ class ProviderTracker:
         """Take one probe result; returns the status change it caused, if any."""
         self._take_models(result)
         self._take_capacity(result.started_at, result.capacity)
+        # capacity is the last probe's (None after a failure: unknown); identity the last one the server told
         return self._fold(result.started_at, result.status, result.error_class, result.error,
-                          result.total_ms, result.server_version, now, request_ms(result))
+                          result.total_ms, result.server_version, now, result.capacity,
+                          result.identity or self.state.identity, request_ms(result))
 
     def fold_sample(self, sample: GenerationSample, now: datetime) -> StatusChange | None:
         """Take one generation canary sample; returns the status change it caused, if any."""
@@ -211,7 +215,7 @@ class ProviderTracker:
     def fold_record(self, record: ProbeRecord, now: datetime) -> StatusChange | None:
         """Take one stored probe row (no model list: models come back with the next live probe)."""
         return self._fold(record.ts, _status(record.status), _error_class(record.error_class), record.error,
-                          record.total_ms, None, now)
+                          record.total_ms, None, now, self.state.capacity, self.state.identity)
 
     def expire(self, now: datetime) -> ProviderState:
         """Drop samples that left the windows by `now` and publish the refreshed snapshot."""
@@ -231,8 +235,8 @@ class ProviderTracker:
         )
 
     def _fold(self, at: datetime, result: Status, error_class: ErrorClass | None, error: str | None,
-              total_ms: float | None, server_version: str | None, now: datetime,
-              per_request_ms: float | None = None) -> StatusChange | None:
+              total_ms: float | None, server_version: str | None, now: datetime, capacity: Capacity | None,
+              identity: Identity | None, per_request_ms: float | None = None) -> StatusChange | None:
         old = self.state
         ok = result in _OK
         ts_s = at.timestamp()
@@ -286,6 +290,8 @@ class ProviderTracker:
             last_failure_at=old.last_failure_at if ok else at,
             server_version=server_version or old.server_version,
             models=self._models,
+            capacity=capacity,
+            identity=identity,
             **self._window(),
         )
         return change

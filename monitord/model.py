@@ -217,6 +217,9 @@ class ResidentModel:
     expires_at: datetime | None = None  # when the server will unload it, where it says
     size_bytes: int | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "expires_at": _iso(self.expires_at), "size_bytes": self.size_bytes}
+
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
@@ -241,6 +244,31 @@ class Capacity:
             return True
         return self.slots_total is not None and self.slots_busy is not None and self.slots_busy >= self.slots_total
 
+    @property
+    def slots_idle(self) -> int | None:
+        if self.slots_total is None or self.slots_busy is None:
+            return None
+        return max(0, self.slots_total - self.slots_busy)
+
+    def resident(self, model_id: str) -> bool | None:
+        """Whether `model_id` is in memory now; None when the server does not say what is resident."""
+        if self.resident_models is None:
+            return None
+        return any(m.id == model_id for m in self.resident_models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "saturated": self.saturated,
+            "slots_total": self.slots_total,
+            "slots_busy": self.slots_busy,
+            "queue_depth": self.queue_depth,
+            "kv_cache_usage": self.kv_cache_usage,
+            "requests_running": self.requests_running,
+            "generation_tokens_total": self.generation_tokens_total,
+            "resident_models": [m.to_dict() for m in self.resident_models]
+            if self.resident_models is not None else None,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -249,6 +277,9 @@ class Identity:
     looks_like: str | None = None  # a provider type name, or None when the signals do not tell
     version: str | None = None
     evidence: str | None = None  # the signal that told, for the hint shown to the user
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"looks_like": self.looks_like, "version": self.version, "evidence": self.evidence}
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +295,7 @@ class ProbeResult:
     error: str | None = None  # short human message, secrets already scrubbed
     connect_ms: float | None = None  # only when a new connection was made
     ttfb_ms: float | None = None  # first request: start to response headers
-    http_status: int | None = None  # status of the last request made
+    http_status: int | None = None  # status of the last request made (of an answer: its last 2xx request)
     calls: tuple[HttpCall, ...] = ()
     models: tuple[ModelInfo, ...] = ()
     server_version: str | None = None
@@ -442,10 +473,17 @@ class ProviderState:
     models: tuple[ServedModel, ...] = ()
     server_version: str | None = None
     transitions_recent: int = 0  # status changes in the flap window
+    capacity: Capacity | None = None  # from the last probe; None: unknown (not published, not read, or down)
+    identity: Identity | None = None  # what the server on the port looked like, last time it told
 
     @property
     def model_ids(self) -> tuple[str, ...]:
         return tuple(m.id for m in self.models)
+
+    @property
+    def saturated(self) -> bool | None:
+        """No idle slot or a queue, by the last probe; None when capacity is unknown."""
+        return self.capacity.saturated if self.capacity is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -473,6 +511,9 @@ class ProviderState:
             "models": [m.to_dict() for m in self.models],
             "server_version": self.server_version,
             "transitions_recent": self.transitions_recent,
+            "saturated": self.saturated,
+            "capacity": self.capacity.to_dict() if self.capacity is not None else None,
+            "identity": self.identity.to_dict() if self.identity is not None else None,
         }
 
 

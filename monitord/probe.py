@@ -22,13 +22,25 @@ import aiohttp
 import structlog
 import yarl
 
-from monitord.model import ErrorClass, HttpCall, ProbeResult, ProviderSpec, Status
-from monitord.providers.base import Adapter, HttpResponse, Observation, ProbeError
+from monitord.model import ErrorClass, HttpCall, Identity, ProbeResult, ProviderSpec, Status
+from monitord.providers.base import Adapter, HttpResponse, Observation, ProbeError, optional_get
+from monitord.providers.identity import (
+    ACCEPTS_ANY,
+    AFTER_FAILURE_PATHS,
+    Sighting,
+    detect,
+    identify,
+    mismatch,
+    sight,
+)
 
 log = structlog.get_logger("monitord.probe")
 
 # Retrying these can help within the budget: a stale keep-alive socket, a restarting server, a brief 5xx.
 RETRYABLE = frozenset({ErrorClass.REFUSED, ErrorClass.CONNECTION, ErrorClass.TIMEOUT, ErrorClass.HTTP_5XX})
+# Failures another server on the port would cause (a route it lacks, a body of another shape, a key it wants):
+# after one of these, ask what answered before calling the provider down.
+IDENTIFY_AFTER = frozenset({ErrorClass.HTTP_4XX, ErrorClass.BAD_PAYLOAD, ErrorClass.AUTH})
 _CHUNK = 64 * 1024
 MAX_REDIRECTS = 5  # requests per call, the first included
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -78,6 +90,7 @@ class _Attempt:
     """What the requests of one attempt recorded."""
 
     calls: list[HttpCall] = field(default_factory=list)
+    responses: list[HttpResponse] = field(default_factory=list)  # what answered, for identifying the server
     connect_ms: float | None = None
     ttfb_ms: float | None = None
 
@@ -125,7 +138,10 @@ class AiohttpProbeHttp:
                     location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
                     if location is None:
                         body = await _read_capped(resp, self._spec.max_body_bytes, path)
-                        return HttpResponse(status=resp.status, headers=dict(resp.headers), body=body, path=path)
+                        response = HttpResponse(status=resp.status, headers=dict(resp.headers), body=body,
+                                                path=path)
+                        self._attempt.responses.append(response)
+                        return response
                 url = resp.url.join(yarl.URL(location))
                 if url.origin() != origin:
                     # Another origin gets none of the configured headers and no key: only what any client sends.
@@ -295,20 +311,49 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
                 await asyncio.sleep(backoff)
                 continue
             status = Status.LOADING if error_class is ErrorClass.LOADING else Status.DOWN
+            http_status = calls[-1].status if calls and calls[-1].status is not None else getattr(
+                exc, "http_status", None)
+            sighting = identify(attempt.responses)
+            if error_class in IDENTIFY_AFTER:
+                asked = len(attempt.calls)
+                sighting = await detect(http, spec, list(attempt.responses), AFTER_FAILURE_PATHS)
+                calls += attempt.calls[asked:]
+            hint = mismatch(spec.type, sighting)
+            identity = sighting.identity if sighting else None
+            if hint is not None:
+                return _result(spec, started_at, started, Status.MISCONFIGURED, ErrorClass.WRONG_SERVER,
+                               f"{hint}; the probe failed with: {_scrub(message, spec)}", calls, attempt, attempts,
+                               http_status=http_status, identity=identity)
             return _result(spec, started_at, started, status, error_class, _scrub(message, spec), calls,
-                           attempt, attempts, http_status=getattr(exc, "http_status", None))
+                           attempt, attempts, http_status=http_status, identity=identity)
+        sighting = identify(attempt.responses)
+        if observation.identity is not None:
+            sighting = Sighting(observation.identity, strong=True)
+        elif sighting is None and spec.type not in ACCEPTS_ANY:
+            # nothing in the type's own answers told who answered: `/` names several servers for one request
+            root = await optional_get(http, "/", spec)
+            sighting = sight(root) if root is not None else None
         calls += attempt.calls
+        hint = mismatch(spec.type, sighting)
+        if hint is not None:
+            return _result(spec, started_at, started, Status.MISCONFIGURED, ErrorClass.WRONG_SERVER, hint, calls,
+                           attempt, attempts, identity=sighting.identity if sighting else None)
         status, judged_class, judged_message = judge(observation, spec)
         return _result(spec, started_at, started, status, judged_class,
                        _scrub(judged_message, spec) if judged_message else None, calls, attempt, attempts,
-                       observation=observation)
+                       observation=observation, identity=sighting.identity if sighting else None)
 
 
 def _result(spec: ProviderSpec, started_at: datetime, started: float, status: Status,
             error_class: ErrorClass | None, message: str | None, calls: list[HttpCall], last: _Attempt,
             attempts: int, *, http_status: int | None = None,
-            observation: Observation | None = None) -> ProbeResult:
+            observation: Observation | None = None, identity: Identity | None = None) -> ProbeResult:
     last_status = calls[-1].status if calls else None
+    if http_status is not None:  # the failing request's, not that of a later identifying request
+        last_status = http_status
+    elif observation is not None:  # an answer: the last good request's (optional routes may have said 404)
+        last_status = next((c.status for c in reversed(calls) if c.status is not None and 200 <= c.status < 300),
+                           last_status)
     return ProbeResult(
         provider=spec.name,
         provider_type=spec.type,
@@ -322,6 +367,9 @@ def _result(spec: ProviderSpec, started_at: datetime, started: float, status: St
         http_status=last_status if last_status is not None else http_status,
         calls=tuple(calls),
         models=observation.models if observation else (),
-        server_version=observation.server_version if observation else None,
+        server_version=(observation.server_version if observation else None) or (
+            identity.version if identity else None),
         attempts=attempts,
+        capacity=observation.capacity if observation else None,
+        identity=identity,
     )

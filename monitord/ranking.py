@@ -278,6 +278,8 @@ def _status_reasons(state: ProviderState | None, spec: ProviderSpec) -> tuple[st
         return ("disabled in config",)
     if state is None or state.status is Status.UNKNOWN:
         return ("status unknown (not probed yet)",)
+    if state.status is Status.MISCONFIGURED:  # another server on the port: nothing it says is about this type
+        return (f"status misconfigured ({state.last_error})" if state.last_error else "status misconfigured",)
     if state.status not in (Status.DOWN, Status.STALLED):  # stalled: answers, but cannot generate
         return ()
     reason = f"status {state.status.value}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from monitord.health import HealthPolicy, LiveState, ProviderTracker, next_status, percentile, update
-from monitord.model import ErrorClass, HttpCall, ModelInfo, ProbeResult, Status
+from monitord.model import Capacity, ErrorClass, HttpCall, Identity, ModelInfo, ProbeResult, Status
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 LETTERS = {"U": Status.UP, "D": Status.DOWN, "L": Status.LOADING, "G": Status.DEGRADED}
@@ -416,3 +416,31 @@ def test_request_latency_is_per_http_request_so_types_compare_on_equal_work() ->
     live.expire(at(100))
     ollama = live.get("ollama")
     assert ollama is not None and (ollama.request_latency_ms, ollama.request_samples) == (None, 0)
+
+
+# -- capacity, identity and misconfigured ---------------------------------------------------------------------------
+
+def test_misconfigured_is_reported_at_once_and_never_counts_as_up() -> None:
+    tracker = ProviderTracker("p", "vllm", HealthPolicy(failure_threshold=3))
+    tracker.fold(result(Status.UP, 0), at(0))
+    wrong = replace(result(Status.MISCONFIGURED, 10), error_class=ErrorClass.WRONG_SERVER,
+                    identity=Identity("llamacpp", None, "Server: llama.cpp header"))
+    change = tracker.fold(wrong, at(10))
+    assert change is not None and (change.previous, change.current) == (Status.UP, Status.MISCONFIGURED)
+    state = tracker.state
+    assert (state.samples_ok, state.failures_in_a_row, state.identity) == (1, 1, wrong.identity)
+    back = tracker.fold(result(Status.UP, 20), at(20))
+    assert back is not None and back.current is Status.UP
+    assert tracker.state.identity == wrong.identity  # the last identity the server told is kept
+
+
+def test_capacity_is_the_last_probes_and_unknown_after_a_failure() -> None:
+    tracker = ProviderTracker("p", "llamacpp", HealthPolicy())
+    full = Capacity(slots_total=2, slots_busy=2)
+    tracker.fold(replace(result(Status.UP, 0), capacity=full), at(0))
+    assert tracker.state.capacity == full and tracker.state.saturated is True
+    assert tracker.state.to_dict()["capacity"]["saturated"] is True and tracker.state.to_dict()["saturated"] is True
+    tracker.fold(replace(result(Status.UP, 10), capacity=Capacity(slots_total=2, slots_busy=0)), at(10))
+    assert tracker.state.saturated is False
+    tracker.fold(result(Status.DOWN, 20), at(20))
+    assert (tracker.state.capacity, tracker.state.saturated, tracker.state.to_dict()["capacity"]) == (None, None, None)

@@ -245,7 +245,7 @@ def test_textgen_model_info() -> None:
     observation = textgen.read_model_info(stored("textgen", "internal-model-info.json"))
     assert observation.models == (ModelInfo(id="Qwen2.5-7B-Instruct-Q4_K_M.gguf", loaded=True,
                                             quantization="Q4_K_M"),)
-    assert observation.extra == {"loader": "llama.cpp", "lora_names": []}
+    assert (observation.status, observation.capacity, observation.identity) == (Status.UP, None, None)
 
 
 def test_textgen_none_string_means_no_model() -> None:
@@ -408,11 +408,13 @@ AUTH = (Status.DOWN, ErrorClass.AUTH)
 EMPTY = (Status.DEGRADED, ErrorClass.EMPTY_MODELS)
 LOADING = (Status.LOADING, ErrorClass.LOADING)
 SERVER_ERROR = (Status.DOWN, ErrorClass.HTTP_5XX)
+# the server's own health route said ready and only its model list failed: up, models unknown (not down)
+MODELS_UNKNOWN = (Status.UP, None)
 
 # type: (loading, unauthorized without a key, empty, error). Each server's own truth, see the doubles' docstrings.
 EXPECTED: dict[str, tuple[tuple[Status, ErrorClass | None], ...]] = {
     "vllm": (DOWN_REFUSED, AUTH, UP, SERVER_ERROR),
-    "localai": (LOADING, AUTH, EMPTY, SERVER_ERROR),
+    "localai": (LOADING, AUTH, EMPTY, MODELS_UNKNOWN),
     "fastchat": (EMPTY, AUTH, EMPTY, SERVER_ERROR),
     "textgen": (EMPTY, AUTH, EMPTY, SERVER_ERROR),
     "lmstudio": (UP, AUTH, EMPTY, SERVER_ERROR),
@@ -447,6 +449,8 @@ async def test_probe_outcome_per_scenario(provider_double: Any, probe: Probe, pr
     expected = COMMON.get(scenario) or EXPECTED[provider_type][FAMILY_SCENARIOS.index(scenario)]
     assert (result.status, result.error_class) == expected, result.error
     assert result.attempts == 1
+    if scenario is Scenario.ERROR and expected == MODELS_UNKNOWN:
+        assert result.models == () and (result.error or "").startswith("models unknown: "), result.error
 
 
 @pytest.mark.parametrize("provider_type", FAMILY)
@@ -472,9 +476,12 @@ async def test_slow_and_hanging_servers_time_out(provider_double: Any, probe: Pr
 @pytest.mark.parametrize("provider_type", FAMILY)
 async def test_flapping_alternates_probe_by_probe(provider_double: Any, probe: Probe, provider_type: str) -> None:
     double = await provider_double(provider_type, "flapping")
-    statuses = [(await probe(double)).status for _ in range(4)]
+    results = [await probe(double) for _ in range(4)]
+    statuses = [r.status for r in results]
+    # a failing phase is not up, or (a model list failing behind a good health route) up with models unknown
+    failing = [r.status is not Status.UP or (r.error or "").startswith("models unknown") for r in results]
     assert statuses[0] is Status.UP and statuses[2] is Status.UP, statuses
-    assert statuses[1] is not Status.UP and statuses[3] is not Status.UP, statuses
+    assert failing == [False, True, False, True], statuses
 
 
 @pytest.mark.parametrize("provider_type", FAMILY)
@@ -490,7 +497,7 @@ async def test_down_then_back_on_the_same_port(provider_double: Any, probe: Prob
 
 # type: paths of one UP probe, and which of them carried the api key.
 REQUESTS: dict[str, list[tuple[str, bool]]] = {
-    "vllm": [("/health", False), ("/v1/models", True), ("/version", False)],
+    "vllm": [("/health", False), ("/v1/models", True), ("/version", False), ("/metrics", False)],
     "localai": [("/readyz", False), ("/v1/models/capabilities", True), ("/version", True)],
     "fastchat": [("/v1/models", True)],
     "textgen": [("/v1/internal/model/info", True)],
@@ -500,8 +507,8 @@ REQUESTS: dict[str, list[tuple[str, bool]]] = {
     "mlx": [("/v1/models", True)],
     "mistralrs": [("/v1/models", True)],
     "gpt4all": [("/v1/models", True)],
-    "tgi": [("/health", False), ("/info", False)],
-    "sglang": [("/v1/models", True), ("/model_info", True)],
+    "tgi": [("/health", False), ("/info", False), ("/metrics", False)],
+    "sglang": [("/v1/models", True), ("/model_info", True), ("/metrics", False)],
     "openai": [("/v1/models", True)],
 }
 

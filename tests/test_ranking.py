@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -563,3 +564,11 @@ def test_ranker_prepares_again_when_a_providers_statistics_change() -> None:
     assert ranker.rank(states, specs, fast, NOW, generation=slow_a).best.provider == "b"  # type: ignore[union-attr]
     fast_a = {**slow_a, "a": {LLAMA.id: measured("a", LLAMA.id, 50.0, 80.0)}}
     assert ranker.rank(states, specs, fast, NOW, generation=fast_a).best.provider == "a"  # type: ignore[union-attr]
+
+
+def test_a_misconfigured_provider_is_excluded_with_the_hint() -> None:
+    hint = "configured as vllm, but the server looks like llamacpp (Server: llama.cpp header): use `type: llamacpp`"
+    states = {"a": replace(state("a", status=Status.MISCONFIGURED), last_error=hint), "b": state("b")}
+    ranking = rank(states, {"a": spec("a"), "b": spec("b")}, Criteria(), NOW)
+    assert [e.provider for e in ranking.entries] == ["b"]
+    assert ranking.excluded["a"] == (f"status misconfigured ({hint})",)

@@ -87,6 +87,28 @@ _MODEL_INFO = _object({
     "capabilities": STRINGS,
 }, required=["id"])
 
+_RESIDENT = _object({
+    "id": {"type": "string"},
+    "expires_at": {**TIME_OR_NULL, "description": "When the server unloads it (Ollama keep_alive), if it says."},
+    "size_bytes": _nullable("integer", minimum=0),
+})
+_CAPACITY = _object({
+    "saturated": {"type": "boolean", "description": "No idle slot, or requests waiting."},
+    "slots_total": _nullable("integer", minimum=0, description="Parallel slots (llama.cpp, KoboldCpp: 1)."),
+    "slots_busy": _nullable("integer", minimum=0),
+    "queue_depth": _nullable("integer", minimum=0, description="Requests waiting for a slot."),
+    "kv_cache_usage": _nullable("number", minimum=0, maximum=1),
+    "requests_running": _nullable("integer", minimum=0),
+    "generation_tokens_total": _nullable("number", minimum=0, description="Monotonic generated-token counter."),
+    "resident_models": {"type": ["array", "null"], "items": _RESIDENT,
+                        "description": "Models in memory now (Ollama /api/ps, LM Studio); null: not said."},
+}, required=["saturated"])
+_IDENTITY = _object({
+    "looks_like": {**_nullable("string"), "description": "The provider type the server's answers point to."},
+    "version": _nullable("string"),
+    "evidence": {**_nullable("string"), "description": "The signal that told (header, body, route)."},
+})
+
 _PROVIDER = _object({
     "name": {"type": "string"},
     "type": {"type": "string"},
@@ -114,6 +136,12 @@ _PROVIDER = _object({
     "models": {"type": "array", "items": _ref("ServedModel")},
     "server_version": _nullable("string"),
     "transitions_recent": {"type": "integer", "minimum": 0},
+    "saturated": {"type": ["boolean", "null"],
+                  "description": "Beside the status: no idle slot or a queue at the last probe; null: unknown."},
+    "capacity": {"oneOf": [{"type": "null"}, _CAPACITY],
+                 "description": "The load the server published at the last probe; null: unknown."},
+    "identity": {"oneOf": [{"type": "null"}, _IDENTITY],
+                 "description": "What the server on the port looked like, the last time its answers told."},
     "endpoint": {"type": "string", "description": "Base URL with any userinfo replaced by ***."},
     "enabled": {"type": "boolean"},
     "capabilities": STRINGS,

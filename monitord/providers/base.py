@@ -6,13 +6,19 @@ never sleeps, never retries and never stores: `probe.py` does all of that around
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 import orjson
 
-from monitord.model import ErrorClass, ModelInfo, ProviderSpec, Status
+from monitord.model import Capacity, ErrorClass, Identity, ModelInfo, ProviderSpec, Status
+
+# Share of a probe's budget an optional route (capacity, identity) may use: a slow metrics route must never eat the
+# time the health and model routes need, nor turn a healthy server's probe into a timeout.
+OPTIONAL_BUDGET_SHARE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +96,8 @@ class Observation:
     # False where the server's list can legitimately miss the serving model (mlx-lm, LM Studio JIT):
     # probe.py then does not call an empty list or a missing configured model "degraded".
     models_authoritative: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    capacity: Capacity | None = None  # None: the server publishes no load signal, or its route failed
+    identity: Identity | None = None  # what the adapter's own answers say the server is
 
 
 class Adapter(Protocol):
@@ -108,6 +115,33 @@ async def check_health(http: ProbeHttp, spec: ProviderSpec, defaults: TypeDefaul
     path = spec.health_endpoint or defaults.health_path
     if path:
         expect_ok(await http.get(path, authenticated=authenticated))
+
+
+async def optional_get(http: ProbeHttp, path: str, spec: ProviderSpec, *,
+                       authenticated: bool = True) -> HttpResponse | None:
+    """GET a route whose answer only enriches the result (capacity, identity); None when it cannot be read.
+
+    Any failure here (transport, timeout, body cap) means "unknown", never a failed probe, and the request may use
+    only OPTIONAL_BUDGET_SHARE of the probe budget. The caller still checks the status and the body.
+    """
+    try:
+        return await asyncio.wait_for(http.get(path, authenticated=authenticated),
+                                      spec.timeout_s * OPTIONAL_BUDGET_SHARE)
+    except (ProbeError, TimeoutError, OSError, aiohttp.ClientError):
+        return None
+
+
+# Failures of a metadata route that say nothing about serving: a broken body, a server error on that one route.
+METADATA_FAILURES = frozenset({ErrorClass.HTTP_5XX, ErrorClass.BAD_PAYLOAD, ErrorClass.TOO_LARGE})
+
+
+def models_or_unknown(exc: ProbeError, health: HttpResponse) -> Observation:
+    """For servers whose own health route already said "ready" (`health`): a model list that cannot be read leaves
+    the models unknown (the provider stays up, unjudged) instead of failing the probe. Re-raises anything else
+    (auth, 4xx), and when the "health" answer was an HTML page: a web page is no server's health answer."""
+    if exc.error_class not in METADATA_FAILURES or health.body.lstrip()[:1] == b"<":
+        raise exc
+    return Observation(models_authoritative=False, message=f"models unknown: {exc.message}")
 
 
 def models_path(spec: ProviderSpec, defaults: TypeDefaults) -> str:

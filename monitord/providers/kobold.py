@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from monitord.model import ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
+from monitord.model import Capacity, ErrorClass, Identity, ModelInfo, ModelKind, ProviderSpec, Status
 from monitord.providers.base import (
     HttpResponse,
     Observation,
@@ -19,7 +19,9 @@ from monitord.providers.base import (
     expect_ok,
     models_path,
     openai_model_cards,
+    optional_get,
 )
+from monitord.providers.capacity import read_kobold_perf
 
 KOBOLDCPP, KOBOLDAI = "KoboldCpp", "KoboldAI"
 _NO_MODEL = frozenset({"inactive", "ReadOnly"})  # KoboldCpp without a text model; KoboldAI Client without any
@@ -94,18 +96,20 @@ def is_reloading(response: HttpResponse) -> bool:
 
 
 def describe(name: str | None, build: KoboldCppVersion | None, context_length: int | None,
-             api_version: str | None = None) -> Observation:
+             api_version: str | None = None, load: Capacity | None = None) -> Observation:
     """The observation for a Kobold server that named its model (or said it has none).
 
     `build` is None for KoboldAI Client, which reports only the KoboldAI API spec version, not its own.
     """
-    server = KOBOLDCPP if build else KOBOLDAI
-    extra = {"server": server} | ({"api_version": api_version} if api_version else {})
+    identity = (Identity(looks_like="koboldcpp", version=build.version, evidence="/api/extra/version: result "
+                         "KoboldCpp") if build else
+                Identity(looks_like="koboldai", version=None, evidence=f"/api/v1/info/version: KoboldAI API "
+                         f"{api_version} without /api/extra/version"))
     version = build.version if build else None
     if name is None:
         what = "no text model loaded" + (" (image/audio-only launch)" if build and not build.llm else "")
         return Observation(status=Status.DEGRADED, server_version=version, error_class=ErrorClass.EMPTY_MODELS,
-                           message=what, extra=extra)
+                           message=what, identity=identity, capacity=load)
     # KoboldAI Client speaks only the completion-style /api/v1/generate
     capabilities = build.capabilities if build else frozenset({"completion"})
     model = ModelInfo(
@@ -116,7 +120,7 @@ def describe(name: str | None, build: KoboldCppVersion | None, context_length: i
         capabilities=capabilities,
         owned_by="koboldcpp" if build else None,
     )
-    return Observation(models=(model,), server_version=version, extra=extra)
+    return Observation(models=(model,), server_version=version, identity=identity, capacity=load)
 
 
 def _reloading(response: HttpResponse) -> Observation:
@@ -147,7 +151,9 @@ class Kobold:
             context = await http.get("/api/extra/true_max_context_length")
             # older builds lack the route (404): the context is then simply unknown
             context_length = read_context(context) if context.status == 200 else None
-        return describe(name, build, context_length)
+        # one generation at a time: /api/extra/perf says whether it is busy and how many wait
+        load = read_kobold_perf(await optional_get(http, "/api/extra/perf", spec))
+        return describe(name, build, context_length, load=load)
 
     async def _observe_koboldai(self, http: ProbeHttp, model_path: str) -> Observation:
         api_version = read_result(expect_ok(await http.get("/api/v1/info/version")))

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from monitord.model import ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
+from monitord.model import Capacity, ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
+from monitord.providers import capacity
 from monitord.providers.base import (
     HttpResponse,
     Observation,
@@ -18,8 +19,10 @@ from monitord.providers.base import (
     TypeDefaults,
     error_for_status,
     expect_ok,
+    models_or_unknown,
     models_path,
     openai_model_cards,
+    optional_get,
     server_message,
 )
 
@@ -61,6 +64,26 @@ def read_version(response: HttpResponse) -> str | None:
         raise ProbeError(ErrorClass.BAD_PAYLOAD, f"{response.path}: expected a JSON object")
     build = body.get("build_info")
     return build if isinstance(build, str) and build and build != "b0-unknown" else None
+
+
+@dataclass(frozen=True, slots=True)
+class Props:
+    """What `/props` says that the probe uses: the build, the slot count, and which optional routes are on."""
+
+    version: str | None = None
+    total_slots: int | None = None
+    slots_route: bool = True  # `endpoint_slots` (absent before the flag existed: try the route)
+    metrics_route: bool = False  # `endpoint_metrics`: /metrics answers only with --metrics
+
+
+def read_props(response: HttpResponse) -> Props:
+    """`/props` of a ready server (the version as read_version reads it)."""
+    body = response.json()
+    if not isinstance(body, dict):
+        raise ProbeError(ErrorClass.BAD_PAYLOAD, f"{response.path}: expected a JSON object")
+    return Props(version=read_version(response), total_slots=capacity.llamacpp_total_slots(body),
+                 slots_route=body.get("endpoint_slots") is not False,
+                 metrics_route=body.get("endpoint_metrics") is True)
 
 
 def judge_models(models: tuple[ModelInfo, ...], router_states: Mapping[str, str]) -> Observation:
@@ -169,12 +192,23 @@ class LlamaCpp:
         listing = await http.get(models_path(spec, self.defaults))
         if is_loading(listing):
             return _loading("model is loading (HTTP 503 Loading model)")
-        models = read_models(expect_ok(listing))
-        observation = judge_models(models, router_states(listing))
-        props = await http.get("/props")
-        if is_loading(props):
+        try:
+            observation = judge_models(read_models(expect_ok(listing)), router_states(listing))
+        except ProbeError as exc:  # /health said ready: a list that cannot be read leaves the models unknown
+            observation = models_or_unknown(exc, health)
+        props_answer = await http.get("/props")
+        if is_loading(props_answer):
             return _loading("model is loading (HTTP 503 Loading model)")
-        if props.status in (401, 403):
-            raise error_for_status(props)
-        version = read_version(props) if props.status == 200 else None
-        return replace(observation, server_version=version)
+        if props_answer.status in (401, 403):
+            raise error_for_status(props_answer)
+        props = read_props(props_answer) if props_answer.status == 200 else Props(slots_route=False)
+        load = await self._capacity(http, spec, props) if observation.status is not Status.LOADING else None
+        return replace(observation, server_version=props.version, capacity=load)
+
+    async def _capacity(self, http: ProbeHttp, spec: ProviderSpec, props: Props) -> Capacity | None:
+        """`/slots` (busy slots) when on, `/metrics` (queue, tokens) only when `/props` says it is on."""
+        slots = capacity.read_llamacpp_slots(await optional_get(http, "/slots", spec)) if props.slots_route else None
+        metrics = (capacity.read_metrics(await optional_get(http, "/metrics", spec), capacity.LLAMACPP_METRICS)
+                   if props.metrics_route else None)
+        total = Capacity(slots_total=props.total_slots) if props.total_slots is not None else None
+        return capacity.merge(slots, metrics, total)

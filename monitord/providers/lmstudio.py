@@ -7,10 +7,10 @@ answers unknown routes with 200 `{"error": "Unexpected endpoint or method. ..."}
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from monitord.model import Capability, ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
+from monitord.model import Capability, Capacity, ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
 from monitord.providers.base import (
     HttpResponse,
     Observation,
@@ -20,6 +20,7 @@ from monitord.providers.base import (
     expect_ok,
     openai_model_cards,
 )
+from monitord.providers.capacity import resident_from_models
 from monitord.providers.openai import (
     as_mapping,
     capabilities,
@@ -134,7 +135,9 @@ class LMStudio:
         if is_unknown_route(response):  # before 0.3.6: only the OpenAI list, which cannot tell loaded models
             return Observation(models=read_models(expect_ok(await http.get(self.defaults.models_path))))
         models = reader(response)
+        # the native listings say which models are in memory: one not among them loads on first use (JIT)
+        load = Capacity(resident_models=resident_from_models(models))
         if any(m.loaded for m in models):
-            return Observation(models=models)
+            return Observation(models=models, capacity=load)
         openai_list = read_models(expect_ok(await http.get(self.defaults.models_path)))
-        return judge_jit(models, openai_list)
+        return replace(judge_jit(models, openai_list), capacity=load)

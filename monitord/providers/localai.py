@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitord.model import Capability, ErrorClass, ModelInfo, ProviderSpec, Status
@@ -14,6 +14,7 @@ from monitord.providers.base import (
     ProbeHttp,
     TypeDefaults,
     expect_ok,
+    models_or_unknown,
     openai_model_cards,
 )
 from monitord.providers.openai import custom_path, kind_for, model_from_card, read_version, str_or_none
@@ -67,13 +68,16 @@ class LocalAI:
     capabilities_path: str = "/v1/models/capabilities"
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        not_ready = read_readiness(await http.get(spec.health_endpoint or self.defaults.health_path or "/readyz",
-                                                  authenticated=False))
+        ready = await http.get(spec.health_endpoint or self.defaults.health_path or "/readyz", authenticated=False)
+        not_ready = read_readiness(ready)
         if not_ready is not None:
             return not_ready
         models_path = custom_path(spec.model_endpoint, self.defaults.models_path) or self.capabilities_path
         response = await http.get(models_path)
         if response.status in (404, 405) and models_path == self.capabilities_path:
             response = await http.get(self.defaults.models_path)  # builds before the capability listing
-        models = read_models(expect_ok(response))
-        return Observation(models=models, server_version=read_version(await http.get("/version")))
+        try:
+            observation = Observation(models=read_models(expect_ok(response)))
+        except ProbeError as exc:  # /readyz said ready: an unreadable list leaves the models unknown
+            observation = models_or_unknown(exc, ready)
+        return replace(observation, server_version=read_version(await http.get("/version")))

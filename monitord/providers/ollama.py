@@ -9,16 +9,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from monitord.model import ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
+from monitord.model import Capacity, ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
 from monitord.providers.base import (
+    METADATA_FAILURES,
     HttpResponse,
     Observation,
     ProbeError,
     ProbeHttp,
     TypeDefaults,
     expect_ok,
+    models_or_unknown,
     models_path,
 )
+from monitord.providers.capacity import read_ollama_ps
 
 _VERSION_PATH = "/api/version"
 
@@ -158,11 +161,21 @@ class Ollama:
         expect_ok(health)
         # a configured health path such as `/` ("Ollama is running") proves life but carries no version
         version = read_version(health) if health_path == _VERSION_PATH else None
-        on_disk = read_tags(expect_ok(await http.get(models_path(spec, self.defaults))))
+        try:
+            on_disk = read_tags(expect_ok(await http.get(models_path(spec, self.defaults))))
+        except ProbeError as exc:  # the version route answered: an unreadable list leaves the models unknown
+            return replace(models_or_unknown(exc, health), server_version=version)
         ps = await http.get("/api/ps")
-        # /api/ps is younger than /api/tags (0.1.38): without it, loaded stays unknown
-        in_memory = None if ps.status == 404 else read_ps(expect_ok(ps))
-        return judge(merge(on_disk, in_memory), version)
+        # /api/ps is younger than /api/tags (0.1.38): without it (or when it misbehaves) loaded stays unknown
+        try:
+            in_memory = None if ps.status == 404 else read_ps(expect_ok(ps))
+        except ProbeError as exc:
+            if exc.error_class not in METADATA_FAILURES:
+                raise
+            in_memory = None
+        resident = read_ollama_ps(ps) if in_memory is not None else None
+        observation = judge(merge(on_disk, in_memory), version)
+        return replace(observation, capacity=Capacity(resident_models=resident) if resident is not None else None)
 
 
 def _explain_host_rejection(response: HttpResponse) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitord.model import Capability, ErrorClass, ModelInfo, ModelKind, ProviderSpec, Status
@@ -20,10 +20,13 @@ from monitord.providers.base import (
     TypeDefaults,
     check_health,
     expect_ok,
+    models_or_unknown,
     models_path,
     openai_model_cards,
+    optional_get,
     server_message,
 )
+from monitord.providers.capacity import VLLM_METRICS, read_metrics
 
 # GGUF quantization tags (Q4_K_M, IQ3_XXS, Q8_0, F16), exllama bits per weight (4.0bpw), MLX bits (4bit).
 _QUANT_IN_NAME = re.compile(
@@ -172,11 +175,16 @@ class VLLM:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        read_vllm_health(await http.get(spec.health_endpoint or self.defaults.health_path or "/health",
-                                        authenticated=False))
-        models = read_served_models(expect_ok(await http.get(models_path(spec, self.defaults))))
+        health = await http.get(spec.health_endpoint or self.defaults.health_path or "/health", authenticated=False)
+        read_vllm_health(health)
+        try:
+            observation = Observation(
+                models=read_served_models(expect_ok(await http.get(models_path(spec, self.defaults)))))
+        except ProbeError as exc:  # /health said the engine lives: an unreadable list leaves models unknown
+            observation = models_or_unknown(exc, health)
         version = read_version(await http.get("/version", authenticated=False))
-        return Observation(models=models, server_version=version)
+        load = read_metrics(await optional_get(http, "/metrics", spec, authenticated=False), VLLM_METRICS)
+        return replace(observation, server_version=version, capacity=load)
 
 
 # -- FastChat, Jan, GPT4All: a model list and their own ways of saying "nothing" or "no" ----------------------

@@ -15,7 +15,9 @@ from monitord.providers.base import (
     TypeDefaults,
     expect_ok,
     models_path,
+    optional_get,
 )
+from monitord.providers.capacity import SGLANG_METRICS, read_metrics
 from monitord.providers.openai import capabilities, read_served_models
 
 MODEL_INFO_PATHS = ("/model_info", "/get_model_info")  # the second is the deprecated alias older builds have
@@ -83,4 +85,6 @@ class SGLang:
             info = read_model_info(response := await http.get(path))
             if info is not None or response.status != 404:
                 break
-        return Observation(models=apply_model_info(models, info))
+        # /metrics is always open but answers only with --enable-metrics (else 404: capacity unknown)
+        load = read_metrics(await optional_get(http, "/metrics", spec, authenticated=False), SGLANG_METRICS)
+        return Observation(models=apply_model_info(models, info), capacity=load)

@@ -22,7 +22,6 @@ from monitord.providers.openai import (
     int_or_none,
     model_from_card,
     read_models,
-    str_or_none,
 )
 
 LOADED_MODEL_PATH = "/v1/model"
@@ -63,7 +62,7 @@ def read_loaded_model(response: HttpResponse) -> Observation:
         loaded=True,
         capabilities=capabilities(Capability.VISION if vision else None, kind=kind),
     )
-    return Observation(models=(model,), extra={"prompt_template": str_or_none(parameters.get("prompt_template"))})
+    return Observation(models=(model,))
 
 
 def combine(health_problem: str | None, loaded: Observation) -> Observation:
@@ -72,9 +71,9 @@ def combine(health_problem: str | None, loaded: Observation) -> Observation:
         return loaded
     if loaded.status is Status.UP:
         return Observation(status=Status.DEGRADED, error_class=ErrorClass.HTTP_5XX, models=loaded.models,
-                           message=health_problem, extra=loaded.extra)
+                           message=health_problem)
     return Observation(status=loaded.status, error_class=loaded.error_class, models=loaded.models,
-                       message=f"{loaded.message}; {health_problem}", extra=loaded.extra)
+                       message=f"{loaded.message}; {health_problem}")
 
 
 @dataclass(frozen=True, slots=True)

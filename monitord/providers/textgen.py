@@ -39,9 +39,7 @@ def read_model_info(response: HttpResponse) -> Observation:
         return Observation(status=Status.DEGRADED, error_class=ErrorClass.EMPTY_MODELS,
                            message=f"{response.path}: no model loaded (model_name {NO_MODEL!r})")
     model = ModelInfo(id=name, loaded=True, quantization=quantization_from_name(name))
-    loras = [str(lora) for lora in body.get("lora_names") or () if lora]
-    extra = {"loader": body.get("loader"), "lora_names": loras}
-    return Observation(models=(model,), extra=extra)
+    return Observation(models=(model,))
 
 
 def read_models(response: HttpResponse) -> tuple[ModelInfo, ...]:

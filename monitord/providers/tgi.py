@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from monitord.model import Capability, ErrorClass, ModelInfo, ModelKind, ProviderSpec
-from monitord.providers.base import HttpResponse, Observation, ProbeError, ProbeHttp, TypeDefaults, expect_ok
+from monitord.providers.base import (
+    HttpResponse,
+    Observation,
+    ProbeError,
+    ProbeHttp,
+    TypeDefaults,
+    expect_ok,
+    models_or_unknown,
+    optional_get,
+)
+from monitord.providers.capacity import TGI_METRICS, read_metrics
 from monitord.providers.openai import capabilities, custom_path, int_or_none, read_models, str_or_none
 
 INFO_PATH = "/info"
@@ -46,15 +56,22 @@ def read_info(response: HttpResponse) -> tuple[ModelInfo, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class TGI:
-    """Two open requests. TGI does not listen until its shards are loaded and warmed up."""
+    """Three open requests (`/health`, `/info`, `/metrics`). TGI does not listen until its shards are loaded and
+    warmed up."""
 
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        read_health(await http.get(spec.health_endpoint or self.defaults.health_path or "/health",
-                                   authenticated=False))
+        health = await http.get(spec.health_endpoint or self.defaults.health_path or "/health", authenticated=False)
+        read_health(health)
         custom = custom_path(spec.model_endpoint, self.defaults.models_path)
-        if custom is not None:
-            return Observation(models=read_models(expect_ok(await http.get(custom))))
-        model, version = read_info(await http.get(INFO_PATH, authenticated=False))
-        return Observation(models=(model,), server_version=version)
+        try:
+            if custom is not None:
+                observation = Observation(models=read_models(expect_ok(await http.get(custom))))
+            else:
+                model, version = read_info(await http.get(INFO_PATH, authenticated=False))
+                observation = Observation(models=(model,), server_version=version)
+        except ProbeError as exc:  # /health passed: an unreadable /info leaves the model unknown
+            observation = models_or_unknown(exc, health)
+        load = read_metrics(await optional_get(http, "/metrics", spec, authenticated=False), TGI_METRICS)
+        return replace(observation, capacity=load)

@@ -200,6 +200,47 @@ def cards_with_ids(cards: list[dict[str, Any]], ids: Iterable[str] | None) -> li
     return [{**template, "id": model_id} for model_id in ids]
 
 
+# -- capacity: the load a double reports, changeable while a test runs -------------------------------------------
+#
+# Options (`await double.set("up", busy=2, queue=1)`) read by every double that publishes load:
+#   slots     slot count (llama.cpp `/slots` and `/props` total_slots; KoboldCpp always has one)
+#   busy      busy slots / requests running (llama.cpp `/slots`, vLLM/TGI/SGLang running gauges, KoboldCpp `idle`)
+#   queue     requests waiting (vLLM waiting, TGI queue, SGLang queue, llama.cpp deferred, KoboldCpp `queue`)
+#   kv_cache  KV-cache share 0..1 (vLLM, SGLang)
+#   tokens    generated-token counter (vLLM, SGLang, TGI, llama.cpp)
+# Unset, a double reports an idle server (nothing busy, nothing queued).
+
+
+def load_option(control: DoubleControl, name: str, default: float = 0) -> float:
+    value = control.options.get(name, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+@cache
+def _fixture_text(server: str, name: str) -> str:
+    return fixture_bytes(server, name).decode()
+
+
+def prometheus_text(server: str, name: str, values: Mapping[str, float]) -> str:
+    """A stored Prometheus exposition (tests/fixtures/<server>/<name>) with the named metrics' sample values
+    replaced on every label set, so a double's `/metrics` follows the load a test sets."""
+    lines = []
+    for line in _fixture_text(server, name).splitlines():
+        if line and not line.startswith("#"):
+            metric = line.split("{", 1)[0].split(" ", 1)[0]
+            if metric in values:
+                head = line.rsplit(" ", 1)[0]
+                line = f"{head} {values[metric]:g}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def prometheus_response(text: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """`text/plain; version=0.0.4` as prometheus_client and the Rust exporters send it."""
+    return web.Response(body=text.encode(), headers={
+        **(headers or {}), "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 # -- auth helpers ----------------------------------------------------------------------------------------------
 
 

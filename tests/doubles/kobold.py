@@ -3,7 +3,8 @@
 KoboldCpp (`koboldcpp.py` `do_GET`/`do_POST`): routes match by path *suffix*; unknown ones get 404 text/html;
 with a password (`control.expected_key`) generation needs the Bearer and `/api/v1/model` answers 200
 `koboldcpp/protected-model` to anyone without it. Options: `router` (admin/router mode: LOADING is a 502 HTML
-page from the proxy instead of a closed port), `busy` (generation answers the 503 busy body).
+page from the proxy instead of a closed port), `busy` (generation answers the 503 busy body and
+`/api/extra/perf` says `idle: 0`), `queue` (`/api/extra/perf` queue).
 Scenarios: LOADING closed port (the model loads before the HTTP server starts); EMPTY `inactive` (no text
 model); ERROR http.server's 500 HTML error page.
 
@@ -25,6 +26,7 @@ from tests.doubles.base import (
     control_of,
     fixture,
     fixture_bytes,
+    load_option,
     new_app,
     scenario_of,
 )
@@ -113,8 +115,9 @@ def _koboldcpp_get(path: str, control: DoubleControl, scenario: Scenario, author
         return fixture(KOBOLDCPP, "api-v1-config-max-context-length.json")
     if path.endswith("/api/extra/perf"):
         perf = fixture(KOBOLDCPP, "api-extra-perf.json")
-        if control.options.get("busy"):  # a generation holds the lock and one more waits
-            perf.update(idle=0, queue=1)
+        busy = bool(load_option(control, "busy"))
+        # busy: a generation holds the lock and (unless `queue` says otherwise) one more waits
+        perf.update(idle=0 if busy else 1, queue=int(load_option(control, "queue", 1 if busy else 0)))
         return perf
     if path.endswith("/v1/models"):
         listing = fixture(KOBOLDCPP, "v1-models.json")

@@ -9,6 +9,8 @@ X-Api-Key) except on the public routes, then routing; unknown paths get the JSON
   models_public False: the model list needs the key too (seen on the xllamacpp build of the server)
   slots_busy    every slot is processing (`/slots`); generation requests wait in the queue meanwhile
   reference_stream  stream the reference `chat-stream.sse` verbatim instead of a paced reply
+  slots, busy, queue, tokens  the load `/slots`, `/props` and `/metrics` report (tests/doubles/base.py)
+  no_slots      `/slots` answers 501 as with `--no-slots` (`/props` says `endpoint_slots: false`)
 Generation (streams, stalls, hangs) follows tests/doubles/generation.py.
 Scenarios: LOADING 503 everywhere (router mode: the listing says `loading`); EMPTY router mode with every model
 unloaded (the only "no model" state llama.cpp has); ERROR 500 `server_error` on every route.
@@ -23,7 +25,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.doubles.base import DoubleControl, Scenario, control_of, fixture, fixture_bytes, new_app, scenario_of
+from tests.doubles.base import (
+    DoubleControl,
+    Scenario,
+    control_of,
+    fixture,
+    fixture_bytes,
+    load_option,
+    new_app,
+    prometheus_response,
+    prometheus_text,
+    scenario_of,
+)
 from tests.doubles.generation import hang_unanswered, openai_frames, send_generation
 
 SERVER = "llamacpp"
@@ -122,27 +135,46 @@ async def _props(request: web.Request) -> web.StreamResponse:
     if control.options.get("multimodal"):
         body["modalities"]["vision"] = True
     body["endpoint_metrics"] = bool(control.options.get("metrics"))
+    body["endpoint_slots"] = not control.options.get("no_slots")
+    body["total_slots"] = len(slot_states(control))
     return llama_json(body)
 
 
+def slot_states(control: DoubleControl) -> list[dict[str, Any]]:
+    """The fixture's slot shape, `slots` of them (default: as many as the fixture), the first `busy` processing."""
+    template = fixture(SERVER, "slots.json")
+    count = int(load_option(control, "slots", len(template)))
+    # `slots_busy` (the canary's knob) takes every slot; `busy` the first n
+    busy = count if control.options.get("slots_busy") else int(load_option(control, "busy"))
+    slots = []
+    for index in range(count):
+        slot = {k: v for k, v in template[min(index, len(template) - 1)].items() if k != "id_task"}
+        slot.update(id=index, is_processing=index < busy)
+        if index < busy:
+            slot["id_task"] = 1000 + index
+        slots.append(slot)
+    return slots
+
+
 async def _slots(request: web.Request) -> web.StreamResponse:
-    slots = fixture(SERVER, "slots.json")
-    busy = control_of(request).options.get("slots_busy")
-    for slot in slots:  # the reference has one idle and one busy slot; `slots_busy` takes both, else none
-        slot["is_processing"] = bool(busy)
+    control = control_of(request)
+    if control.options.get("no_slots"):
+        return llama_error(501, "This server does not support slots endpoint. Start it with `--slots`",
+                           "not_supported_error")
+    slots = slot_states(control)
     if request.query.get("fail_on_no_slot") == "1" and all(s["is_processing"] for s in slots):
         return llama_json(fixture(SERVER, "error-503-no-slot.json"), 503)
     return llama_json(slots)
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
-    if not control_of(request).options.get("metrics"):
+    control = control_of(request)
+    if not control.options.get("metrics"):
         return llama_json(fixture(SERVER, "error-501-metrics-disabled.json"), 501)
-    text = ("# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
-            "# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 31\n"
-            "# HELP llamacpp:requests_processing Number of requests processing.\n"
-            "# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 0\n")
-    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers=_HEADERS)
+    values = {"llamacpp:requests_processing": load_option(control, "busy"),
+              "llamacpp:requests_deferred": load_option(control, "queue"),
+              "llamacpp:tokens_predicted_total": load_option(control, "tokens", 3469)}
+    return prometheus_response(prometheus_text(SERVER, "metrics.txt", values), _HEADERS)
 
 
 async def _generate(request: web.Request) -> web.StreamResponse:

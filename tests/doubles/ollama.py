@@ -99,10 +99,11 @@ async def _ps(request: web.Request) -> web.StreamResponse:
         return gin_json({"error": "llama runner process has terminated: exit status 2"}, 500)
     if scenario in (Scenario.EMPTY, Scenario.LOADING) or control_of(request).options.get("resident") is False:
         return gin_json({"models": []})
-    resident = fixture(SERVER, "api-ps.json")["models"][0]
-    first = _on_disk(control_of(request), scenario)[0]
-    resident.update(name=first["name"], model=first["model"])
-    return gin_json({"models": [resident]})
+    template = fixture(SERVER, "api-ps.json")["models"][0]
+    on_disk = _on_disk(control_of(request), scenario)
+    # option `resident`: the names in memory (default: the first model on disk), as keep_alive leaves them
+    names = control_of(request).options.get("resident", [on_disk[0]["name"]])
+    return gin_json({"models": [{**template, "name": name, "model": name} for name in names]})
 
 
 async def _show(request: web.Request) -> web.StreamResponse:

@@ -27,7 +27,10 @@ from tests.doubles.base import (
     exact_authorization,
     fixture,
     json_response,
+    load_option,
     new_app,
+    prometheus_response,
+    prometheus_text,
     scenario_of,
     text_response,
 )
@@ -175,6 +178,7 @@ def vllm_app(control: DoubleControl) -> web.Application:
     """vLLM 0.33: does not listen while loading; ERROR = engine dead (`/health` 503, generation 500).
 
     EMPTY is not a vLLM state (one model per server): it answers like UP. Option `lora=True` adds a LoRA card.
+    `/metrics` (always open) follows the load options `busy`, `queue`, `kv_cache`, `tokens` (tests/doubles/base.py).
     """
     app = new_app(control, refuses_while_loading=True)
 
@@ -204,12 +208,23 @@ def vllm_app(control: DoubleControl) -> web.Application:
     app.router.add_route("*", "/ping", health)
     app.router.add_get("/version", static_json("vllm", "version.json"))
     app.router.add_get("/load", static_json("vllm", "load.json"))
+    app.router.add_get("/metrics", vllm_metrics)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_handler(
         lambda ctl: served_ids(cards(ctl), ctl), unknown_model=unknown,
         failure=lambda: json_response(fixture("vllm", "error-500-engine.json"), status=500)))
     app.router.add_post("/v1/embeddings", embeddings)
     return app
+
+
+async def vllm_metrics(request: web.Request) -> web.StreamResponse:
+    control = control_of(request)
+    return prometheus_response(prometheus_text("vllm", "metrics.txt", {
+        "vllm:num_requests_running": load_option(control, "busy"),
+        "vllm:num_requests_waiting": load_option(control, "queue"),
+        "vllm:kv_cache_usage_perc": load_option(control, "kv_cache"),
+        "vllm:generation_tokens_total": load_option(control, "tokens", 91522),
+    }))
 
 
 def static_json(server: str, name: str, status: int = 200) -> Handler:

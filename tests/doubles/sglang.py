@@ -4,6 +4,8 @@ UP: `/health` answers 200 only after `health_delay_s` (option, default 1.0: the 
 LOADING: warm-up not finished: `/health` and `/ready` 503 at once while the OpenAI routes answer; with
 `loading_refuses=True` the earlier phase (model loading, no listener). ERROR: `/health` 503, flat 500 errors
 on the OpenAI routes. EMPTY is not an SGLang state: it answers like UP. Honours `models` (served names).
+Option `metrics=True` (`--enable-metrics`): `/metrics` follows the load options `busy`, `queue`, `kv_cache`,
+`tokens` (tests/doubles/base.py); without it `/metrics` is 404.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from tests.doubles.base import (
     empty_response,
     fixture,
     json_response,
+    load_option,
     new_app,
+    prometheus_response,
+    prometheus_text,
     scenario_of,
-    text_response,
 )
 from tests.doubles.openai import chat_handler
 
@@ -96,8 +100,16 @@ async def _api_tags(_request: web.Request) -> web.StreamResponse:
     return json_response(fixture("sglang", "api-tags.json"))
 
 
-async def _metrics(_request: web.Request) -> web.StreamResponse:
-    return text_response("# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs 0\n")
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    control = control_of(request)
+    if not control.options.get("metrics"):  # served only with --enable-metrics
+        return json_response({"detail": "Not Found"}, status=404)
+    return prometheus_response(prometheus_text("sglang", "metrics.txt", {
+        "sglang:num_running_reqs": load_option(control, "busy"),
+        "sglang:num_queue_reqs": load_option(control, "queue"),
+        "sglang:token_usage": load_option(control, "kv_cache"),
+        "sglang:generation_tokens_total": load_option(control, "tokens", 7557572),
+    }))
 
 
 def sglang_app(control: DoubleControl) -> web.Application:

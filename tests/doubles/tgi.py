@@ -2,7 +2,8 @@
 and its 401 has an empty body. Does not listen until shards are loaded (LOADING = refused).
 
 ERROR: `/health` 503 `unhealthy` (a shard failed) and generation 500. EMPTY is not a TGI state (one model per
-server): it answers like UP. Honours `models` (the first id is the model).
+server): it answers like UP. Honours `models` (the first id is the model). `/metrics` follows the load options
+`busy`, `queue`, `tokens` (tests/doubles/base.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from tests.doubles.base import (
     empty_response,
     fixture,
     json_response,
+    load_option,
     new_app,
+    prometheus_response,
+    prometheus_text,
     scenario_of,
-    text_response,
 )
 from tests.doubles.generation import hang_unanswered, reply_texts, send_generation, tgi_frames
 from tests.doubles.openai import chat_handler
@@ -64,8 +67,13 @@ async def _models(request: web.Request) -> web.StreamResponse:
         {"id": model_id, "object": "model", "created": 0, "owned_by": model_id}]})
 
 
-async def _metrics(_request: web.Request) -> web.StreamResponse:
-    return text_response("# TYPE tgi_queue_size gauge\ntgi_queue_size 0\n")
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    control = control_of(request)
+    return prometheus_response(prometheus_text("tgi", "metrics.txt", {
+        "tgi_queue_size": load_option(control, "queue"),
+        "tgi_batch_current_size": load_option(control, "busy"),
+        "tgi_request_generated_tokens_sum": load_option(control, "tokens", 7040),
+    }))
 
 
 def _failure() -> web.StreamResponse:
