@@ -71,7 +71,9 @@ async def test_up_reads_models_and_timings(serve: Any, session: Any) -> None:
     result = await probe_provider(spec_for(await serve(ok_handler)), ADAPTER, session)
     assert result.status is Status.UP and result.error_class is None
     assert result.model_ids == ("m1",) and result.models[0].context_length == 4096
-    assert [(c.method, c.path, c.status) for c in result.calls] == [("GET", "/health", 200), ("GET", "/v1/models", 200)]
+    # nothing in these answers names a server, so `/` is asked too (it names several)
+    assert [(c.method, c.path, c.status) for c in result.calls] == [("GET", "/health", 200), ("GET", "/v1/models", 200),
+                                                                     ("GET", "/", 200)]
     assert result.connect_ms is not None and result.ttfb_ms is not None and result.total_ms >= result.ttfb_ms
     # The second probe reuses the keep-alive connection: no connect time.
     again = await probe_provider(spec_for(await serve(ok_handler)), ADAPTER, session)

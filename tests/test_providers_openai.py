@@ -504,7 +504,7 @@ REQUESTS: dict[str, list[tuple[str, bool]]] = {
     "lmstudio": [("/api/v1/models", True)],
     "jan": [("/v1/models", True)],
     "tabbyapi": [("/health", False), ("/v1/model", True)],
-    "mlx": [("/v1/models", True)],
+    "mlx": [("/v1/models", True), ("/", True)],  # nothing in the list names the server: `/` is asked
     "mistralrs": [("/v1/models", True)],
     "gpt4all": [("/v1/models", True)],
     "tgi": [("/health", False), ("/info", False), ("/metrics", False)],
@@ -533,7 +533,8 @@ async def test_localai_older_builds_fall_back_to_the_plain_list(provider_double:
     result = await probe(double)
     assert result.status is Status.UP and result.model_ids == (
         "llama-3.2-1b-instruct:q4_k_m", "nomic-embed-text-v1.5", "whisper-1")
-    assert double.control.paths() == ["/readyz", "/v1/models/capabilities", "/v1/models", "/version"]
+    # `/` last: the plain list names no server
+    assert double.control.paths() == ["/readyz", "/v1/models/capabilities", "/v1/models", "/version", "/"]
     assert result.server_version == "v3.8.0 (5d8f2b1c9a0e)"
 
 
