@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ class Daemon:
             self.live.track(spec.name, spec.type)
         self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
                               ready=lambda: self.first_round_done, token=cfg.api.token, clock=self.clock,
-                              alerts=self)
+                              alerts=self, probe_ages=self._probe_ages, stale_probes=self._stale_probes)
         if serve_api:
             self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
         self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
@@ -297,6 +297,12 @@ class Daemon:
             await self._session.close()
         log.info("daemon.stopped")
 
+    def _probe_ages(self) -> Mapping[str, float]:
+        return self._scheduler.probe_ages_s() if self._scheduler is not None else {}
+
+    def _stale_probes(self) -> list[str]:
+        return self._scheduler.stale() if self._scheduler is not None else []
+
     def request_stop(self) -> None:
         self._stopping.set()
 
@@ -418,7 +424,9 @@ class Daemon:
             return
         state = self.live.get(name)
         last = state.last_probe_at if state is not None else None
-        due_s = 0.0 if last is None else max(0.0, (last - now).total_seconds() + spec.probe_interval_s)
+        # clamped to one interval: after a backward wall clock step `last` can lie in the future
+        due_s = 0.0 if last is None else min(spec.probe_interval_s,
+                                             max(0.0, (last - now).total_seconds() + spec.probe_interval_s))
         self._scheduler.schedule(spec, first_delay_s=due_s)
 
     async def _retention_loop(self) -> None:

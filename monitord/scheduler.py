@@ -1,6 +1,8 @@
-"""When to probe: one APScheduler interval job per provider, spread start, per-run jitter, no overlap, a cap.
+"""When to probe: one timer per provider on the event loop's monotonic clock, spread start, per-run jitter, no
+overlap, a cap. A step of the wall clock (NTP, a suspended VM, an operator) neither stops nor bunches probes.
 
-Knows nothing of HTTP or SQL: it calls `run_probe(spec)` and tracks the task so shutdown can cancel it.
+Knows nothing of HTTP or SQL: it calls `run_probe(spec)` and tracks the task so shutdown can cancel it. It also
+says how long ago each provider's last probe ended, so readiness and /metrics can tell stale probing apart.
 """
 
 from __future__ import annotations
@@ -8,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_SUBMITTED, JobSubmissionEvent
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from monitord.model import ProviderSpec
 
@@ -22,9 +20,16 @@ log = structlog.get_logger("monitord.scheduler")
 
 RunProbe = Callable[[ProviderSpec], Awaitable[None]]
 
+STALE_SLACK_S = 2.0  # on top of two intervals and a timeout: a loaded loop is late, not stale
+
+
+def stale_after_s(spec: ProviderSpec) -> float:
+    """How old a provider's last probe may get before probing counts as stalled: a missed run is tolerated."""
+    return 2 * spec.probe_interval_s + spec.timeout_s + STALE_SLACK_S
+
 
 class ProbeScheduler:
-    """Owns the APScheduler instance and every probe task it starts."""
+    """One timer task per provider and every probe task they start."""
 
     def __init__(self, run_probe: RunProbe, *, concurrency: int, jitter_s: float = 0.0,
                  rng: random.Random | None = None) -> None:
@@ -33,11 +38,14 @@ class ProbeScheduler:
         self._rng = rng or random.Random()
         self._limit = asyncio.Semaphore(concurrency)
         self._specs: dict[str, ProviderSpec] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}  # per provider: sleeps until its next run
+        self._current: dict[str, asyncio.Task[None]] = {}  # per provider: its probe task, while it runs
         self._tasks: set[asyncio.Task[None]] = set()
-        self._scheduler = AsyncIOScheduler(timezone=UTC)
-        self._scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
-        self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
-        self.lateness_ms: deque[float] = deque(maxlen=10_000)  # submit time minus scheduled time
+        self._due: dict[str, float] = {}  # next run per provider, in loop time
+        self._last_done: dict[str, float] = {}  # when each provider's last probe ended (or it was scheduled)
+        self._go = asyncio.Event()
+        self._stopped = False
+        self.lateness_ms: deque[float] = deque(maxlen=10_000)  # run time minus due time
         self.skipped_total = 0  # runs dropped because the previous probe of that provider was still running
 
     @property
@@ -46,47 +54,52 @@ class ProbeScheduler:
 
     @property
     def running(self) -> bool:
-        return bool(self._scheduler.running)
+        return self._go.is_set() and not self._stopped
 
     def overdue_s(self) -> float:
-        """How far the most overdue job is past its run time: grows without bound if scheduling stalls."""
-        now = datetime.now(UTC)
-        due = [job.next_run_time for job in self._scheduler.get_jobs() if job.next_run_time is not None]
-        return max((max(0.0, (now - t).total_seconds()) for t in due), default=0.0)
+        """How far the most overdue timer is past its run time: grows without bound if scheduling stalls."""
+        now = _now()
+        return max((max(0.0, now - due) for due in self._due.values()), default=0.0)
+
+    def probe_ages_s(self) -> Mapping[str, float]:
+        """Seconds since each scheduled provider's last probe ended (since it was scheduled, before its first)."""
+        now = _now()
+        return {name: max(0.0, now - self._last_done.get(name, now)) for name in self._specs}
+
+    def stale(self) -> list[str]:
+        """Providers whose last probe is older than stale_after_s allows: probing has stalled for them."""
+        ages = self.probe_ages_s()
+        return sorted(name for name, spec in self._specs.items() if ages.get(name, 0.0) > stale_after_s(spec))
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     def start(self) -> None:
-        """Start scheduling; needs a running event loop."""
-        self._scheduler.start()
+        """Start the timers; needs a running event loop."""
+        self._go.set()
 
     def schedule(self, spec: ProviderSpec, *, first_delay_s: float | None = None) -> None:
-        """Add or replace the job of `spec`. The first run is spread over one interval unless told otherwise."""
+        """Add or replace the timer of `spec`. The first run is spread over one interval unless told otherwise."""
         delay = self._rng.uniform(0, spec.probe_interval_s) if first_delay_s is None else first_delay_s
         self._specs[spec.name] = spec
-        first_run = datetime.now(UTC) + timedelta(seconds=delay)
-        self._scheduler.add_job(
-            self._job,
-            IntervalTrigger(seconds=spec.probe_interval_s, start_date=first_run, timezone=UTC),
-            next_run_time=first_run,  # else a start_date already past by a few µs waits a whole interval
-            args=(spec.name,),
-            id=spec.name,
-            name=f"probe {spec.name}",
-            replace_existing=True,
-            max_instances=1,  # no overlapping runs of the same provider
-            coalesce=True,  # after a stall, run once, not once per missed interval
-            misfire_grace_time=max(1, int(spec.probe_interval_s)),
-        )
+        self._last_done.setdefault(spec.name, _now())
+        previous = self._timers.pop(spec.name, None)
+        if previous is not None:
+            previous.cancel()
+        self._timers[spec.name] = asyncio.create_task(self._timer(spec.name, spec.probe_interval_s, delay),
+                                                      name=f"monitord.probe_timer.{spec.name}")
 
     def unschedule(self, name: str) -> None:
         self._specs.pop(name, None)
-        if self._scheduler.get_job(name) is not None:
-            self._scheduler.remove_job(name)
+        self._due.pop(name, None)
+        self._last_done.pop(name, None)
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
 
     def sync(self, specs: Iterable[ProviderSpec]) -> tuple[list[str], list[str], list[str]]:
-        """Make the jobs match `specs` (enabled ones only). Returns (added, removed, changed) names."""
+        """Make the timers match `specs` (enabled ones only). Returns (added, removed, changed) names."""
         wanted = {s.name: s for s in specs if s.enabled}
         added = [n for n in wanted if n not in self._specs]
         removed = [n for n in self._specs if n not in wanted]
@@ -105,17 +118,37 @@ class ProbeScheduler:
 
     async def shutdown(self) -> None:
         """Stop scheduling and cancel in-flight probes (their results are not recorded)."""
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
-        tasks = list(self._tasks)
+        self._stopped = True
+        tasks = [*self._timers.values(), *self._tasks]
+        self._timers.clear()
+        self._due.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _timer(self, name: str, interval_s: float, first_delay_s: float) -> None:
+        await self._go.wait()
+        due = _now() + first_delay_s
+        while True:
+            self._due[name] = due
+            await asyncio.sleep(max(0.0, due - _now()))
+            now = _now()
+            self.lateness_ms.append((now - due) * 1000)
+            current = self._current.get(name)
+            if current is not None and not current.done():
+                self.skipped_total += 1  # no overlapping runs of one provider
+                log.warning("probe.skipped_overlap", provider=name)
+            else:
+                task = asyncio.create_task(self._job(name), name=f"monitord.probe.{name}")
+                self._current[name] = task
+                self._tasks.add(task)
+            due += interval_s
+            if due <= now:  # after a stall, run once, not once per missed interval
+                due = now + interval_s
+
     async def _job(self, name: str) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
         try:
             if self._jitter_s > 0:
                 await asyncio.sleep(self._rng.uniform(0, self._jitter_s))
@@ -125,18 +158,19 @@ class ProbeScheduler:
             async with self._limit:
                 await self._run_probe(spec)
         except asyncio.CancelledError:
-            # Only shutdown cancels probe tasks; ending quietly keeps APScheduler from logging it as a crash.
+            # Only shutdown cancels probe tasks; ending quietly keeps the log for real failures.
             log.debug("probe.cancelled", provider=name)
         except Exception:
-            # run_probe must not raise; if it does, the job must keep its schedule anyway.
+            # run_probe must not raise; if it does, the provider must keep its schedule anyway.
             log.exception("probe.job_failed", provider=name)
         finally:
             self._tasks.discard(task)
+            if self._current.get(name) is task:
+                del self._current[name]
+            if name in self._specs:
+                self._last_done[name] = _now()
 
-    def _on_submitted(self, event: JobSubmissionEvent) -> None:
-        scheduled = event.scheduled_run_times[-1]
-        self.lateness_ms.append((datetime.now(UTC) - scheduled).total_seconds() * 1000)
 
-    def _on_skipped(self, event: JobSubmissionEvent) -> None:
-        self.skipped_total += 1
-        log.warning("probe.skipped_overlap", provider=event.job_id)
+def _now() -> float:
+    """The event loop's clock: monotonic, so wall clock steps do not move it."""
+    return asyncio.get_running_loop().time()

@@ -61,9 +61,10 @@ async def test_healthz_says_alive(api: tuple[Client, World]) -> None:
 async def test_readyz_waits_for_the_first_round(api_factory: ApiFactory) -> None:
     client, world = await api_factory(ready=False)
     error = await assert_error(await client.get("/readyz"), 503, "not_ready")
-    assert error["details"]["checks"] == {"first_round": False, "store": True}
+    assert error["details"]["checks"] == {"first_round": False, "store": True, "probes_fresh": True}
     world.ready = True
-    assert await get_json(client, "/readyz") == {"status": "ready", "checks": {"first_round": True, "store": True}}
+    assert await get_json(client, "/readyz") == {"status": "ready", "checks": {"first_round": True, "store": True,
+                                                                               "probes_fresh": True}}
 
 
 async def test_readyz_and_history_report_an_unreachable_store(api_factory: ApiFactory) -> None:
@@ -71,7 +72,7 @@ async def test_readyz_and_history_report_an_unreachable_store(api_factory: ApiFa
     try:
         client, _ = await api_factory(store=away, feed=False)
         error = await assert_error(await client.get("/readyz"), 503, "not_ready")
-        assert error["details"]["checks"] == {"first_round": True, "store": False}
+        assert error["details"]["checks"] == {"first_round": True, "store": False, "probes_fresh": True}
         await assert_error(await client.get("/v1/providers/alpha/history"), 503, "store_unavailable")
         await assert_error(await client.get("/v1/providers/alpha/history?step=1h"), 503, "store_unavailable")
     finally:

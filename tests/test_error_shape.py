@@ -63,7 +63,7 @@ async def test_auth_comes_first_and_in_the_same_shape(api_factory: ApiFactory, m
 async def test_not_ready_has_the_shape(api_factory: ApiFactory) -> None:
     client, _ = await api_factory(ready=False)
     error = await assert_error(await client.get("/readyz"), 503, "not_ready")
-    assert error["details"] == {"checks": {"first_round": False, "store": True}}
+    assert error["details"] == {"checks": {"first_round": False, "store": True, "probes_fresh": True}}
 
 
 class BrokenSpecs(Mapping[str, ProviderSpec]):

@@ -192,7 +192,7 @@ async def test_an_outage_loses_no_buffered_row(postgres_url: str, proxy: TcpProx
                 assert reply.status == 200 and (await reply.json())["ranking"]
             async with http.get(f"{api}/readyz") as reply:
                 error = await assert_error(reply, 503, "not_ready")
-                assert error["details"]["checks"] == {"first_round": True, "store": False}
+                assert error["details"]["checks"] == {"first_round": True, "store": False, "probes_fresh": True}
                 assert error["details"]["store"]["state"] == "degraded" and error["details"]["store"]["pending_rows"]
                 assert "store degraded" in error["message"]
             async with http.get(f"{api}/metrics") as reply:

@@ -52,6 +52,9 @@ class ApiContext:
     token: Secret | None = None  # bearer token every route but /healthz requires when set
     alerts: AlertsBackend | None = None  # /v1/alerts and /v1/silences; the daemon implements it
     clock: Callable[[], datetime] = _utcnow
+    # seconds since each provider's last probe ended (the scheduler's monotonic clock) and those past their bound
+    probe_ages: Callable[[], Mapping[str, float]] = dict
+    stale_probes: Callable[[], Sequence[str]] = tuple
     ranker: Ranker = field(default_factory=Ranker)
     metrics: Metrics = field(default_factory=Metrics)
     events: EventHub = field(default_factory=EventHub)
@@ -65,7 +68,7 @@ class ApiContext:
         self._state_changed = asyncio.Event()
         self._models = {name: state.model_ids for name, state in self.live.all().items()}
         self.metrics.register(StateCollector(self.live, self.specs, self.ranking.ranking, self.store, self.ready,
-                                             lambda: self.events.subscribers))
+                                             lambda: self.events.subscribers, self.probe_ages, self.stale_probes))
 
     def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
         """Call once per probe result, after LiveState.fold: metrics, status events, ranking refresh.

@@ -6,7 +6,7 @@ figures are read at scrape time, so a removed provider's gauges vanish with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -100,13 +100,16 @@ class StateCollector:
 
     def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]],
                  ranking: Callable[[], Ranking], store: StoreFigures, ready: Callable[[], bool],
-                 subscribers: Callable[[], int]) -> None:
+                 subscribers: Callable[[], int], probe_ages: Callable[[], Mapping[str, float]] = dict,
+                 stale_probes: Callable[[], Sequence[str]] = tuple) -> None:
         self.live = live
         self.specs = specs
         self.ranking = ranking
         self.store = store
         self.ready = ready
         self.subscribers = subscribers
+        self.probe_ages = probe_ages
+        self.stale_probes = stale_probes
 
     def collect(self) -> Iterator[Any]:
         yield from self._providers()
@@ -120,6 +123,9 @@ class StateCollector:
                        float(self.store.written_total))
         yield _gauge("monitord_store_healthy", "1 while the database answered the store's last write or ping; "
                      "0 while rows are buffered in memory instead.", float(self.store.healthy))
+        yield _gauge("monitord_probes_stale", "Providers whose last probe is older than two intervals plus a "
+                     "timeout: probing has stalled for them (/readyz is 503 meanwhile).",
+                     float(len(self.stale_probes())))
         yield _gauge("monitord_event_subscribers", "Open GET /v1/events streams.", float(self.subscribers()))
         yield _gauge("monitord_models_served", "Distinct model ids listed by providers now.",
                      float(len(self.live.models_view())))
@@ -136,6 +142,9 @@ class StateCollector:
         failures = GaugeMetricFamily("monitord_provider_failures_in_a_row", "Consecutive failed probes.",
                                      labels=labels)
         models = GaugeMetricFamily("monitord_provider_models", "Models the provider lists now.", labels=labels)
+        age = GaugeMetricFamily("monitord_provider_probe_age_seconds",
+                                "Seconds since the provider's last probe ended (monotonic clock).", labels=labels)
+        ages = self.probe_ages()
         specs = self.specs()
         states = self.live.all()
         for name in sorted(specs):
@@ -155,7 +164,9 @@ class StateCollector:
                     latency.add_metric([*key, stat], ms / 1000.0)
             failures.add_metric(key, float(state.failures_in_a_row))
             models.add_metric(key, float(len(state.models)))
-        yield from (up, status, availability, latency, failures, models)
+            if name in ages:
+                age.add_metric(key, ages[name])
+        yield from (up, status, availability, latency, failures, models, age)
 
     def _ranking(self) -> Iterator[Any]:
         labels = ["provider", "type"]

@@ -25,7 +25,8 @@ ERROR_CODES = {
     "method_not_allowed": "the route exists but not for this method",
     "body_too_large": "the request body exceeds 64 KiB",
     "no_provider": "no provider matches the selection criteria (reasons in details.excluded)",
-    "not_ready": "the first probe round is not done or the store does not answer (details.checks)",
+    "not_ready": "the first probe round is not done, the store does not answer or probes are stale "
+                 "(details.checks, details.stale_providers)",
     "store_unavailable": "the database did not answer",
     "too_many_subscribers": "too many event streams are open",
     "shutting_down": "monitord is stopping",
@@ -234,7 +235,8 @@ _SCHEMAS: dict[str, Schema] = {
     }, required=["code", "message"])}),
     "Health": _object({"status": {"const": "ok"}, "version": {"type": "string"}}),
     "Ready": _object({"status": {"const": "ready"},
-                      "checks": _object({"first_round": {"type": "boolean"}, "store": {"type": "boolean"}})}),
+                      "checks": _object({"first_round": {"type": "boolean"}, "store": {"type": "boolean"},
+                                         "probes_fresh": {"type": "boolean"}})}),
     "ModelInfo": _MODEL_INFO,
     "Evidence": _EVIDENCE,
     "GenerationStats": _GENERATION,
@@ -364,7 +366,8 @@ def _paths() -> dict[str, Schema]:
     return {
         "/healthz": {"get": {"summary": "The process is alive.", "operationId": "healthz", "security": [],
                              "responses": {"200": _json(_ref("Health"), "Alive")}}},
-        "/readyz": {"get": {"summary": "First probe round done and the store reachable.", "operationId": "readyz",
+        "/readyz": {"get": {"summary": "First probe round done, the store reachable, every provider probed recently.",
+                            "operationId": "readyz",
                             "responses": {"200": _json(_ref("Ready"), "Ready"), **_errors(401, 503)}}},
         "/v1/providers": {"get": {
             "summary": "Live state of every configured provider, by name.", "operationId": "listProviders",

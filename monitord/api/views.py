@@ -58,10 +58,14 @@ async def readyz(request: web.Request) -> web.Response:
             store = await ctx.store.ping()
     except TimeoutError:
         store = False
-    checks = {"first_round": first_round, "store": store}
-    if not (first_round and store):
+    stale = list(ctx.stale_probes())
+    checks = {"first_round": first_round, "store": store, "probes_fresh": not stale}
+    if not all(checks.values()):
         waiting = [name for name, ok in checks.items() if not ok]
         details: dict[str, Any] = {"checks": checks}
+        if stale:  # scheduling stalled (a blocked loop, a saturated concurrency cap): live state is going stale
+            details["stale_providers"] = stale[:100]
+            waiting[waiting.index("probes_fresh")] = f"probes stale for {len(stale)} provider(s)"
         if not store:  # degraded, not down: probing and the API go on from memory, rows wait in the buffer
             health = ctx.store.health()
             details["store"] = {"state": "degraded", "since": health.since.isoformat() if health.since else None,

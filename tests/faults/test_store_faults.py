@@ -72,7 +72,7 @@ async def assert_degraded(http: aiohttp.ClientSession, api: str, error: str) -> 
     async with http.get(f"{api}/readyz") as reply:
         body = await assert_error(reply, 503, "not_ready")
     details: dict[str, Any] = body["details"]
-    assert details["checks"] == {"first_round": True, "store": False}
+    assert details["checks"] == {"first_round": True, "store": False, "probes_fresh": True}
     assert details["store"]["state"] == "degraded" and error in details["store"]["error"], details
     assert metric(await scrape(http, api), "monitord_store_healthy") == 0.0
     return details
