@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator, FormatChecker
 
 from monitord.api.openapi import build_document
-from monitord.model import Status
+from monitord.model import ErrorClass, GenerationSample, Status
 from monitord.store import Store
 from tests.plugins.api import NOW, ApiFactory, World, probe
 
@@ -108,6 +108,18 @@ async def test_real_success_responses_validate(api_factory: ApiFactory, sqlite_s
     body = await check(client, doc, "GET", history, "/v1/providers/alpha/history?step=1m", 200)
     assert body["buckets"]
     await check(client, doc, "GET", history, "/v1/providers/beta/history?step=1h&since=2025-01-01T00:00:00Z", 200)
+    generation = "/v1/providers/{name}/generation"
+    for minutes in range(3):
+        world.feed_sample(GenerationSample(provider="alpha", provider_type="ollama", model="qwen2.5:7b",
+                                           started_at=world.now - timedelta(minutes=minutes), ok=minutes > 0,
+                                           error_class=None if minutes else ErrorClass.GENERATION_TIMEOUT,
+                                           ttft_ms=90.0 if minutes else None, tokens_per_s=30.0 if minutes else None,
+                                           prompt_tokens=9, completion_tokens=8 if minutes else None))
+    await world.store.flush()
+    body = await check(client, doc, "GET", generation, "/v1/providers/alpha/generation", 200)
+    assert len(body["samples"]) == 3
+    body = await check(client, doc, "GET", generation, "/v1/providers/alpha/generation?step=1m&model=qwen2.5:7b", 200)
+    assert body["models"][0]["buckets"]
     for query in ("", "?capability=vision", "?task_type=code_generation&quality=quality&max_tokens=8000",
                   "?provider=gamma", "?model=*llama*&limit=1"):
         await check(client, doc, "GET", "/v1/ranking", f"/v1/ranking{query}", 200)
@@ -130,6 +142,9 @@ async def test_real_error_responses_validate(api_factory: ApiFactory) -> None:
     await check(client, doc, "GET", "/v1/providers/{name}", "/v1/providers/omega", 404)
     await check(client, doc, "GET", "/v1/providers/{name}/history", "/v1/providers/alpha/history?limit=0", 400)
     await check(client, doc, "GET", "/v1/providers/{name}/history", "/v1/providers/omega/history", 404)
+    await check(client, doc, "GET", "/v1/providers/{name}/generation", "/v1/providers/alpha/generation?step=9m",
+                400)
+    await check(client, doc, "GET", "/v1/providers/{name}/generation", "/v1/providers/omega/generation", 404)
     await check(client, doc, "GET", "/v1/ranking", "/v1/ranking?task_type=x", 400)
     await check(client, doc, "POST", "/v1/select", "/v1/select", 400, data=b"[")
     await check(client, doc, "POST", "/v1/select", "/v1/select", 413, data=b"x" * 70_000)

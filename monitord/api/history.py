@@ -37,7 +37,7 @@ async def provider_history(request: web.Request) -> web.Response:
     if since is not None and until is not None and since >= until:
         raise ApiError(400, "invalid_parameter", "since must be before until")
     if step is None:
-        samples = await _read(ctx.store.history(name, since=since, until=until, limit=limit))
+        samples = await read_store(ctx.store.history(name, since=since, until=until, limit=limit))
         return json_reply({
             "provider": name,
             "since": _iso(since),
@@ -55,7 +55,7 @@ async def provider_history(request: web.Request) -> web.Response:
     except OverflowError:  # `until` within `limit` steps of year 1
         earliest = datetime.min.replace(tzinfo=UTC)
     since = earliest if since is None or since < earliest else since
-    buckets = await _read(ctx.store.aggregate(name, step_s=step_s, since=since, until=until))
+    buckets = await read_store(ctx.store.aggregate(name, step_s=step_s, since=since, until=until))
     return json_reply({
         "provider": name,
         "step": step,
@@ -66,7 +66,8 @@ async def provider_history(request: web.Request) -> web.Response:
     })
 
 
-async def _read(query: Awaitable[T]) -> T:
+async def read_store(query: Awaitable[T]) -> T:
+    """Await a store read; a database that does not answer is a 503 store_unavailable."""
     try:
         return await query
     except Exception as exc:  # whatever the driver raised, the database did not answer this read

@@ -262,6 +262,29 @@ _SCHEMAS: dict[str, Schema] = {
     "Aggregates": _object({"provider": {"type": "string"}, "step": {"type": "string"},
                            "step_s": {"type": "integer"}, "since": TIME, "until": TIME,
                            "buckets": {"type": "array", "items": _ref("Bucket")}}),
+    "GenerationSample": _object({
+        "ts": TIME, "model": {"type": "string"}, "kind": {"type": "string", "enum": ["generation", "embedding"]},
+        "ok": {"type": "boolean"}, "skipped": {"type": "boolean"},
+        "error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+        "error": _nullable("string"), "ttft_ms": _nullable("number"), "total_ms": _nullable("number"),
+        "tokens_per_s": _nullable("number"), "prompt_tokens": _nullable("integer"),
+        "completion_tokens": _nullable("integer"), "finish_reason": _nullable("string"),
+        "streamed": {"type": "boolean"}, "stream_complete": _nullable("boolean"),
+    }),
+    "GenerationHistory": _object({
+        "provider": {"type": "string"}, "model": _nullable("string"), "since": TIME_OR_NULL,
+        "until": TIME_OR_NULL, "limit": {"type": "integer"},
+        "samples": {"type": "array", "items": _ref("GenerationSample")}}),
+    "GenerationBucket": _object({
+        "start": TIME, "count": {"type": "integer", "minimum": 0}, "ok_count": {"type": "integer", "minimum": 0},
+        "failed_count": {"type": "integer", "minimum": 0}, "skipped_count": {"type": "integer", "minimum": 0},
+        "ttft_p50_ms": _nullable("number"), "ttft_p95_ms": _nullable("number"),
+        "tokens_per_s_p50": _nullable("number"), "tokens_spent": {"type": "integer", "minimum": 0}}),
+    "GenerationAggregates": _object({
+        "provider": {"type": "string"}, "model": _nullable("string"), "step": {"type": "string"},
+        "step_s": {"type": "integer"}, "since": TIME, "until": TIME,
+        "models": {"type": "array", "items": _object({
+            "model": {"type": "string"}, "buckets": {"type": "array", "items": _ref("GenerationBucket")}})}}),
     "Criteria": _CRITERIA,
     "SelectRequest": _SELECT_REQUEST,
     "RankedEntry": _ENTRY,
@@ -387,6 +410,23 @@ def _paths() -> dict[str, Schema]:
                 _query("step", {"type": "string", "enum": ["1m", "5m", "1h", "1d"]}, "Aggregate per step."),
             ],
             "responses": {"200": _json({"oneOf": [_ref("History"), _ref("Aggregates")]}, "Samples or buckets"),
+                          **_errors(400, 401, 404, 503)}}},
+        "/v1/providers/{name}/generation": {"get": {
+            "summary": "Stored generation canary samples, newest first; with `step`, per-model aggregates (TTFT "
+                       "p50/p95, tokens/s p50, counts, tokens spent) per step instead, read from rollups once the "
+                       "raw samples have aged out.",
+            "operationId": "getProviderGeneration",
+            "parameters": [
+                _NAME,
+                _query("since", TIME, "Inclusive start (ISO 8601; no offset means UTC)."),
+                _query("until", TIME, "Exclusive end (ISO 8601; default now with step)."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 500},
+                       "Most samples, or buckets per model, returned (the newest)."),
+                _query("step", {"type": "string", "enum": ["1m", "5m", "1h", "1d"]}, "Aggregate per step."),
+                _query("model", TEXT, "Only this model."),
+            ],
+            "responses": {"200": _json({"oneOf": [_ref("GenerationHistory"), _ref("GenerationAggregates")]},
+                                       "Samples or per-model buckets"),
                           **_errors(400, 401, 404, 503)}}},
         "/v1/ranking": {"get": {
             "summary": "Providers best first for the criteria, each with its score components; and the excluded.",

@@ -16,6 +16,7 @@ from monitord import __version__
 from monitord.api.alerts import add_alert_routes
 from monitord.api.context import CONTEXT, ApiContext
 from monitord.api.errors import ApiError
+from monitord.api.generation import provider_generation
 from monitord.api.history import provider_history
 from monitord.api.metrics import CONTENT_TYPE
 from monitord.api.openapi import build_document
@@ -36,6 +37,7 @@ def add_routes(app: web.Application) -> None:
         web.get("/v1/providers", providers),
         web.get("/v1/providers/{name}", provider),
         web.get("/v1/providers/{name}/history", provider_history),
+        web.get("/v1/providers/{name}/generation", provider_generation),
         web.get("/v1/ranking", ranking),
         web.post("/v1/select", select),
         web.get("/v1/models", models),

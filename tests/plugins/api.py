@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from monitord.api import ApiContext, make_app
 from monitord.api.events import EventHub
 from monitord.health import LiveState
-from monitord.model import ErrorClass, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
+from monitord.model import ErrorClass, GenerationSample, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
 from monitord.store import Store, migrate
 
 NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
@@ -88,6 +88,10 @@ class World:
         self.store.enqueue(result)
         changes = self.live.fold(result, self.now)
         self.ctx.on_result(result, changes)
+
+    def feed_sample(self, sample: GenerationSample) -> None:
+        """What the daemon does with each generation canary sample."""
+        self.store.enqueue(sample)
 
     def feed_standard(self, rounds: int = 5) -> None:
         """alpha up and fast, beta up and slower, gamma down, delta (embeddings) up."""

@@ -1,0 +1,92 @@
+"""GET /v1/providers/{name}/generation: stored canary samples, or per-model aggregates by step, newest first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from monitord.api.context import CONTEXT
+from monitord.api.errors import ApiError
+from monitord.api.history import DEFAULT_LIMIT, MAX_LIMIT, STEPS_S, read_store
+from monitord.api.replies import check_params, int_param, json_reply, single, time_param
+from monitord.store import GenerationBucket, StoredSample
+
+PARAMS = ("since", "until", "limit", "step", "model")
+
+
+async def provider_generation(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    name = request.match_info["name"]
+    query = request.query
+    check_params(query, PARAMS)
+    if name not in ctx.specs():
+        raise ApiError(404, "provider_not_found", f"no provider is named {name!r}")
+    since, until = time_param(query, "since"), time_param(query, "until")
+    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    step, model = single(query, "step"), single(query, "model")
+    if model is not None and not model.strip():
+        raise ApiError(400, "invalid_parameter", "model: must not be empty")
+    if since is not None and until is not None and since >= until:
+        raise ApiError(400, "invalid_parameter", "since must be before until")
+    if step is None:
+        samples = await read_store(ctx.store.generation_history(name, since=since, until=until, model=model,
+                                                                 limit=limit))
+        return json_reply({"provider": name, "model": model, "since": _iso(since), "until": _iso(until),
+                           "limit": limit, "samples": [_sample(s) for s in samples]})
+    step_s = STEPS_S.get(step)
+    if step_s is None:
+        raise ApiError(400, "invalid_parameter", f"step: expected one of {', '.join(STEPS_S)}, got {step!r}")
+    until = until or ctx.clock()
+    try:  # at most `limit` steps back, as for probe history: a far-away `since` is moved up
+        earliest = until - timedelta(seconds=step_s * limit)
+    except OverflowError:
+        earliest = datetime.min.replace(tzinfo=UTC)
+    since = earliest if since is None or since < earliest else since
+    buckets = await read_store(ctx.store.generation_aggregate(name, step_s=step_s, since=since, until=until,
+                                                              model=model))
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for bucket in reversed(buckets):  # newest first within each model
+        by_model.setdefault(bucket.model, []).append(_bucket(bucket))
+    return json_reply({"provider": name, "model": model, "step": step, "step_s": step_s,
+                       "since": since.isoformat(), "until": until.isoformat(),
+                       "models": [{"model": key, "buckets": by_model[key][:limit]} for key in sorted(by_model)]})
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _sample(sample: StoredSample) -> dict[str, Any]:
+    return {
+        "ts": sample.started_at.isoformat(),
+        "model": sample.model,
+        "kind": sample.kind.value,
+        "ok": sample.ok,
+        "skipped": sample.skipped,
+        "error_class": sample.error_class.value if sample.error_class else None,
+        "error": sample.error,
+        "ttft_ms": sample.ttft_ms,
+        "total_ms": sample.total_ms,
+        "tokens_per_s": sample.tokens_per_s,
+        "prompt_tokens": sample.prompt_tokens,
+        "completion_tokens": sample.completion_tokens,
+        "finish_reason": sample.finish_reason,
+        "streamed": sample.streamed,
+        "stream_complete": sample.stream_complete,
+    }
+
+
+def _bucket(bucket: GenerationBucket) -> dict[str, Any]:
+    return {
+        "start": bucket.start.isoformat(),
+        "count": bucket.count,
+        "ok_count": bucket.ok_count,
+        "failed_count": bucket.failed_count,
+        "skipped_count": bucket.skipped_count,
+        "ttft_p50_ms": bucket.ttft_p50_ms,
+        "ttft_p95_ms": bucket.ttft_p95_ms,
+        "tokens_per_s_p50": bucket.tokens_per_s_p50,
+        "tokens_spent": bucket.tokens_spent,
+    }
