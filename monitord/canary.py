@@ -25,10 +25,21 @@ from monitord.model import (
     GenerationSample,
     ModelInfo,
     ModelKind,
+    ProbeResult,
     ProviderSpec,
     SampleKind,
+    Status,
 )
-from monitord.probe import AiohttpProbeHttp, _Attempt, classify, request_headers, scrub, ssl_context_for, utcnow
+from monitord.probe import (
+    AiohttpProbeHttp,
+    _Attempt,
+    classify,
+    create_session,
+    request_headers,
+    scrub,
+    ssl_context_for,
+    utcnow,
+)
 from monitord.providers.base import HttpResponse, error_for_status
 from monitord.providers.generate import DIALECTS, CanaryRequest, Preflight, Skip, plan
 from monitord.providers.streams import StreamFormatError, StreamTally
@@ -44,15 +55,14 @@ _BUSY_MESSAGES = ("busy", "no slot", "overloaded")  # 503 KoboldCpp, 503 llama.c
 
 def canary_models(spec: ProviderSpec, listed: Sequence[ModelInfo]) -> tuple[tuple[str, ModelKind | None], ...]:
     """The models to test and their kinds: canary.models, else the provider's models, else the first chat model
-    the server lists (none yet: nothing to test)."""
+    the server lists, preferring one it holds in memory (none yet: nothing to test)."""
     kinds = {m.id: m.kind for m in listed}
     named = spec.canary.models or spec.models
     if named:
         return tuple((model, kinds.get(model)) for model in named)
-    for info in listed:
-        if info.kind not in _NOT_GENERATING:
-            return ((info.id, info.kind),)
-    return ()
+    chat = [info for info in listed if info.kind not in _NOT_GENERATING]
+    chat.sort(key=lambda info: info.loaded is not True)  # stable: the first one in memory, else the first listed
+    return ((chat[0].id, chat[0].kind),) if chat else ()
 
 
 # -- the daily budget ------------------------------------------------------------------------------------------
@@ -315,6 +325,37 @@ def _judge(tally: StreamTally, complete: bool | None, request: CanaryRequest) ->
         reason = f" (finish_reason {tally.finish_reason})" if tally.finish_reason else ""
         return _Outcome(ErrorClass.EMPTY_GENERATION, f"finished with {what}{reason}")
     return None
+
+
+# -- once, for `monitord check --generate` -------------------------------------------------------------------
+
+
+async def canary_once(specs: Sequence[ProviderSpec], results: Sequence[ProbeResult], *,
+                      session: aiohttp.ClientSession | None = None,
+                      concurrency: int = 2) -> dict[str, GenerationSample]:
+    """One canary per provider that answered its probe (the first model its canary would test), whether or not
+    its canary is enabled; provider name -> sample."""
+    by_name = {r.provider: r for r in results}
+    own = session is None
+    http = session or create_session(limit=max(concurrency, 4))
+    runner = CanaryRunner(http, concurrency=concurrency)
+
+    async def one(spec: ProviderSpec) -> tuple[str, GenerationSample] | None:
+        result = by_name.get(spec.name)
+        if result is None or result.status not in (Status.UP, Status.DEGRADED):
+            return None
+        models = canary_models(spec, result.models)
+        if not models:
+            return None
+        model, kind = models[0]
+        return spec.name, await runner.run(spec, model, kind=kind, capacity=result.capacity)
+
+    try:
+        done = await asyncio.gather(*(one(spec) for spec in specs))
+    finally:
+        if own:
+            await http.close()
+    return dict(pair for pair in done if pair is not None)
 
 
 # -- the runner the daemon holds -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from rich.text import Text
 
 from monitord import __version__, logs
 from monitord.config import Config, ConfigError, load_config
-from monitord.model import ProbeResult, QualityPreference, Status, TaskType
+from monitord.model import GenerationSample, ProbeResult, QualityPreference, Status, TaskType
 from monitord.text import safe_text
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="probe this provider (repeatable)")
     which.add_argument("--all", action="store_true", help="probe every enabled provider (the default)")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    check.add_argument("--generate", action="store_true",
+                       help="also run one generation canary per provider that answers (TTFT and tokens/s columns)")
     command("migrate", "Create or upgrade the database schema to the latest version.")
     health = command("health", "Ask the running daemon how providers are (probes directly if none answers).")
     which = health.add_mutually_exclusive_group()
@@ -198,13 +200,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     from monitord.daemon import probe_all
 
     results = _run_probe_all(probe_all, specs, config.monitor.concurrency)
+    samples: dict[str, GenerationSample] | None = None
+    if args.generate:
+        from monitord.canary import canary_once
+
+        samples = asyncio.run(canary_once(specs, results, concurrency=config.monitor.canary.concurrency))
     endpoints = {s.name: s.redacted_endpoint for s in specs}
     if args.json:
-        print(orjson.dumps([result_to_dict(r, endpoints[r.provider]) for r in results],
-                           option=orjson.OPT_INDENT_2).decode())
+        rows = [result_to_dict(r, endpoints[r.provider]) for r in results]
+        if samples is not None:
+            for row in rows:
+                sample = samples.get(row["provider"])
+                row["generation"] = sample_to_dict(sample) if sample is not None else None
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     else:
-        print_results_table(results, endpoints)
-    return 0 if results and all(r.status is Status.UP for r in results) else 1
+        print_results_table(results, endpoints, samples)
+    generated = samples is None or all(s.ok or s.skipped for s in samples.values())
+    return 0 if results and all(r.status is Status.UP for r in results) and generated else 1
+
+
+def sample_to_dict(sample: GenerationSample) -> dict[str, Any]:
+    return {
+        "model": sample.model,
+        "kind": sample.kind.value,
+        "ok": sample.ok,
+        "skipped": sample.skipped,
+        "error_class": sample.error_class.value if sample.error_class else None,
+        "error": sample.error,
+        "ttft_ms": _round(sample.ttft_ms),
+        "tokens_per_s": _round(sample.tokens_per_s),
+        "total_ms": _round(sample.total_ms),
+        "prompt_tokens": sample.prompt_tokens,
+        "completion_tokens": sample.completion_tokens,
+        "finish_reason": sample.finish_reason,
+        "streamed": sample.streamed,
+        "stream_complete": sample.stream_complete,
+    }
 
 
 def _run_probe_all(probe_all: Callable[..., Coroutine[Any, Any, list[ProbeResult]]],
@@ -249,20 +280,40 @@ def status_cell(status: Status | str) -> Text:
     return Text(safe_text(str(status)), style=STATUS_STYLE.get(str(status), ""))
 
 
-def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str]) -> None:
+def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str],
+                        samples: Mapping[str, GenerationSample] | None = None) -> None:
+    """The probe table; with `samples` (check --generate) also TTFT and tokens/s of each provider's canary."""
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(show_edge=False, header_style="bold")
-    for column in ("PROVIDER", "TYPE", "ENDPOINT", "STATUS", "LATENCY", "MODELS", "ERROR"):
-        table.add_column(column, justify="right" if column == "LATENCY" else "left",
+    columns = ["PROVIDER", "TYPE", "ENDPOINT", "STATUS", "LATENCY", "MODELS", "ERROR"]
+    if samples is not None:
+        columns[5:5] = ["TTFT", "TOK/S"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("LATENCY", "TTFT", "TOK/S") else "left",
                          overflow="fold" if column in ("MODELS", "ERROR") else "ellipsis")
     for r in results:
         models = ", ".join(r.model_ids[:3]) + (f" (+{len(r.models) - 3})" if len(r.models) > 3 else "")
         error = f"{r.error_class.value}: {r.error}" if r.error_class else ""
-        table.add_row(plain(r.provider), r.provider_type, plain(endpoints.get(r.provider, "")),
-                      status_cell(r.status), f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error))
+        cells: list[Any] = [plain(r.provider), r.provider_type, plain(endpoints.get(r.provider, "")),
+                            status_cell(r.status), f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error)]
+        if samples is not None:
+            sample = samples.get(r.provider)
+            cells[5:5] = _generation_cells(sample)
+            if sample is not None and not sample.ok and not error:
+                what = sample.error_class.value if sample.error_class else "skipped"
+                cells[-1] = plain(f"canary {what}: {sample.error}")
+        table.add_row(*cells)
     console.print(table)
     up = sum(r.status is Status.UP for r in results)
     console.print(f"{up}/{len(results)} up")
+
+
+def _generation_cells(sample: GenerationSample | None) -> list[str]:
+    if sample is None or not sample.ok:
+        return ["-", "-"]
+    ttft = f"{sample.ttft_ms:.0f} ms" if sample.ttft_ms is not None else "-"
+    rate = f"{sample.tokens_per_s:.1f}" if sample.tokens_per_s is not None else "-"
+    return [ttft, rate]
 
 
 # --- commands that ask the running daemon (health, rank, monitor) ---

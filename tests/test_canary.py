@@ -279,12 +279,17 @@ async def test_a_model_not_in_memory_is_skipped_not_loaded(provider_double: Star
     assert allowed.ok and chat_posts(double) == ["/api/chat"]
 
 
-async def test_lm_studio_models_not_loaded_are_skipped(provider_double: StartDouble,
+@pytest.mark.parametrize(("api", "loaded", "unloaded"), [
+    ("v1", "qwen/qwen3-8b", "text-embedding-nomic-embed-text-v1.5"),
+    ("v0", "qwen2.5-7b-instruct", "qwen2-vl-7b-instruct"),
+])
+async def test_lm_studio_models_not_loaded_are_skipped(api: str, loaded: str, unloaded: str,
+                                                       provider_double: StartDouble,
                                                        session: aiohttp.ClientSession) -> None:
-    double = await provider_double("lmstudio")  # /api/v0/models: qwen2.5-7b-instruct loaded, qwen2-vl not
+    double = await provider_double("lmstudio", api=api)
 
-    assert (await canary(double, session, "qwen2-vl-7b-instruct")).error_class is ErrorClass.NOT_LOADED
-    assert (await canary(double, session, "qwen2.5-7b-instruct")).ok
+    assert (await canary(double, session, unloaded)).error_class is ErrorClass.NOT_LOADED
+    assert (await canary(double, session, loaded)).ok
     assert chat_posts(double) == ["/v1/chat/completions"]
 
 
@@ -362,6 +367,8 @@ def test_which_models_a_canary_tests() -> None:
 
     assert canary_models(spec, [embed, rerank, chat]) == (("qwen", ModelKind.LLM),)  # first chat model listed
     assert canary_models(spec, [embed]) == ()
+    resident = ModelInfo("llama", kind=ModelKind.LLM, loaded=True)
+    assert canary_models(spec, [chat, resident]) == (("llama", ModelKind.LLM),)  # never load one to test it
     assert canary_models(replace(spec, models=("nomic-embed", "other")), [embed]) == (
         ("nomic-embed", ModelKind.EMBEDDING), ("other", None))
     with_canary = replace(spec, models=("qwen",), canary=CanarySpec(models=("bge-reranker",)))

@@ -8,7 +8,7 @@ request builders; `preflight` uses the ProbeHttp that canary.py hands in. `DIALE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -200,8 +200,7 @@ class OpenAIChat:
     skip_thinking: bool = False  # send chat_template_kwargs.enable_thinking=false (vLLM, SGLang, llama.cpp)
     usage_in_stream: bool = True  # stream_options.include_usage (GPT4All rejects it, but never streams anyway)
     slots_path: str | None = None  # llama.cpp `/slots`
-    residency: Callable[[HttpResponse], set[str] | None] | None = None
-    residency_path: str | None = None
+    residency: Callable[[ProbeHttp], Awaitable[set[str] | None]] | None = None  # ids in memory; None: unknown
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def request(self, spec: ProviderSpec, model: str, kind: ModelKind | None) -> CanaryRequest | Skip:
@@ -223,17 +222,22 @@ class OpenAIChat:
     async def preflight(self, http: ProbeHttp, spec: ProviderSpec, model: str) -> Preflight:
         if self.slots_path is not None:
             return read_slots(await http.get(self.slots_path))
-        if self.residency is not None and self.residency_path is not None:
-            resident = self.residency(await http.get(self.residency_path))
+        if self.residency is not None:
+            resident = await self.residency(http)
             if resident is not None:
                 return Preflight(resident=model in resident)
         return Preflight()
 
 
-def _lmstudio_loaded(response: HttpResponse) -> set[str] | None:
-    if response.status != 200:
-        return None  # before 0.3.6: no per-model state
-    return {m.id for m in lmstudio.read_v0_models(response) if m.loaded}
+async def _lmstudio_loaded(http: ProbeHttp) -> set[str] | None:
+    """Models LM Studio holds in memory, from the listing its adapter reads (0.4+, else 0.3.6+); None before."""
+    response = await http.get(lmstudio.V1_MODELS_PATH)
+    reader = lmstudio.read_v1_models
+    if lmstudio.is_unknown_route(response):
+        response, reader = await http.get(lmstudio.V0_MODELS_PATH), lmstudio.read_v0_models
+    if lmstudio.is_unknown_route(response) or response.status != 200:
+        return None
+    return {m.id for m in reader(response) if m.loaded}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +316,7 @@ DIALECTS: Mapping[str, Dialect] = {
     "localai": _OPENAI,
     "fastchat": _OPENAI,
     "textgen": OpenAIChat(embeddings_path=None),
-    "lmstudio": OpenAIChat(residency=_lmstudio_loaded, residency_path=lmstudio.V0_MODELS_PATH),
+    "lmstudio": OpenAIChat(residency=_lmstudio_loaded),
     "jan": _OPENAI,
     "tabbyapi": _OPENAI,
     "mlx": OpenAIChat(embeddings_path=None),
