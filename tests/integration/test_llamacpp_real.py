@@ -61,7 +61,7 @@ def _free_port() -> int:
 class RealServer:
     """One `llama-server` subprocess; its log goes to a file so a full pipe can never stall it."""
 
-    def __init__(self, model: Path, log_path: Path, api_key: str | None = None) -> None:
+    def __init__(self, model: Path, log_path: Path, api_key: str | None = None, *extra: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -69,6 +69,7 @@ class RealServer:
                    "--alias", ALIAS, "--n-ctx", "512", "--threads", "1"]
         if api_key:
             command += ["--api-key", api_key]
+        command += extra  # e.g. --slots (the llama-server binary has /slots on; the wheel's default is off)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -90,8 +91,8 @@ class RealServer:
 def start_server(tiny_model: Path, tmp_path: Path) -> Iterator[Any]:
     servers: list[RealServer] = []
 
-    def start(api_key: str | None = None) -> RealServer:
-        server = RealServer(tiny_model, tmp_path / f"server-{len(servers)}.log", api_key)
+    def start(api_key: str | None = None, *extra: str) -> RealServer:
+        server = RealServer(tiny_model, tmp_path / f"server-{len(servers)}.log", api_key, *extra)
         servers.append(server)
         return server
 
