@@ -388,19 +388,46 @@ def _for(since: str | None, now: datetime) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def measured(generation: Mapping[str, Mapping[str, Any]] | None,
+             model: str | None = None) -> Mapping[str, Any] | None:
+    """The canary statistics to show for a provider: `model`'s, else the model with the most successful
+    samples; None when no model has a successful sample."""
+    timed = [stats for stats in (generation or {}).values() if stats.get("samples_ok")]
+    if model is not None:
+        timed = [stats for stats in timed if stats["model"] == model] or timed
+    return max(timed, key=lambda stats: (stats["samples_ok"], stats["model"])) if timed else None
+
+
+def _tps_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def generation_cells(stats: Mapping[str, Any] | None) -> list[str]:
+    """TTFT p50 and tokens/s p50 of one model's canary statistics."""
+    if stats is None:
+        return ["-", "-"]
+    return [_ms_text(stats.get("ttft_p50_ms") or stats.get("total_p50_ms")), _tps_text(stats.get("tokens_per_s_p50"))]
+
+
 def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table:
-    """Providers as the API describes them; `now` is the daemon's time of the answer."""
+    """Providers as the API describes them; `now` is the daemon's time of the answer. TTFT and TOK/S columns (the
+    generation canary's p50, of the model with the most successful samples) appear when any provider has them."""
+    speeds = {p["name"]: measured(p.get("generation")) for p in providers}
+    canary = any(speeds.values())
     table = Table(show_edge=False, header_style="bold")
-    for column in ("PROVIDER", "TYPE", "STATUS", "FOR", "AVAIL", "P50", "P95", "MODELS", "LAST ERROR"):
-        table.add_column(column, justify="right" if column in ("FOR", "AVAIL", "P50", "P95") else "left",
+    numeric = ("FOR", "AVAIL", "P50", "P95", "TTFT", "TOK/S")
+    for column in ("PROVIDER", "TYPE", "STATUS", "FOR", "AVAIL", "P50", "P95", *(("TTFT", "TOK/S") if canary else ()),
+                   "MODELS", "LAST ERROR"):
+        table.add_column(column, justify="right" if column in numeric else "left",
                          overflow="fold" if column in ("MODELS", "LAST ERROR") else "ellipsis")
     for p in providers:
         ids = [m["id"] for m in p["models"]]
         models = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
         error = f"{p['last_error_class']}: {p['last_error'] or ''}".rstrip(": ") if p["last_error_class"] else ""
+        speed = generation_cells(speeds[p["name"]]) if canary else []
         table.add_row(plain(p["name"]), plain(p["type"]), status_cell(p["status"]), _for(p["since"], now),
                       _ratio_text(p["availability"]), _ms_text(p["latency_p50_ms"]), _ms_text(p["latency_p95_ms"]),
-                      plain(models or "-"), plain(error))
+                      *speed, plain(models or "-"), plain(error))
     return table
 
 
@@ -419,12 +446,13 @@ def cmd_rank(args: argparse.Namespace) -> int:
     fields = {"task_type": args.task_type, "required_capabilities": args.capability, "max_tokens": args.max_tokens,
               "quality_preference": args.quality, "model": args.model}
 
-    async def ask() -> RankingAnswer:
+    async def ask() -> tuple[RankingAnswer, ProvidersAnswer]:
         async with _client(config, max_stale_s=0) as client:
-            return await client.ranking({key: value for key, value in fields.items() if value is not None})
+            ranking = await client.ranking({key: value for key, value in fields.items() if value is not None})
+            return ranking, await client.providers()
 
     try:
-        answer = _run_coro(ask())
+        answer, providers = _run_coro(ask())
     except ValueError as exc:  # the criteria, checked before asking
         print(f"monitord: {exc}", file=sys.stderr)
         return 2
@@ -442,32 +470,42 @@ def cmd_rank(args: argparse.Namespace) -> int:
             "excluded": {name: list(reasons) for name, reasons in answer.excluded.items()},
         }, option=orjson.OPT_INDENT_2).decode())
     else:
-        print_rank_table(answer)
+        generation = {p["name"]: p.get("generation") for p in providers.providers}
+        print_rank_table(answer, generation)
     return 0 if answer.entries else 1
 
 
-RANK_PARTS = ("availability", "latency", "recency", "priority", "quality", "task_fit")
+RANK_PARTS = ("availability", "speed", "recency", "priority", "quality", "task_fit")
 
 
-def rank_table(answer: RankingAnswer) -> Table:
+def rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str, Any] | None] | None = None) -> Table:
+    """The ranking with its parts; TTFT and TOK/S (the canary model the speed part rests on) where measured."""
+    speeds: dict[str, Mapping[str, Any] | None] = {}
+    for entry in answer.entries:
+        evidence = entry.evidence.get("speed")
+        canary = evidence is not None and evidence.source == "canary"
+        speeds[entry.provider] = measured((generation or {}).get(entry.provider),
+                                          evidence.model if evidence is not None else None) if canary else None
+    shown = any(speeds.values())
     table = Table(show_edge=False, header_style="bold")
     table.add_column("#", justify="right")
     for column in ("PROVIDER", "TYPE", "STATUS", "SCORE", *(p.upper().replace("_", " ") for p in RANK_PARTS),
-                   "WEIGHT", "MODELS"):
+                   *(("TTFT", "TOK/S") if shown else ()), "WEIGHT", "MODELS"):
         table.add_column(column, justify="left" if column in ("PROVIDER", "TYPE", "STATUS", "MODELS") else "right",
                          overflow="fold" if column == "MODELS" else "ellipsis")
     for place, entry in enumerate(answer.entries, start=1):
         parts = [f"{entry.components.get(part, 0.0):.2f}" for part in RANK_PARTS]
         weight = entry.components.get("weight", 1.0) * entry.components.get("status_factor", 1.0)
         models = ", ".join(entry.models[:3]) + (f" (+{len(entry.models) - 3})" if len(entry.models) > 3 else "")
+        speed = generation_cells(speeds[entry.provider]) if shown else []
         table.add_row(str(place), plain(entry.provider), plain(entry.type), status_cell(entry.status),
-                      f"{entry.score:.3f}", *parts, f"{weight:.2f}", plain(models or "-"))
+                      f"{entry.score:.3f}", *parts, *speed, f"{weight:.2f}", plain(models or "-"))
     return table
 
 
-def print_rank_table(answer: RankingAnswer) -> None:
+def print_rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str, Any] | None] | None = None) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
-    console.print(rank_table(answer))
+    console.print(rank_table(answer, generation))
     console.print("score = weight x status factor x weighted sum of the parts (weights by --quality)", style="dim")
     if answer.excluded:
         console.print(f"excluded ({len(answer.excluded)}):")
@@ -549,6 +587,14 @@ def describe_event(event: ServerEvent) -> str:
         return f"{data['at']}  {data['provider']}: {data['previous']} -> {data['current']}{error}"
     if event.kind == "ranking.best_changed":
         return f"{data['at']}  best provider: {data['previous'] or '-'} -> {data['current'] or '-'}"
+    if event.kind == "generation.updated":
+        where = f"{data['provider']}/{data['model']}"
+        if data.get("last_sample_at") == data.get("last_error_at") and data.get("last_error_class"):
+            return f"{data['last_sample_at']}  {where}: canary failed ({data['last_error_class']})"
+        if data.get("last_sample_at") == data.get("last_skip_at") and data.get("last_skip_class"):
+            return f"{data['last_sample_at']}  {where}: canary skipped ({data['last_skip_class']})"
+        ttft, tps = generation_cells(data)
+        return f"{data['last_sample_at']}  {where}: TTFT p50 {ttft}, {tps} tok/s"
     return f"{event.kind}"
 
 

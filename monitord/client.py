@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 import structlog
 
-from monitord.model import Criteria, RankedProvider, Secret, Status
+from monitord.model import Criteria, Evidence, RankedProvider, Secret, Status
 
 __all__ = [
     "ApiError",
@@ -324,6 +324,8 @@ def _entry(raw: Mapping[str, Any]) -> RankedProvider:
         models=tuple(raw["models"]),
         endpoint=str(raw.get("endpoint") or ""), api_base=raw.get("api_base"), chat_url=raw.get("chat_url"),
         model=raw.get("model"),
+        evidence={key: Evidence(int(value["samples"]), value.get("age_s"), str(value["source"]), value.get("model"))
+                  for key, value in (raw.get("evidence") or {}).items()},
     )
 
 

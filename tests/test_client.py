@@ -297,7 +297,7 @@ async def test_cli_rank_prints_the_score_components(daemon: Daemon, tmp_path: Pa
     code, out, err = await run_cli("rank", "--task-type", "chat", "-c", config)
     assert code == 0, err
     header = next(line for line in out.splitlines() if "PROVIDER" in line)
-    for column in ("SCORE", "AVAILABILITY", "LATENCY", "RECENCY", "PRIORITY", "QUALITY", "TASK FIT"):
+    for column in ("SCORE", "AVAILABILITY", "SPEED", "RECENCY", "PRIORITY", "QUALITY", "TASK FIT"):
         assert column in header
     rows = [line.replace("│", " ").split()[1] for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert rows == ["alpha", "beta"]

@@ -1,4 +1,5 @@
-"""Server-Sent Events for GET /v1/events: status changes and best-provider changes, pushed as they happen.
+"""Server-Sent Events for GET /v1/events: status changes, best-provider changes and generation canary statistics,
+pushed as they happen.
 
 Publishing never blocks the daemon: each subscriber has a bounded queue, and one that falls behind is
 disconnected (it may reconnect with Last-Event-ID and get what it missed from the recent-events buffer).
@@ -18,10 +19,11 @@ import orjson
 from aiohttp import web
 
 from monitord.api.errors import ApiError
-from monitord.model import RankedProvider, StatusChange
+from monitord.model import GenerationStats, RankedProvider, StatusChange
 
 STATUS_CHANGED = "provider.status_changed"
 BEST_CHANGED = "ranking.best_changed"
+GENERATION_UPDATED = "generation.updated"
 RETRY_MS = 2000  # how long an EventSource waits before reconnecting
 
 
@@ -89,6 +91,11 @@ class EventHub:
 
     def status_changed(self, change: StatusChange) -> Event:
         return self.publish(STATUS_CHANGED, change.to_dict(), provider=change.provider)
+
+    def generation_updated(self, stats: GenerationStats, now: datetime) -> Event:
+        """A canary sample changed a model's live statistics (one event per sample)."""
+        return self.publish(GENERATION_UPDATED, {"provider": stats.provider, **stats.to_dict(now)},
+                            provider=stats.provider)
 
     def best_changed(self, previous: RankedProvider | None, current: RankedProvider | None, at: datetime,
                      fallbacks: tuple[str, ...] = ()) -> Event:

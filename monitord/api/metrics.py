@@ -6,6 +6,7 @@ figures are read at scrape time, so a removed provider's gauges vanish with it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -24,10 +25,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from monitord.health import LiveState
-from monitord.model import ProbeResult, ProviderSpec, Ranking, Status
+from monitord.model import GenerationSample, ProbeResult, ProviderSpec, Ranking, Status
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PROBE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKENS_PER_S_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 NO_ERROR = "none"
 
 
@@ -46,6 +49,20 @@ class Metrics:
             "monitord_probes", "Probes by result status and error class.",
             ["provider", "type", "status", "error_class"], registry=self.registry)
         self._labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> probe counter label sets, to forget
+        labels = ["provider", "type", "model"]
+        self.ttft = Histogram(
+            "monitord_generation_ttft_seconds", "Generation canary: time to the first token (successful samples).",
+            labels, registry=self.registry, buckets=TTFT_BUCKETS_S)
+        self.tokens_per_s = Histogram(
+            "monitord_generation_tokens_per_second", "Generation canary: decode rate after the first token.",
+            labels, registry=self.registry, buckets=TOKENS_PER_S_BUCKETS)
+        self.canary_tokens = Counter(
+            "monitord_canary_tokens", "Tokens the generation canary spent (prompt + completion), by model.",
+            labels, registry=self.registry)
+        self.canary_samples = Counter(
+            "monitord_canary_samples", "Generation canary samples by outcome (ok, failed, skipped) and error class.",
+            [*labels, "outcome", "error_class"], registry=self.registry)
+        self._sample_labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> canary label sets, to forget
         self.reload_success = Gauge(
             "monitord_config_last_reload_success", "1 when the last config reload (SIGHUP) applied, 0 when refused.",
             registry=self.registry)
@@ -69,13 +86,38 @@ class Metrics:
         self.probes.labels(*labels).inc()
         self._labels.setdefault(provider, set()).add(labels)
 
+    def observe_sample(self, sample: GenerationSample) -> None:
+        """Count one generation canary sample; timings only for a successful one."""
+        labels = (sample.provider, sample.provider_type, sample.model)
+        outcome = "skipped" if sample.skipped else "ok" if sample.ok else "failed"
+        error_class = sample.error_class.value if sample.error_class else NO_ERROR
+        self.canary_samples.labels(*labels, outcome, error_class).inc()
+        seen = self._sample_labels.setdefault(sample.provider, set())
+        seen.add((*labels, outcome, error_class))
+        spent = (sample.prompt_tokens or 0) + (sample.completion_tokens or 0)
+        counter = self.canary_tokens.labels(*labels)
+        if spent:
+            counter.inc(spent)
+        if sample.ok and not sample.skipped:
+            if sample.ttft_ms is not None:
+                self.ttft.labels(*labels).observe(sample.ttft_ms / 1000.0)
+            if sample.tokens_per_s is not None:
+                self.tokens_per_s.labels(*labels).observe(sample.tokens_per_s)
+
     def forget(self, provider: str) -> None:
-        """Drop a removed provider's probe series."""
+        """Drop a removed provider's probe and canary series."""
         seen = self._labels.pop(provider, set())
         for labels in seen:
             self.probes.remove(*labels)
         for provider_and_type in {labels[:2] for labels in seen}:
             self.probe_duration.remove(*provider_and_type)
+        canary = self._sample_labels.pop(provider, set())
+        for labels in canary:
+            self.canary_samples.remove(*labels)
+        for model_labels in {labels[:3] for labels in canary}:
+            for family in (self.canary_tokens, self.ttft, self.tokens_per_s):
+                with contextlib.suppress(KeyError):  # a model that never timed a sample has no histogram
+                    family.remove(*model_labels)
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -334,6 +334,9 @@ _SCHEMAS: dict[str, Schema] = {
                                   "reason": {"type": "string"}}, required=["provider"]),
                        "oneOf": [{"required": ["end"]}, {"required": ["duration_s"]}],
                        "description": "At most 366 days long, ending after start (or now)."},
+    "GenerationUpdatedEvent": {**_GENERATION, "properties": {"provider": {"type": "string"},
+                                                             **_GENERATION["properties"]},
+                               "required": ["provider", *_GENERATION["required"]]},
     "BestChangedEvent": _object({
         "at": TIME, "previous": _nullable("string"), "current": _nullable("string"),
         "entry": {"oneOf": [_ref("RankedEntry"), {"type": "null"}]}, "fallbacks": STRINGS,
@@ -343,6 +346,7 @@ _SCHEMAS: dict[str, Schema] = {
                                    "resume with Last-Event-ID) and its `data`, a JSON text.",
                     "oneOf": [_sse_event("provider.status_changed", _ref("StatusChangedEvent"), with_id=True),
                               _sse_event("ranking.best_changed", _ref("BestChangedEvent"), with_id=True),
+                              _sse_event("generation.updated", _ref("GenerationUpdatedEvent"), with_id=True),
                               _sse_event("shutdown", _object({})),
                               _sse_event("lagged", _object({"reconnect": {"const": True}}))]},
 }
@@ -444,11 +448,13 @@ def _paths() -> dict[str, Schema]:
             "summary": "Every model id served now, with the providers serving it.", "operationId": "listModels",
             "responses": {"200": _json(_ref("ModelList"), "Models"), **_errors(400, 401)}}},
         "/v1/events": {"get": {
-            "summary": "Server-Sent Events: `provider.status_changed` (StatusChangedEvent) and "
-                       "`ranking.best_changed` (BestChangedEvent); `: keep-alive` comments; `shutdown` on stop.",
+            "summary": "Server-Sent Events: `provider.status_changed` (StatusChangedEvent), "
+                       "`ranking.best_changed` (BestChangedEvent) and `generation.updated` (GenerationUpdatedEvent, "
+                       "one per canary sample); `: keep-alive` comments; `shutdown` on stop.",
             "operationId": "streamEvents",
             "parameters": [
-                _query("provider", {"type": "string"}, "Only status changes of these providers.", repeat=True),
+                _query("provider", {"type": "string"}, "Only status changes and generation updates of these "
+                                                       "providers.", repeat=True),
                 _query("last_event_id", {"type": "integer"}, "Replay newer buffered events (or the "
                                                              "Last-Event-ID header)."),
             ],
