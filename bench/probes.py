@@ -265,18 +265,23 @@ def _config(plan: Plan, workdir: str) -> Any:
 
 async def _run_monitord(plan: Plan) -> Outcome:
     """The real daemon (`Daemon.run`: store, live state, API, alert rules, best-provider watch, heartbeat);
-    a subclass only counts what `record` sees."""
+    a subclass only adds a pipeline sink that counts the results."""
     from monitord.daemon import Daemon
-    from monitord.model import ProbeResult, Status, StatusChange
+    from monitord.model import ProbeResult, Status
+    from monitord.pipeline import Recorded
 
     window = _Window()
     paths: list[tuple[str, ...]] = []
 
     class CountingDaemon(Daemon):
-        def record(self, result: ProbeResult) -> list[StatusChange]:
-            changes = super().record(result)
+        async def start(self, *, serve_api: bool = True) -> None:
+            await super().start(serve_api=serve_api)
+            self.pipeline.subscribe(ProbeResult, self._count, name="bench")
+
+        @staticmethod
+        def _count(recorded: Recorded[ProbeResult]) -> None:
+            result = recorded.observation
             window.count(result.status is not Status.UP, result.calls, paths)
-            return changes
 
         @property
         def lateness_ms(self) -> deque[float]:

@@ -8,11 +8,12 @@ table, so each one serves the same live state and ranking.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import os
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -164,3 +165,49 @@ class Cluster:
         last = self._last_seen.get(provider)
         if last is None or at > last:
             self._last_seen[provider] = at
+
+
+class ClusterBeat:
+    """The daemon's side of the heartbeat: every lease_s / 3, renew leases, fold the other instances' new probes
+    (through `fold_peer`, the result pipeline), refresh what peers may have changed (`refresh`: silences), and
+    have what was just taken over probed soon (`probe_soon`). A database outage is logged once; probing goes on
+    with the providers held (see Cluster.owns)."""
+
+    def __init__(self, cluster: Cluster, *, clock: Callable[[], datetime], window_s: Callable[[], float],
+                 is_configured: Callable[[str], bool], fold_peer: Callable[[ProbeResult], object],
+                 refresh: Callable[[datetime], Awaitable[None]], probe_soon: Callable[[str, datetime], None]) -> None:
+        self.cluster = cluster
+        self.clock = clock
+        self.window_s = window_s  # how far back peers' rows may still arrive: a probe, a flush, a beat
+        self.is_configured = is_configured
+        self.fold_peer = fold_peer
+        self.refresh = refresh
+        self.probe_soon = probe_soon
+        self.down = False
+
+    async def run(self) -> None:
+        """Beat every lease_s / 3 until cancelled (the first beat is `beat()`, before the first probe)."""
+        while True:
+            await asyncio.sleep(self.cluster.lease_s / 3)
+            await self.beat()
+
+    async def beat(self) -> None:
+        cluster = self.cluster
+        now = self.clock()
+        try:
+            beat = await cluster.heartbeat(now)
+            peers = await cluster.peer_results(now - timedelta(seconds=self.window_s() + cluster.lease_s))
+        except Exception as exc:  # whatever the driver raised, the database did not answer
+            if not self.down:
+                self.down = True
+                log.warning("cluster.heartbeat_failed", error=type(exc).__name__, held=len(cluster.held))
+            return
+        if self.down:
+            self.down = False
+            log.info("cluster.heartbeat_recovered", held=len(cluster.held))
+        for result in peers:
+            if self.is_configured(result.provider):
+                self.fold_peer(result)
+        await self.refresh(now)  # another instance may have added or ended a silence
+        for name in beat.acquired:
+            self.probe_soon(name, now)

@@ -1,6 +1,9 @@
-"""Composition root: builds every part from the config, wires them, owns start, reload and graceful stop.
+"""Composition root: builds the parts from the config and owns start, stop, signals, reload and `run_once`.
 
-The only module that knows every other. One client session, one store, one scheduler, one live state.
+The only module that knows every other. One client session, one store, one scheduler, one live state. What
+happens to a result is the pipeline's business (monitord.pipeline), alerts and silences the alerts service's,
+the best provider the ranking service's, the cluster beat cluster.py's, the watchdog systemd.py's; background
+loops run under one supervisor (monitord.supervisor).
 """
 
 from __future__ import annotations
@@ -9,28 +12,32 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import structlog
 
 from monitord.alerts.outbox import Dispatcher
-from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider, make_test_event
+from monitord.alerts.rules import make_test_event
+from monitord.alerts.service import AlertsService
 from monitord.api import ApiContext, ApiServer
-from monitord.cluster import Cluster, default_instance_id
+from monitord.cluster import Cluster, ClusterBeat, default_instance_id
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
-from monitord.model import AlertEvent, ProbeResult, ProviderSpec, Silence, Status, StatusChange
+from monitord.model import ProbeResult, ProviderSpec, Status, StatusChange
+from monitord.pipeline import Parts, ResultPipeline, wire
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
+from monitord.ranking_service import RankingService
 from monitord.scheduler import ProbeScheduler
 from monitord.store import RetentionPolicy, Store
 from monitord.store.migrate import upgrade
 from monitord.store.outbox import DeliveryRow
-from monitord.systemd import Notifier, watchdog_interval_s
+from monitord.store.retention import prune_periodically
+from monitord.supervisor import Supervisor
+from monitord.systemd import Notifier, heartbeat
 
 log = structlog.get_logger("monitord.daemon")
 
@@ -77,8 +84,17 @@ async def send_test_alert(config: Config, webhook: str | None = None, *,
         await store.close()
 
 
+class StartupError(Exception):
+    """A start-up step failed (busy port, unreachable database, bad migration): one log line, exit 1."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(f"{step}: {str(cause) or type(cause).__name__}")
+        self.step = step
+        self.cause = cause
+
+
 class Daemon:
-    """Owns the loop's long-lived parts. `start`/`stop` for embedding and tests, `run` for the CLI."""
+    """Builds the parts and owns their lifecycle. `start`/`stop` for embedding and tests, `run` for the CLI."""
 
     def __init__(self, config: Config, *, config_path: Path | None = None, clock: Clock = utcnow,
                  install_signal_handlers: bool = True) -> None:
@@ -89,19 +105,18 @@ class Daemon:
         self.live = LiveState(self._policy(config))
         self.probed: set[str] = set()  # providers with at least one result since start: readiness
         self._specs: dict[str, ProviderSpec] = {s.name: s for s in config.provider_specs()}
+        self.pipeline = ResultPipeline(clock)
+        self.rankings = RankingService(self.live, lambda: self._specs, clock=clock)
         self.api: ApiContext | None = None
-        self.rules = AlertRules(AlertPolicy())
-        self._silences: list[Silence] = self._config_silences(config)  # API-made ones are appended
-        self.dispatcher: Dispatcher | None = None
+        self.alerts: AlertsService | None = None
         self._api_server: ApiServer | None = None
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: ProbeScheduler | None = None
         self._cluster: Cluster | None = None  # set when cluster.enabled: several instances share the providers
-        self._cluster_down = False
         self._stopping = asyncio.Event()
         self._notifier = Notifier()
-        self._background: set[asyncio.Task[None]] = set()
+        self.supervisor = Supervisor(on_failure=lambda _name: self.request_stop())
 
     @staticmethod
     def _policy(config: Config) -> HealthPolicy:
@@ -109,15 +124,14 @@ class Daemon:
                             success_threshold=config.alerts.success_threshold,
                             window_s=config.ranking.window_s)
 
-    @staticmethod
-    def _config_silences(config: Config) -> list[Silence]:
-        return [Silence(id=f"config-{i}", provider=s.provider, start=s.start, end=s.end, reason=s.reason)
-                for i, s in enumerate(config.alerts.silences)]
-
     @property
     def store(self) -> Store:
         assert self._store is not None, "daemon not started"
         return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return self.alerts.dispatcher if self.alerts is not None else None
 
     @property
     def specs(self) -> dict[str, ProviderSpec]:
@@ -133,38 +147,57 @@ class Daemon:
         return all(name in self.probed for name, s in self._specs.items() if s.enabled)
 
     async def start(self, *, serve_api: bool = True) -> None:
-        """Migrate, open the store, rebuild live state from recent history, serve the API, start probing."""
+        """Migrate, open the store, rebuild live state from recent history, serve the API, start probing.
+
+        Raises StartupError naming the step that failed.
+        """
         cfg = self.config
-        await migrate(cfg.storage.url)
-        self._store = await Store.open(cfg.storage.url, batch_size=cfg.storage.batch_size,
-                                       flush_interval_s=cfg.storage.flush_interval_s,
-                                       buffer_limit=cfg.storage.buffer_limit,
-                                       write_timeout_s=cfg.storage.write_timeout_s)
-        await self._store.start()
-        specs = cfg.provider_specs()
-        now = self.clock()
-        await self._store.sync_providers(specs, now)
-        recent = [r for r in await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
-                  if r.provider in self._specs]
+        async with _step("migrate"):
+            await migrate(cfg.storage.url)
+        async with _step("store"):
+            self._store = await Store.open(cfg.storage.url, batch_size=cfg.storage.batch_size,
+                                           flush_interval_s=cfg.storage.flush_interval_s,
+                                           buffer_limit=cfg.storage.buffer_limit,
+                                           write_timeout_s=cfg.storage.write_timeout_s)
+            await self._store.start()
+            specs = cfg.provider_specs()
+            now = self.clock()
+            await self._store.sync_providers(specs, now)
+            recent = [r for r in await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
+                      if r.provider in self._specs]
         self.live.rebuild(recent, now, {s.name: s.type for s in specs})
-        await self._load_api_silences(now)
         for spec in specs:
             self.live.track(spec.name, spec.type)
-        self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
-                              ready=lambda: self.first_round_done, token=cfg.api.token, clock=self.clock,
-                              alerts=self, probe_ages=self._probe_ages, stale_probes=self._stale_probes)
-        if serve_api:
-            self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
         self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
-        self.dispatcher = Dispatcher(self._store, self._session, cfg.alerts.webhooks)
-        await self.dispatcher.start()
-        self._spawn(self._watch_best())
         if cfg.cluster.enabled:
             self._cluster = Cluster(self._store, cfg.cluster.instance_id or default_instance_id(),
                                     cfg.cluster.lease_s, providers=[s.name for s in specs if s.enabled])
-            await self._cluster_beat()  # hold leases before the first probe is due
-            self._spawn(self._cluster_loop())
-        self._spawn(self._retention_loop())
+        cluster = self._cluster
+        self.alerts = AlertsService(self._store, self._session, self.live, lambda: self._specs,
+                                    cfg.alerts.webhooks, cfg.alerts.silences, clock=self.clock,
+                                    leader=lambda: cluster is None or cluster.leader)
+        self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
+                              ready=lambda: self.first_round_done, token=lambda: self.config.api.token,
+                              clock=self.clock, alerts=self.alerts, rankings=self.rankings,
+                              probe_ages=self._probe_ages, stale_probes=self._stale_probes)
+        wire(self.pipeline, Parts(live=self.live, store=self._store, rankings=self.rankings, alerts=self.alerts,
+                                  probed=self.probed, api=self.api, cluster=self._cluster))
+        self.rankings.subscribe(self.alerts.on_best)
+        if serve_api:
+            async with _step("api"):
+                self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
+        async with _step("alerts"):
+            await self.alerts.start()
+        self.supervisor.spawn("ranking.watch", self.rankings.watch())
+        if self._cluster is not None:
+            beat = ClusterBeat(self._cluster, clock=self.clock, window_s=self._peer_window_s,
+                               is_configured=lambda name: name in self._specs,
+                               fold_peer=lambda result: self.pipeline.record(result, local=False),
+                               refresh=self.alerts.load_stored_silences, probe_soon=self._probe_soon)
+            await beat.beat()  # hold leases before the first probe is due
+            self.supervisor.spawn("cluster.beat", beat.run())
+        self.supervisor.spawn("store.retention", prune_periodically(self.store.retention, self._retention_schedule,
+                                                                    self.clock))
         self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
                                          jitter_s=cfg.monitor.jitter_s)
         self._scheduler.sync(specs)
@@ -172,44 +205,27 @@ class Daemon:
         log.info("daemon.started", providers=len(specs), enabled=sum(s.enabled for s in specs),
                  storage=self._store.dialect, restored=len(recent), api_port=self.api_port)
 
+    def _peer_window_s(self) -> float:
+        """How far back a peer's probe row may still land: the longest probe, a writer flush, a margin."""
+        return (max((s.timeout_s for s in self._specs.values()), default=0.0)
+                + self.config.storage.flush_interval_s + 2.0)
+
+    def _retention_schedule(self) -> tuple[float, RetentionPolicy]:
+        kept = self.config.storage.retention
+        return kept.prune_interval_s, RetentionPolicy(raw_s=kept.raw_s, minute_rollups_s=kept.minute_rollups_s,
+                                                      hour_rollups_s=kept.hour_rollups_s,
+                                                      batch_size=kept.batch_size)
+
     async def _probe(self, spec: ProviderSpec) -> None:
         assert self._session is not None
         if self._cluster is not None and not self._cluster.owns(spec.name):
-            return  # another instance probes it; its results arrive through _cluster_beat
+            return  # another instance probes it; its results arrive through the cluster beat
         result = await probe_provider(spec, ADAPTERS[spec.type], self._session, now=self.clock)
-        self.record(result)
+        self.pipeline.record(result)
 
-    def record(self, result: ProbeResult) -> list[StatusChange]:
-        """Fan a result out to the store, the live state, the API and the alert rules; log status changes."""
-        self.store.enqueue(result)
-        if self._cluster is not None:
-            self._cluster.observed(result)
-        return self._fold(result)
-
-    def _fold(self, result: ProbeResult, *, emit: bool = True) -> list[StatusChange]:
-        """Live state, API and alert rules for a result probed here or, in a cluster, by another instance.
-
-        Every instance folds every result, so all serve the same ranking and keep the same alert memory (a
-        takeover neither repeats nor misses an alert); only the instance that probed emits (emit=False for a
-        peer's result), since a few events carry the evaluation time in their id.
-        """
-        self.probed.add(result.provider)
-        now = self.clock()
-        changes = self.live.fold(result, now)
-        if self.api is not None:
-            self.api.on_result(result, changes)
-        state, spec = self.live.get(result.provider), self._specs.get(result.provider)
-        if state is not None and spec is not None:
-            events = self.rules.on_probe(state, changes, alert_provider(spec), self._silences, now)
-            if emit:
-                self._emit(events)
-        log.debug("probe.done", provider=result.provider, status=result.status.value,
-                  error_class=result.error_class, total_ms=round(result.total_ms, 1))
-        for change in changes:
-            level = log.warning if change.current is Status.DOWN else log.info
-            level("provider.status_changed", provider=change.provider, previous=change.previous.value,
-                  current=change.current.value, error_class=result.error_class, error=result.error)
-        return changes
+    def record(self, result: ProbeResult) -> tuple[StatusChange, ...]:
+        """A probe result made elsewhere (tests, embedding) through the pipeline, as the scheduler's are."""
+        return self.pipeline.record(result)
 
     async def run_once(self) -> list[ProbeResult]:
         """Probe every enabled provider once now, record and flush (tests, `probe --once`)."""
@@ -218,7 +234,7 @@ class Daemon:
         results = await probe_all(specs, concurrency=self.config.monitor.concurrency, session=self._session,
                                   clock=self.clock)
         for result in results:
-            self.record(result)
+            self.pipeline.record(result)
         await self.store.flush()
         return results
 
@@ -241,28 +257,25 @@ class Daemon:
             log.error("config.reload_failed", path=str(self.config_path),
                       problems="storage.url cannot change on reload; restart the daemon")
             return False
-        old_webhooks = self.config.alerts.webhooks
+        old = self.config
         self.config = new
         specs = new.provider_specs()
         self._specs = {s.name: s for s in specs}
         if self._cluster is not None:
             self._cluster.set_providers(s.name for s in specs if s.enabled)
         self.live.policy = self._policy(new)
-        assert self._scheduler is not None
+        assert self._scheduler is not None and self.alerts is not None
         added, removed, changed = self._scheduler.sync(specs)
         for name in removed:
             self.live.remove(name)
             self.probed.discard(name)
-            self.rules.forget(name)
-        api_made = [s for s in self._silences if s.created_by != "config"]
-        self._silences = self._config_silences(new) + api_made
-        if self.dispatcher is not None and new.alerts.webhooks != old_webhooks:
-            await self.dispatcher.stop()
-            assert self._session is not None
-            self.dispatcher = Dispatcher(self.store, self._session, new.alerts.webhooks)
-            await self.dispatcher.start()
+            self.alerts.forget(name)
+        self.alerts.replace_config_silences(new.alerts.silences)
+        if new.alerts.webhooks != old.alerts.webhooks:
+            await self.alerts.replace_webhooks(new.alerts.webhooks)
         for spec in specs:
             self.live.track(spec.name, spec.type)
+        self.rankings.reconfigured(removed)
         if self.api is not None:
             self.api.on_reload(removed)
         await self.store.sync_providers(specs, self.clock())
@@ -270,12 +283,13 @@ class Daemon:
         return True
 
     async def stop(self) -> None:
-        """Stop probing (cancel in-flight probes), flush the store, close the session; in that order."""
+        """Stop probing (cancel in-flight probes), flush the store, close the session; in that order.
+
+        Safe after a start that failed part-way: only what was started is stopped.
+        """
         if self._scheduler is not None:
             await self._scheduler.shutdown()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.supervisor.stop()
         if self._cluster is not None:
             try:
                 async with asyncio.timeout(STOP_STEP_TIMEOUT_S):  # a silent database must not hold the stop
@@ -284,10 +298,10 @@ class Daemon:
                 log.warning("cluster.leave_failed", error=type(exc).__name__)
         if self._api_server is not None:
             await self._api_server.close()
-        if self.dispatcher is not None:
+        if self.alerts is not None:
             try:
                 async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
-                    await self.dispatcher.stop()
+                    await self.alerts.stop()
             except TimeoutError:  # the database went silent: unsaved events are reported by the dispatcher's log
                 log.error("alert.stop_timed_out", timeout_s=STOP_STEP_TIMEOUT_S)
         if self._store is not None:
@@ -320,102 +334,13 @@ class Daemon:
     def best_provider(self) -> str | None:
         if self.api is None:
             return None
-        best = self.api.top().best
+        best = self.rankings.top().best
         return best.provider if best else None
 
     def healthy(self) -> bool:
         """The watchdog's question: is the scheduler running and keeping time?"""
         scheduler = self._scheduler
         return scheduler is not None and scheduler.running and scheduler.overdue_s() < 30.0
-
-    # -- the API's AlertsBackend -------------------------------------------------------------------------------
-
-    async def recent_alerts(self, *, limit: int, since: datetime | None, provider: str | None,
-                            event_type: str | None) -> list[dict[str, Any]]:
-        assert self.dispatcher is not None
-        records = await self.dispatcher.outbox.recent(limit=limit, since=since, provider=provider,
-                                                      event_type=event_type)
-        return [record.to_dict() for record in records]
-
-    def silences(self) -> Sequence[Silence]:
-        return tuple(self._silences)
-
-    async def _load_api_silences(self, now: datetime) -> None:
-        """API-made silences live in the database: a restart, and every instance of a cluster, honour them."""
-        try:
-            stored = await self.store.silences.active(now)
-        except Exception as exc:  # the database is away: config silences still apply
-            log.warning("silences.load_failed", error=type(exc).__name__)
-            return
-        self._silences = [s for s in self._silences if s.created_by == "config"] + stored
-
-    async def add_silence(self, silence: Silence) -> None:
-        await self.store.silences.put(silence, self.clock())
-        self._silences.append(silence)
-        log.info("silence.added", id=silence.id, provider=silence.provider, end=silence.end.isoformat(),
-                 reason=silence.reason)
-
-    async def remove_silence(self, silence_id: str) -> bool:
-        await self.store.silences.delete(silence_id)
-        kept = [s for s in self._silences if s.id != silence_id]
-        removed = len(kept) != len(self._silences)
-        self._silences = kept
-        if removed:
-            log.info("silence.removed", id=silence_id)
-        return removed
-
-    def _emit(self, events: list[AlertEvent]) -> None:
-        if events and self.dispatcher is not None:
-            for event in events:
-                name = event.provider.name if event.provider else None
-                log.info("alert.raised", type=event.type.value, provider=name, silenced=bool(event.silenced_by))
-            self.dispatcher.emit(events)
-
-    async def _watch_best(self) -> None:
-        """Once a second, let the rules see the default ranking's best (they wait for it to hold before alerting)."""
-        while True:
-            best = self.api.top().best if self.api is not None else None
-            spec = self._specs.get(best.provider) if best is not None else None
-            events = self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock())
-            if self._cluster is None or self._cluster.leader:  # these ids carry the time: one instance sends
-                self._emit(events)
-            await asyncio.sleep(1.0)
-
-    # -- several instances, retention --------------------------------------------------------------------------
-
-    async def _cluster_loop(self) -> None:
-        assert self._cluster is not None
-        while True:
-            await asyncio.sleep(self._cluster.lease_s / 3)
-            await self._cluster_beat()
-
-    async def _cluster_beat(self) -> None:
-        """Renew leases, fold the other instances' new probes, probe soon what was just taken over.
-
-        A database outage is logged once; probing goes on with the providers held (see Cluster.owns).
-        """
-        cluster = self._cluster
-        assert cluster is not None
-        now = self.clock()
-        window_s = (max((s.timeout_s for s in self._specs.values()), default=0.0)
-                    + self.config.storage.flush_interval_s + cluster.lease_s + 2.0)  # a probe, a flush, a beat
-        try:
-            beat = await cluster.heartbeat(now)
-            peers = await cluster.peer_results(now - timedelta(seconds=window_s))
-        except Exception as exc:  # whatever the driver raised, the database did not answer
-            if not self._cluster_down:
-                self._cluster_down = True
-                log.warning("cluster.heartbeat_failed", error=type(exc).__name__, held=len(cluster.held))
-            return
-        if self._cluster_down:
-            self._cluster_down = False
-            log.info("cluster.heartbeat_recovered", held=len(cluster.held))
-        for result in peers:
-            if result.provider in self._specs:
-                self._fold(result, emit=False)
-        await self._load_api_silences(now)  # another instance may have added or ended one
-        for name in beat.acquired:
-            self._probe_soon(name, now)
 
     def _probe_soon(self, name: str, now: datetime) -> None:
         """A provider just taken over: probe it when its last probe (by anyone) is one interval old."""
@@ -429,50 +354,38 @@ class Daemon:
                                              max(0.0, (last - now).total_seconds() + spec.probe_interval_s))
         self._scheduler.schedule(spec, first_delay_s=due_s)
 
-    async def _retention_loop(self) -> None:
-        """Roll up and prune every storage.retention.prune_interval (one instance at a time on a shared database)."""
-        while True:
-            kept = self.config.storage.retention
-            await asyncio.sleep(kept.prune_interval_s)
-            policy = RetentionPolicy(raw_s=kept.raw_s, minute_rollups_s=kept.minute_rollups_s,
-                                     hour_rollups_s=kept.hour_rollups_s, batch_size=kept.batch_size)
-            try:
-                await self.store.retention(policy).run_once(self.clock())
-            except Exception as exc:  # the database is away: the next run catches up
-                log.warning("store.retention_failed", error=type(exc).__name__)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _heartbeat(self) -> None:
-        """Tell systemd how we are; ping the watchdog only while the loop and the scheduler work."""
-        watchdog_s = watchdog_interval_s()
-        period = min(watchdog_s or 5.0, 5.0)
-        while True:
-            self._notifier.status(self.status_line())
-            if watchdog_s is not None and self.healthy():
-                self._notifier.watchdog()
-            await asyncio.sleep(period)
-
     async def _reload_from_signal(self) -> None:
         self._notifier.reloading()
-        await self.reload()
-        self._notifier.ready(self.status_line())
+        try:
+            await self.reload()
+        finally:
+            self._notifier.ready(self.status_line())  # READY=1 always follows RELOADING=1
 
     async def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop cleanly. Returns the exit code."""
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), stop cleanly. Returns the exit code: 0 after a
+        clean stop, 1 when start-up failed (one `daemon.failed` line) or a background task failed."""
         loop = asyncio.get_running_loop()
         if self.install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_from_signal()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.supervisor.spawn(
+                "config.reload", self._reload_from_signal(), once=True))
+        code = 0
         try:
-            await self.start()
+            try:
+                await self.start()
+            except StartupError as exc:
+                log.error("daemon.failed", step=exc.step, error=str(exc.cause) or type(exc.cause).__name__,
+                          error_class=type(exc.cause).__name__)
+                return 1
             self._notifier.ready(self.status_line())
-            self._spawn(self._heartbeat())
+            self.supervisor.spawn("systemd.heartbeat", heartbeat(self._notifier, self.status_line, self.healthy))
             await self._stopping.wait()
+            if self.supervisor.failed:
+                code = 1
+                failed = ", ".join(self.supervisor.failed)
+                log.error("daemon.failed", step="run", error=f"background task failed: {failed}",
+                          error_class="TaskFailed")
         finally:
             self._notifier.stopping()
             await self.stop()
@@ -481,4 +394,13 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     with contextlib.suppress(Exception):
                         loop.remove_signal_handler(sig)
-        return 0
+        return code
+
+
+@contextlib.asynccontextmanager
+async def _step(name: str) -> AsyncIterator[None]:
+    """Turn any error of a start-up step into a StartupError naming the step."""
+    try:
+        yield
+    except Exception as exc:
+        raise StartupError(name, exc) from exc

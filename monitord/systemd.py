@@ -6,9 +6,11 @@ every call is a no-op, so the daemon calls these unconditionally.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
+from collections.abc import Callable
 
 
 class Notifier:
@@ -68,3 +70,17 @@ def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
         return int(usec) / 2 / 1_000_000
     except ValueError:
         return None
+
+
+async def heartbeat(notifier: Notifier, status: Callable[[], str], healthy: Callable[[], bool],
+                    watchdog_s: float | None = None) -> None:
+    """Tell systemd how we are every few seconds (STATUS=); ping the watchdog only while `healthy()` (the loop
+    and the scheduler keep time), so a stuck daemon is restarted. Runs until cancelled."""
+    if watchdog_s is None:
+        watchdog_s = watchdog_interval_s()
+    period = min(watchdog_s or 5.0, 5.0)
+    while True:
+        notifier.status(status())
+        if watchdog_s is not None and healthy():
+            notifier.watchdog()
+        await asyncio.sleep(period)

@@ -126,6 +126,7 @@ api: {{listen: "127.0.0.1:0"}}
     second = Daemon(parse_config(text), install_signal_handlers=False)
     await second.start()
     try:
-        assert [s.id for s in second.silences()] == [kept["id"]]
+        assert second.alerts is not None
+        assert [s.id for s in second.alerts.silences()] == [kept["id"]]
     finally:
         await second.stop()

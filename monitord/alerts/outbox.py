@@ -171,6 +171,12 @@ class Dispatcher:
             self._unsaved.append(event)
         self._wake.set()
 
+    def take_unsaved(self) -> list[AlertEvent]:
+        """Hand over the events emitted but not stored yet (after stop(), when webhooks are swapped)."""
+        taken = list(self._unsaved)
+        self._unsaved.clear()
+        return taken
+
     async def put(self, event: AlertEvent, *, only: str | None = None) -> bool:
         """Store one event now (raises if the database is away) and send it soon. For `alert test`."""
         stored = await self.outbox.put(event, self._clock(), only=only)

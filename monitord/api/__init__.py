@@ -1,7 +1,8 @@
 """The query API: an aiohttp application over the live state, the ranking and the store. It reads; it never probes.
 
-The daemon builds one ApiContext, calls `ctx.on_result(result, changes)` for every probe result and
-`ctx.on_reload(removed)` after a reload, and serves `make_app(ctx)` (or `await ApiServer.start(ctx, host, port)`).
+The daemon builds one ApiContext (over its ranking service), subscribes `ctx.on_probe` to the result pipeline,
+calls `ctx.on_reload(removed)` after a reload, and serves `make_app(ctx)` (or `await ApiServer.start(ctx, host,
+port)`). A context made without a ranking service (tests, benchmarks) makes its own, whose watch the app runs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ MAX_BODY_BYTES = 64 * 1024  # a selection request is a few hundred bytes
 
 
 async def _best_watcher(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[CONTEXT].watch_best(), name="monitord.api.watch_best")
+    """Only for a context that owns its ranking service; the daemon's supervisor runs the daemon's."""
+    ctx = app[CONTEXT]
+    if not ctx.owns_rankings:
+        yield
+        return
+    task = asyncio.create_task(ctx.ranking_service.watch(), name="monitord.ranking.watch")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -41,8 +47,7 @@ async def _end_streams(app: web.Application) -> None:
 
 def make_app(ctx: ApiContext) -> web.Application:
     middlewares: list[Middleware] = [error_middleware]
-    if ctx.token:
-        middlewares.append(bearer_middleware(ctx.token, OPEN_PATHS | page.OPEN_PATHS, page.OPEN_PREFIXES))
+    middlewares.append(bearer_middleware(ctx.current_token, OPEN_PATHS | page.OPEN_PATHS, page.OPEN_PREFIXES))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[CONTEXT] = ctx
     add_routes(app)
@@ -68,7 +73,7 @@ class ApiServer:
             await runner.cleanup()
             raise
         server = cls(runner)
-        log.info("api.listening", host=host, port=server.port, auth=bool(ctx.token))
+        log.info("api.listening", host=host, port=server.port, auth=ctx.current_token() is not None)
         return server
 
     @property

@@ -1,9 +1,13 @@
-"""Optional bearer-token check for every route but /healthz and the status page's data-free shell, in constant time."""
+"""Optional bearer-token check for every route but /healthz and the status page's data-free shell, in constant time.
+
+The token is asked for on every request, so a reload that rotates `api.token` (or sets or clears it) is in force
+for the next request.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -15,18 +19,19 @@ OPEN_PATHS = frozenset({"/healthz"})  # a liveness probe must work without crede
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="monitord"'}
 
 
-def bearer_middleware(token: Secret, open_paths: Iterable[str] = OPEN_PATHS,
+def bearer_middleware(token: Callable[[], Secret | None], open_paths: Iterable[str] = OPEN_PATHS,
                       open_prefixes: tuple[str, ...] = ()) -> Middleware:
-    """Reject requests without `Authorization: Bearer <token>` with 401 in the API's error shape.
+    """Reject requests without `Authorization: Bearer <token()>` with 401 in the API's error shape (no token: open).
 
     The scheme name is case-insensitive (RFC 9110 section 11.1): `bearer`, `BEARER` and `Bearer` are the same.
     """
-    expected = token.reveal().encode()
     unguarded = frozenset(open_paths)
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in unguarded and not request.path.startswith(open_prefixes):
+        current = token()
+        if current is not None and request.path not in unguarded and not request.path.startswith(open_prefixes):
+            expected = current.reveal().encode()
             given = request.headers.get("Authorization", "")
             scheme, _, credentials = given.strip().partition(" ")
             presented = credentials.strip().encode("utf-8", "surrogateescape")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,21 +10,20 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from monitord.api.cache import RankingCache
 from monitord.api.events import EventHub
 from monitord.api.metrics import Metrics, StateCollector
 from monitord.health import LiveState
-from monitord.model import ProbeResult, ProviderSpec, RankedProvider, Ranking, Secret, Silence, StatusChange
+from monitord.model import ProbeResult, ProviderSpec, Ranking, Secret, Silence, StatusChange
+from monitord.pipeline import Recorded
 from monitord.ranking import Ranker
+from monitord.ranking_service import BestUpdate, RankingCache, RankingService
 from monitord.store import Store
 
 log = structlog.get_logger("monitord.api")
 
-FALLBACKS_IN_EVENTS = 3
-
 
 class AlertsBackend(Protocol):
-    """What the alert routes need from the daemon."""
+    """What the alert routes need: the alerts service (monitord.alerts.service) implements it."""
 
     async def recent_alerts(self, *, limit: int, since: datetime | None, provider: str | None,
                             event_type: str | None) -> list[dict[str, Any]]: ...
@@ -49,89 +47,66 @@ class ApiContext:
     specs: Callable[[], Mapping[str, ProviderSpec]]  # the same Mapping object until a reload changes it
     store: Store
     ready: Callable[[], bool]  # first probe round done
-    token: Secret | None = None  # bearer token every route but /healthz requires when set
-    alerts: AlertsBackend | None = None  # /v1/alerts and /v1/silences; the daemon implements it
+    token: Callable[[], Secret | None] | Secret | None = None  # bearer token every route but /healthz requires
+    alerts: AlertsBackend | None = None  # /v1/alerts and /v1/silences; the alerts service implements it
     clock: Callable[[], datetime] = _utcnow
     # seconds since each provider's last probe ended (the scheduler's monotonic clock) and those past their bound
     probe_ages: Callable[[], Mapping[str, float]] = dict
     stale_probes: Callable[[], Sequence[str]] = tuple
-    ranker: Ranker = field(default_factory=Ranker)
+    rankings: RankingService | None = None  # the daemon's; a context made without one runs its own watch
+    ranker: Ranker | None = None  # for a context that makes its own ranking service
     metrics: Metrics = field(default_factory=Metrics)
     events: EventHub = field(default_factory=EventHub)
-    best_check_interval_s: float = 0.25  # coalesces bursts of results into one best-provider check
+    best_check_interval_s: float = 0.25  # for a context that makes its own ranking service
     ranking: RankingCache = field(init=False)
-    _state_changed: asyncio.Event = field(init=False, repr=False)
-    _models: dict[str, tuple[str, ...]] = field(init=False, repr=False, default_factory=dict)
+    owns_rankings: bool = field(init=False, default=False)  # make_app runs the watch then
 
     def __post_init__(self) -> None:
-        self.ranking = RankingCache(self.live, self.specs, self.ranker, self.clock)
-        self._state_changed = asyncio.Event()
-        self._models = {name: state.model_ids for name, state in self.live.all().items()}
+        if self.rankings is None:
+            self.rankings = RankingService(self.live, self.specs, clock=self.clock, ranker=self.ranker,
+                                           check_interval_s=self.best_check_interval_s)
+            self.owns_rankings = True
+        self.ranking = self.rankings.cache
+        self.rankings.subscribe(self._on_best)
         self.metrics.register(StateCollector(self.live, self.specs, self.ranking.ranking, self.store, self.ready,
                                              lambda: self.events.subscribers, self.probe_ages, self.stale_probes))
 
-    def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
-        """Call once per probe result, after LiveState.fold: metrics, status events, ranking refresh.
+    @property
+    def ranking_service(self) -> RankingService:
+        assert self.rankings is not None
+        return self.rankings
 
-        Status and model-list changes reach rankings and selections at once; other results within refresh_s.
-        """
+    def current_token(self) -> Secret | None:
+        """The token in force now (a reload may rotate it: the auth middleware asks on every request)."""
+        return self.token() if callable(self.token) else self.token
+
+    def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
+        """Pipeline sink: metrics and status events for each probe result."""
+        self.on_result(recorded.observation, recorded.changes)
+
+    def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
+        """Metrics and status events for one probe result (after LiveState.fold). Rankings learn it from the
+        pipeline; a context that owns its ranking service (no daemon) tells it here."""
         self.metrics.observe(result)
         for change in changes:
             self.events.status_changed(change)
-        state = self.live.get(result.provider)
-        models = state.model_ids if state is not None else ()
-        if changes or self._models.get(result.provider, ()) != models:
-            self._models[result.provider] = models
-            self.ranking.invalidate()
-        self._state_changed.set()
+        if self.owns_rankings:
+            self.ranking_service.observed(result.provider, bool(changes))
 
     def on_reload(self, removed: Iterable[str] = ()) -> None:
-        """Call after a reload applied: forgets removed providers' series and re-ranks."""
+        """Call after a reload applied: forgets removed providers' series (and re-ranks, if it owns the ranking)."""
         for name in removed:
             self.metrics.forget(name)
-            self._models.pop(name, None)
-        self.ranking.invalidate()
-        self._state_changed.set()
+        if self.owns_rankings:
+            self.ranking_service.reconfigured(removed)
 
-    async def watch_best(self) -> None:
-        """Publish a best-provider change whenever the default ranking's top entry changes. Runs until cancelled."""
-        best = self._best()
-        while True:
-            await self._state_changed.wait()
-            self._state_changed.clear()
-            ranking = self._ranking_or_none()
-            if ranking is not None:
-                if _name(ranking.best) != _name(best):
-                    fallbacks = tuple(entry.provider for entry in ranking.entries[1:1 + FALLBACKS_IN_EVENTS])
-                    self.events.best_changed(best, ranking.best, ranking.generated_at, fallbacks)
-                    log.info("ranking.best_changed", previous=_name(best), current=_name(ranking.best))
-                best = ranking.best
-            await asyncio.sleep(self.best_check_interval_s)
-            if self.ranking.pending:  # a change the cached generation does not show yet: look again
-                self._state_changed.set()
+    def _on_best(self, update: BestUpdate) -> None:
+        if update.changed:
+            self.events.best_changed(update.previous, update.current, update.at, update.fallbacks)
 
     def top(self) -> Ranking:
-        """The head of the default ranking (best and the fallbacks events name), once per cache generation.
-
-        Watchers ask every second; scoring only the head (no entry built for every provider) is what keeps
-        that cheap with thousands of providers. GET /v1/ranking still computes the whole ranking on demand.
-        """
-        return self.ranking.ranking(limit=1 + FALLBACKS_IN_EVENTS)
-
-    def _best(self) -> RankedProvider | None:
-        ranking = self._ranking_or_none()
-        return ranking.best if ranking is not None else None
-
-    def _ranking_or_none(self) -> Ranking | None:
-        try:
-            return self.top()
-        except Exception:  # a bug must not end the watcher: the next result tries again
-            log.exception("api.best_check_failed")
-            return None
-
-
-def _name(entry: RankedProvider | None) -> str | None:
-    return entry.provider if entry is not None else None
+        """The head of the default ranking (best and the fallbacks events name), once per cache generation."""
+        return self.ranking_service.top()
 
 
 CONTEXT = web.AppKey("monitord.api.context", ApiContext)

@@ -555,3 +555,19 @@ async def _unlock(conn: AsyncConnection) -> None:
         await conn.commit()
     except Exception:  # the session is broken: close it rather than pool it, and the lock ends with it
         await conn.invalidate()
+
+
+async def prune_periodically(retention_for: Callable[[RetentionPolicy], Retention],
+                             schedule: Callable[[], tuple[float, RetentionPolicy]],
+                             clock: Callable[[], datetime]) -> None:
+    """Roll up and prune every interval (schedule() is read each time: a reload changes it). Until cancelled.
+
+    A database outage skips a run (logged); the next one catches up.
+    """
+    while True:
+        interval_s, policy = schedule()
+        await asyncio.sleep(interval_s)
+        try:
+            await retention_for(policy).run_once(clock())
+        except Exception as exc:  # the database is away: the next run catches up
+            log.warning("store.retention_failed", error=type(exc).__name__)

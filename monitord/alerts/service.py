@@ -1,0 +1,136 @@
+"""The alerts service: the rules' memory, the silences and the outbox dispatcher behind one object.
+
+The result pipeline hands it every probe result (`on_probe`), the ranking service every look at the best provider
+(`on_best`); the API's alert and silence routes talk to it (it is the API's AlertsBackend); a reload swaps its
+webhooks and config silences. Events raised here go to the dispatcher, which stores them before any send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import structlog
+
+from monitord.alerts.outbox import Dispatcher
+from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider
+from monitord.config import SilenceConfig, WebhookConfig
+from monitord.health import LiveState
+from monitord.model import AlertEvent, ProbeResult, ProviderSpec, Silence
+from monitord.pipeline import Recorded
+from monitord.ranking_service import BestUpdate
+from monitord.store import Store
+
+log = structlog.get_logger("monitord.alerts")
+
+
+def config_silences(silences: Sequence[SilenceConfig]) -> list[Silence]:
+    return [Silence(id=f"config-{i}", provider=s.provider, start=s.start, end=s.end, reason=s.reason)
+            for i, s in enumerate(silences)]
+
+
+class AlertsService:
+    """Rules, silences and the dispatcher. `start`/`stop` pair with the daemon's."""
+
+    def __init__(self, store: Store, session: aiohttp.ClientSession, live: LiveState,
+                 specs: Callable[[], Mapping[str, ProviderSpec]], webhooks: Sequence[WebhookConfig],
+                 silences: Sequence[SilenceConfig], *, clock: Callable[[], datetime],
+                 leader: Callable[[], bool] = lambda: True, policy: AlertPolicy | None = None) -> None:
+        self.store = store
+        self.session = session
+        self.live = live
+        self.specs = specs
+        self.clock = clock
+        self.leader = leader  # whether this instance sends the cluster-wide events (best provider)
+        self.rules = AlertRules(policy or AlertPolicy())
+        self._silences: list[Silence] = config_silences(silences)  # API-made ones are added
+        self.dispatcher = Dispatcher(store, session, webhooks)
+
+    async def start(self) -> None:
+        await self.load_stored_silences(self.clock())
+        await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+
+    # -- what raises events ------------------------------------------------------------------------------------
+
+    def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
+        """Pipeline sink. Every instance of a cluster folds every result, so all keep the same alert memory (a
+        takeover neither repeats nor misses an alert); only the instance that probed emits, since a few events
+        carry the evaluation time in their id."""
+        name = recorded.observation.provider
+        state, spec = self.live.get(name), self.specs().get(name)
+        if state is None or spec is None:
+            return
+        events = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
+        if recorded.local:
+            self.emit(events)
+
+    def on_best(self, update: BestUpdate) -> None:
+        """Ranking-service listener: the rules see every look (they wait for a new best to hold)."""
+        spec = self.specs().get(update.current.provider) if update.current is not None else None
+        events = self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock())
+        if self.leader():  # these ids carry the time: one instance sends
+            self.emit(events)
+
+    def emit(self, events: Sequence[AlertEvent]) -> None:
+        for event in events:
+            name = event.provider.name if event.provider else None
+            log.info("alert.raised", type=event.type.value, provider=name, silenced=bool(event.silenced_by))
+        if events:
+            self.dispatcher.emit(events)
+
+    def forget(self, provider: str) -> None:
+        self.rules.forget(provider)
+
+    # -- reload ------------------------------------------------------------------------------------------------
+
+    def replace_config_silences(self, silences: Sequence[SilenceConfig]) -> None:
+        api_made = [s for s in self._silences if s.created_by != "config"]
+        self._silences = config_silences(silences) + api_made
+
+    async def replace_webhooks(self, webhooks: Sequence[WebhookConfig]) -> None:
+        """A new dispatcher for new webhooks; events the old one had not stored yet go to the new one."""
+        old = self.dispatcher
+        await old.stop()
+        self.dispatcher = Dispatcher(self.store, self.session, webhooks)
+        self.dispatcher.emit(old.take_unsaved())
+        await self.dispatcher.start()
+
+    # -- the API's AlertsBackend -------------------------------------------------------------------------------
+
+    async def recent_alerts(self, *, limit: int, since: datetime | None, provider: str | None,
+                            event_type: str | None) -> list[dict[str, Any]]:
+        records = await self.dispatcher.outbox.recent(limit=limit, since=since, provider=provider,
+                                                      event_type=event_type)
+        return [record.to_dict() for record in records]
+
+    def silences(self) -> Sequence[Silence]:
+        return tuple(self._silences)
+
+    async def load_stored_silences(self, now: datetime) -> None:
+        """API-made silences live in the database: a restart, and every instance of a cluster, honour them."""
+        try:
+            stored = await self.store.silences.active(now)
+        except Exception as exc:  # the database is away: config silences still apply
+            log.warning("silences.load_failed", error=type(exc).__name__)
+            return
+        self._silences = [s for s in self._silences if s.created_by == "config"] + stored
+
+    async def add_silence(self, silence: Silence) -> None:
+        await self.store.silences.put(silence, self.clock())
+        self._silences.append(silence)
+        log.info("silence.added", id=silence.id, provider=silence.provider, end=silence.end.isoformat(),
+                 reason=silence.reason)
+
+    async def remove_silence(self, silence_id: str) -> bool:
+        await self.store.silences.delete(silence_id)
+        kept = [s for s in self._silences if s.id != silence_id]
+        removed = len(kept) != len(self._silences)
+        self._silences = kept
+        if removed:
+            log.info("silence.removed", id=silence_id)
+        return removed

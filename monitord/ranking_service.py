@@ -1,0 +1,227 @@
+"""The ranking service: the one owner of rankings kept between requests and of the best-provider stream.
+
+`RankingCache` keeps rankings and rendered answers while the live state stays (nearly) the same: a generation
+ends at once when a provider's status or model list changes (`invalidate`) or the provider specs change (reload);
+other probe results (a latency, a window's availability) end it at most every refresh_s, so 1,000 providers
+probed every 30 s cost a few re-rankings a second rather than one per result; and every generation ends after
+max_age_s, since recency and generated_at move with time even when nothing is probed.
+
+`RankingService.watch()` is the one best-provider watcher: it looks at the head of the default ranking when the
+live state changed (coalesced over check_interval_s) and at least every tick_s, and hands every look to its
+subscribers as a `BestUpdate` (`changed` when the best provider is another one than last time). The SSE stream
+(`ranking.best_changed` events) and the alert rules (which wait for a new best to hold) both subscribe to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from monitord.health import LiveState
+from monitord.model import Criteria, ProbeResult, ProviderSpec, RankedProvider, Ranking
+from monitord.pipeline import Recorded
+from monitord.ranking import Ranker
+
+log = structlog.get_logger("monitord.ranking")
+
+FALLBACKS_IN_EVENTS = 3  # how many fallbacks a best-provider update names (the head of the default ranking)
+
+DEFAULT_CRITERIA = Criteria()
+
+
+class RankingCache:
+    """Serves the default ranking and repeated queries from memory; computes anything else on request.
+
+    `specs` should return the same Mapping object until the configuration changes: a new object starts a new
+    generation (and the Ranker re-prepares providers whose ProviderSpec objects are new).
+    """
+
+    def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]], ranker: Ranker,
+                 clock: Callable[[], datetime], *, refresh_s: float = 1.0, max_age_s: float = 5.0,
+                 max_entries: int = 128) -> None:
+        self.live = live
+        self.specs = specs
+        self.ranker = ranker
+        self.clock = clock
+        self.refresh_s = refresh_s
+        self.max_age_s = max_age_s
+        self.max_entries = max_entries
+        self._stale = True  # end the generation on the next read, whatever its age
+        self._version = -1
+        self._specs: Mapping[str, ProviderSpec] | None = None  # held so its identity stays meaningful
+        self._born_s = 0.0
+        self._entries: OrderedDict[Hashable, object] = OrderedDict()
+
+    def invalidate(self) -> None:
+        """Something callers must see at once changed (a status, a model list): end the generation now."""
+        self._stale = True
+
+    @property
+    def pending(self) -> bool:
+        """The live state changed since this generation began (it will show within refresh_s)."""
+        return self._stale or self.live.version != self._version
+
+    def _current(self) -> tuple[Mapping[str, ProviderSpec], datetime]:
+        """The specs and `now`, after starting a new generation if the old one no longer holds."""
+        specs = self.specs()
+        now = self.clock()
+        now_s = now.timestamp()
+        age_s = now_s - self._born_s
+        if (self._stale or specs is not self._specs or not 0.0 <= age_s < self.max_age_s
+                or (self.live.version != self._version and age_s >= self.refresh_s)):
+            self._stale = False
+            self._entries.clear()
+            self._version = self.live.version
+            self._specs = specs
+            self._born_s = now_s
+        return specs, now
+
+    def ranking(self, criteria: Criteria = DEFAULT_CRITERIA, *, limit: int | None = None) -> Ranking:
+        """The ranking for `criteria` in this generation, computed at most once per generation."""
+        specs, now = self._current()
+        key = ("ranking", criteria, limit)
+        found = self._entries.get(key)
+        if isinstance(found, Ranking):
+            return found
+        result = self.ranker.rank(self.live.all(), specs, criteria, now, limit=limit)
+        self._remember(key, result)
+        return result
+
+    def rendered(self, key: Hashable, render: Callable[[], bytes], *, checked: bool = False) -> bytes:
+        """Bytes for `key` rendered once per generation (render may call `ranking`).
+
+        checked: the caller has just read this generation (it derives these bytes from others), skip the check.
+        """
+        if not checked:
+            self._current()
+        entry_key = ("rendered", key)
+        found = self._entries.get(entry_key)
+        if isinstance(found, bytes):
+            self._entries.move_to_end(entry_key)
+            return found
+        body = render()
+        self._remember(entry_key, body)
+        return body
+
+    def _remember(self, key: Hashable, value: object) -> None:
+        self._entries[key] = value
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BestUpdate:
+    """One look at the default ranking's best provider."""
+
+    previous: RankedProvider | None
+    current: RankedProvider | None
+    fallbacks: tuple[str, ...]  # the next providers of the default ranking, best first
+    at: datetime  # the ranking's generated_at
+    changed: bool  # current names another provider than previous
+
+
+BestListener = Callable[[BestUpdate], None]
+
+
+class RankingService:
+    """Owns the ranking cache and the one best-provider watch; the pipeline tells it about results."""
+
+    def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]], *,
+                 clock: Callable[[], datetime], ranker: Ranker | None = None, check_interval_s: float = 0.25,
+                 tick_s: float = 1.0) -> None:
+        self.live = live
+        self.cache = RankingCache(live, specs, ranker or Ranker(), clock)
+        self.check_interval_s = check_interval_s  # coalesces bursts of results into one check
+        self.tick_s = tick_s  # a look at least this often, for listeners that wait for time to pass
+        self._listeners: list[BestListener] = []
+        self._models: dict[str, tuple[str, ...]] = {name: s.model_ids for name, s in live.all().items()}
+        self._changed = asyncio.Event()
+        self._best: RankedProvider | None = None
+
+    @property
+    def ranker(self) -> Ranker:
+        return self.cache.ranker
+
+    @property
+    def best(self) -> RankedProvider | None:
+        """The best provider as of the last look (None before the first)."""
+        return self._best
+
+    def subscribe(self, listener: BestListener) -> None:
+        """Call `listener` with every look the watcher takes (it must not block)."""
+        self._listeners.append(listener)
+
+    def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
+        """Pipeline sink: status and model-list changes reach rankings at once, other results within refresh_s."""
+        self.observed(recorded.observation.provider, bool(recorded.changes))
+
+    def observed(self, provider: str, status_changed: bool) -> None:
+        state = self.live.get(provider)
+        models = state.model_ids if state is not None else ()
+        if status_changed or self._models.get(provider, ()) != models:
+            self._models[provider] = models
+            self.cache.invalidate()
+        self._changed.set()
+
+    def reconfigured(self, removed: Iterable[str] = ()) -> None:
+        """After a reload: forget removed providers and re-rank."""
+        for name in removed:
+            self._models.pop(name, None)
+        self.cache.invalidate()
+        self._changed.set()
+
+    def top(self) -> Ranking:
+        """The head of the default ranking (best and the fallbacks updates name), once per cache generation.
+
+        Scoring only the head (no entry built for every provider) keeps the watch cheap with thousands of
+        providers. GET /v1/ranking still computes the whole ranking on demand.
+        """
+        return self.cache.ranking(limit=1 + FALLBACKS_IN_EVENTS)
+
+    def look(self) -> BestUpdate | None:
+        """Rank the head now and tell the listeners; None if ranking failed (logged; the next look tries again)."""
+        try:
+            ranking = self.top()
+        except Exception:  # a bug must not end the watch: the next result tries again
+            log.exception("ranking.check_failed")
+            return None
+        previous, current = self._best, ranking.best
+        changed = _name(previous) != _name(current)
+        update = BestUpdate(previous, current, tuple(e.provider for e in ranking.entries[1:1 + FALLBACKS_IN_EVENTS]),
+                            ranking.generated_at, changed)
+        if changed:
+            log.info("ranking.best_changed", previous=_name(previous), current=_name(current))
+        self._best = current
+        for listener in self._listeners:
+            listener(update)
+        return update
+
+    async def watch(self) -> None:
+        """Look whenever the live state changed (at most every check_interval_s) and every tick_s. Until cancelled."""
+        self._best = self._quiet_best()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.tick_s)
+            self._changed.clear()
+            self.look()
+            await asyncio.sleep(self.check_interval_s)
+            if self.cache.pending:  # a change the cached generation does not show yet: look again
+                self._changed.set()
+
+    def _quiet_best(self) -> RankedProvider | None:
+        """The best at the start, without an update: a restart is not a change of the best provider."""
+        try:
+            return self.top().best
+        except Exception:
+            log.exception("ranking.check_failed")
+            return None
+
+
+def _name(entry: RankedProvider | None) -> str | None:
+    return entry.provider if entry is not None else None
