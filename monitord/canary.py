@@ -370,12 +370,18 @@ class CanaryRunner:
         self._limit = asyncio.Semaphore(concurrency)
         self._now = now
         self.budget = CanaryBudget()
+        self._paused: set[tuple[str, str]] = set()  # said once per pause, not at every skipped run
 
     async def run(self, spec: ProviderSpec, model: str, *, kind: ModelKind | None = None,
                   capacity: Capacity | None = None) -> GenerationSample:
         async with self._limit:
             sample = await run_canary(spec, model, self._session, kind=kind, capacity=capacity,
                                       budget=self.budget, now=self._now)
-        if sample.error_class is ErrorClass.BUDGET_EXHAUSTED:
+        key = (spec.name, model)
+        if sample.error_class is ErrorClass.BUDGET_EXHAUSTED and key not in self._paused:
+            self._paused.add(key)
             log.warning("canary.paused", provider=spec.name, model=model, reason=sample.error)
+        elif sample.error_class is not ErrorClass.BUDGET_EXHAUSTED and key in self._paused:
+            self._paused.discard(key)
+            log.info("canary.resumed", provider=spec.name, model=model)
         return sample

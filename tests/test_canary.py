@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 
 from monitord.canary import CanaryBudget, CanaryRunner, canary_models, run_canary
 from monitord.model import (
@@ -416,3 +417,16 @@ def test_other_families_use_their_own_generate_routes() -> None:
     assert "chat_template_kwargs" not in planned("ollama").payload
     spec = ProviderSpec(name="p", type="tgi", base_url="http://127.0.0.1:1")
     assert isinstance(plan(spec, "m", ModelKind.EMBEDDING), Skip)
+
+
+async def test_a_paused_canary_says_so_once(provider_double: StartDouble, session: aiohttp.ClientSession) -> None:
+    double = await provider_double("vllm", reply_tokens=8)
+    spec = spec_for(double, max_tokens=8, max_tokens_per_day=8)
+    runner = CanaryRunner(session)
+
+    with structlog.testing.capture_logs() as logs:
+        samples = [await runner.run(spec, VLLM_MODEL) for _ in range(3)]
+
+    assert [s.error_class for s in samples] == [None, ErrorClass.BUDGET_EXHAUSTED, ErrorClass.BUDGET_EXHAUSTED]
+    paused = [e for e in logs if e["event"] == "canary.paused"]
+    assert len(paused) == 1 and paused[0]["provider"] == spec.name and paused[0]["model"] == VLLM_MODEL
