@@ -263,6 +263,9 @@ def result_to_dict(result: ProbeResult, endpoint: str) -> dict[str, Any]:
         "attempts": result.attempts,
         "server_version": result.server_version,
         "models": [m.to_dict() for m in result.models],
+        "saturated": result.capacity.saturated if result.capacity is not None else None,
+        "capacity": result.capacity.to_dict() if result.capacity is not None else None,
+        "identity": result.identity.to_dict() if result.identity is not None else None,
     }
 
 
@@ -280,6 +283,14 @@ def status_cell(status: Status | str) -> Text:
     return Text(safe_text(str(status)), style=STATUS_STYLE.get(str(status), ""))
 
 
+def status_load_cell(status: Status | str, saturated: bool | None) -> Text:
+    """The status, with `saturated` beside it when the server's last load figures said no slot was idle."""
+    cell = status_cell(status)
+    if saturated:
+        cell.append(" saturated", style="yellow")
+    return cell
+
+
 def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str],
                         samples: Mapping[str, GenerationSample] | None = None) -> None:
     """The probe table; with `samples` (check --generate) also TTFT and tokens/s of each provider's canary."""
@@ -295,7 +306,7 @@ def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str
         models = ", ".join(r.model_ids[:3]) + (f" (+{len(r.models) - 3})" if len(r.models) > 3 else "")
         error = f"{r.error_class.value}: {r.error}" if r.error_class else ""
         cells: list[Any] = [plain(r.provider), r.provider_type, plain(endpoints.get(r.provider, "")),
-                            status_cell(r.status), f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error)]
+                            status_load_cell(r.status, r.capacity.saturated if r.capacity else None), f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error)]
         if samples is not None:
             sample = samples.get(r.provider)
             cells[5:5] = _generation_cells(sample)
@@ -425,7 +436,8 @@ def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table
         models = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
         error = f"{p['last_error_class']}: {p['last_error'] or ''}".rstrip(": ") if p["last_error_class"] else ""
         speed = generation_cells(speeds[p["name"]]) if canary else []
-        table.add_row(plain(p["name"]), plain(p["type"]), status_cell(p["status"]), _for(p["since"], now),
+        table.add_row(plain(p["name"]), plain(p["type"]), status_load_cell(p["status"], p.get("saturated")),
+                      _for(p["since"], now),
                       _ratio_text(p["availability"]), _ms_text(p["latency_p50_ms"]), _ms_text(p["latency_p95_ms"]),
                       *speed, plain(models or "-"), plain(error))
     return table

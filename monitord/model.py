@@ -585,7 +585,8 @@ class QualityPreference(enum.StrEnum):
     QUALITY = "quality"  # availability and model size / context weigh most
 
 
-_CRITERIA_KEYS = ("task_type", "required_capabilities", "max_tokens", "quality_preference", "model", "providers")
+_CRITERIA_KEYS = ("task_type", "required_capabilities", "max_tokens", "quality_preference", "model", "providers",
+                  "max_queue")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
@@ -621,11 +622,12 @@ def _capability(key: str, value: str) -> str:
     return CAPABILITY_ALIASES.get(name, name)
 
 
-def _positive_int(key: str, value: Any) -> int:
+def _positive_int(key: str, value: Any, *, minimum: int = 1) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{key}: expected {kind}, got {value!r}")
     return value
 
 
@@ -639,6 +641,7 @@ class Criteria:
     quality_preference: QualityPreference = QualityPreference.BALANCED
     model: str | None = None  # exact id or glob (* ? [...]), case-insensitive
     providers: frozenset[str] | None = None  # allow-list of provider names
+    max_queue: int | None = None  # excludes providers whose KNOWN queue of waiting requests is longer
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Criteria:
@@ -667,6 +670,8 @@ class Criteria:
                 values[key] = frozenset(_names(key, value))
             elif key == "max_tokens":
                 values[key] = _positive_int(key, value)
+            elif key == "max_queue":
+                values[key] = _positive_int(key, value, minimum=0)
             else:  # model
                 if not isinstance(value, str):
                     raise ValueError(f"model: expected a string, got {type(value).__name__}")
@@ -681,6 +686,7 @@ class Criteria:
             "quality_preference": self.quality_preference.value,
             "model": self.model,
             "providers": sorted(self.providers) if self.providers is not None else None,
+            "max_queue": self.max_queue,
         }
 
 
@@ -699,7 +705,7 @@ class Evidence:
 
     samples: int  # 0 for parts that come from the config or the model list
     age_s: float | None  # seconds since the newest sample the part uses; None: no sample
-    source: str  # "probes", "requests", "canary", "config", "models"
+    source: str  # "probes", "requests", "canary", "config", "models", "capacity"
     model: str | None = None  # the model a canary-based part measured
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,11 @@ score = weight x status_factor x (weighted sum of availability, speed, recency, 
 each part in [0, 1] and the weights chosen by the quality preference (WEIGHTS). `speed` is what users wait for:
 the canary's TTFT and tokens/s of the model the criteria ask for, where samples exist; otherwise it falls back to
 `latency`, the control-plane time of one HTTP request (per request, so types that ask one route and types that ask
-three compare on equal work). Every part says what it rests on (RankedProvider.evidence).
+three compare on equal work). `headroom` is the room the server published at its last probe (idle slots, queue,
+KV cache; unknown counts half). A saturated provider (no idle slot or a queue) sorts below every unsaturated one of
+its status tier, and `warm` (a factor like weight) costs a provider COLD_LOAD_FACTOR when the model it would serve
+is not in memory and must be loaded first (Ollama, LM Studio). Every part says what it rests on
+(RankedProvider.evidence).
 No I/O and no clock reads (`now` is an argument). `Ranker` keeps the criteria-independent preparation of each
 provider between calls, keyed by the identity of its immutable state and spec, so a request pays only for
 matching and scoring; `rank()` is the one-shot form.
@@ -23,6 +27,7 @@ from fnmatch import translate
 
 from monitord.model import (
     CAPABILITY_ALIASES,
+    Capacity,
     Criteria,
     Evidence,
     GenerationStats,
@@ -78,13 +83,15 @@ _KIND_CAPABILITIES: Mapping[ModelKind, frozenset[str]] = {
 
 # Score weights by preference; each row sums to 1 so the weighted sum stays in [0, 1].
 WEIGHTS: Mapping[QualityPreference, Mapping[str, float]] = {
-    QualityPreference.FAST: {"availability": 0.20, "speed": 0.50, "recency": 0.15, "priority": 0.05,
-                             "quality": 0.00, "task_fit": 0.10},
-    QualityPreference.BALANCED: {"availability": 0.30, "speed": 0.25, "recency": 0.15, "priority": 0.10,
-                                 "quality": 0.10, "task_fit": 0.10},
-    QualityPreference.QUALITY: {"availability": 0.30, "speed": 0.05, "recency": 0.15, "priority": 0.10,
-                                "quality": 0.30, "task_fit": 0.10},
+    QualityPreference.FAST: {"availability": 0.20, "speed": 0.40, "headroom": 0.15, "recency": 0.10,
+                             "priority": 0.05, "quality": 0.00, "task_fit": 0.10},
+    QualityPreference.BALANCED: {"availability": 0.25, "speed": 0.20, "headroom": 0.15, "recency": 0.10,
+                                 "priority": 0.10, "quality": 0.10, "task_fit": 0.10},
+    QualityPreference.QUALITY: {"availability": 0.30, "speed": 0.05, "headroom": 0.10, "recency": 0.10,
+                                "priority": 0.10, "quality": 0.25, "task_fit": 0.10},
 }
+UNKNOWN_HEADROOM = 0.5  # a server that publishes no load is neither idle nor full
+COLD_LOAD_FACTOR = 0.8  # the score of a provider that must first load the model into memory
 # How the speed part weighs its two measures, by preference: `fast` leans on time to first token.
 SPEED_TTFT_SHARE: Mapping[QualityPreference, float] = {
     QualityPreference.FAST: 0.6, QualityPreference.BALANCED: 0.5, QualityPreference.QUALITY: 0.5,
@@ -191,9 +198,9 @@ class _Fit:
 class _Prepared:
     """Everything about one provider that does not depend on the criteria, and its fits to recent queries."""
 
-    __slots__ = ("availability", "contexts", "fits", "generation", "last_failure_s", "latency_ms", "latency_source",
-                 "offers", "priority", "priority_part", "spec", "state", "status", "status_factor", "status_reasons",
-                 "tier", "urls", "weight")
+    __slots__ = ("availability", "contexts", "fits", "generation", "headroom", "last_failure_s", "latency_ms",
+                 "latency_source", "offers", "priority", "priority_part", "queue", "resident", "saturated", "spec",
+                 "state", "status", "status_factor", "status_reasons", "tier", "urls", "weight")
 
     def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy,
                  generation: Mapping[str, GenerationStats] = _NO_GENERATION) -> None:
@@ -207,6 +214,12 @@ class _Prepared:
         self.priority = spec.priority
         self.priority_part = 0.5 + 0.5 * spec.priority / (abs(spec.priority) + 5)
         self.weight = max(0.0, spec.weight)
+        load = state.capacity if state is not None else None
+        self.headroom = headroom(load)
+        self.saturated = load is not None and load.saturated
+        self.queue = load.queue_depth if load is not None else None
+        self.resident = (frozenset(m.id for m in load.resident_models)
+                         if load is not None and load.resident_models is not None else None)
         self.latency_source = "requests"
         if state is None:
             self.availability, self.latency_ms, self.last_failure_s = 0.0, None, None
@@ -253,6 +266,28 @@ class _Prepared:
 
 
 _FITS_KEPT = 32
+
+
+def headroom(load: Capacity | None) -> float:
+    """Room for one more request, 0..1, from what the server published: the tightest of idle slots / slots,
+    1 / (1 + queue) and the free KV cache; UNKNOWN_HEADROOM when it says nothing."""
+    if load is None:
+        return UNKNOWN_HEADROOM
+    parts = []
+    if load.slots_total and load.slots_busy is not None:
+        parts.append(max(0, load.slots_total - load.slots_busy) / load.slots_total)
+    if load.queue_depth is not None:
+        parts.append(1.0 / (1 + load.queue_depth))
+    if load.kv_cache_usage is not None:
+        parts.append(1.0 - load.kv_cache_usage)
+    return min(parts) if parts else UNKNOWN_HEADROOM
+
+
+def warm_factor(resident: frozenset[str] | None, model: str | None) -> float:
+    """COLD_LOAD_FACTOR when the server says what is in memory and `model` is not among it, else 1."""
+    if resident is None or model is None or model in resident:
+        return 1.0
+    return COLD_LOAD_FACTOR
 
 
 def _first_answer_ms(stats: GenerationStats) -> float | None:
@@ -303,6 +338,7 @@ class _Query:
                 groups.append((" or ".join(sorted(group)), group))
         self.groups = tuple(groups)
         self.max_tokens = criteria.max_tokens
+        self.max_queue = criteria.max_queue
         self.model = criteria.model
         self.model_match: Callable[[str], object] | None = None  # truthy on a match
         if criteria.model is not None:
@@ -360,9 +396,10 @@ class Ranker:
         speed part; each provider's mapping is taken by identity, like its state, so it must be replaced, never
         changed in place.
 
-        Order: status tier (up, degraded, loading), then score desc, priority desc, name asc. A provider not in
-        an allow-list (`criteria.providers`) is left out silently; a listed name that is not configured is
-        excluded as such. `limit` caps the entries (not the exclusions) and saves building the rest.
+        Order: status tier (up, degraded, loading), unsaturated before saturated, then score desc, priority desc,
+        name asc. A provider not in an allow-list (`criteria.providers`) is left out silently; a listed name that
+        is not configured is excluded as such; one whose published queue is over `criteria.max_queue` is excluded
+        with the reason. `limit` caps the entries (not the exclusions) and saves building the rest.
         """
         query = _Query(criteria)
         excluded: dict[str, tuple[str, ...]] = {}
@@ -382,8 +419,12 @@ class Ranker:
                 prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured)
             key = prepared.fit_key(query)
             fit = prepared.fits.get(key) or prepared.fit(query, key)
-            if fit.reasons:
-                excluded[name] = fit.reasons
+            reasons = fit.reasons
+            if query.max_queue is not None and prepared.queue is not None and prepared.queue > query.max_queue:
+                reasons = (*reasons, f"queue of {prepared.queue} waiting request(s) is over max_queue "
+                                     f"{query.max_queue}")
+            if reasons:
+                excluded[name] = reasons
             else:
                 candidates.append((prepared, fit))
         if allowed is not None:
@@ -406,10 +447,10 @@ class Ranker:
         exp = math.exp
         w = query.weights
         w_availability, w_speed, w_recency = w["availability"], w["speed"], w["recency"]
-        w_priority, w_quality, w_task_fit = w["priority"], w["quality"], w["task_fit"]
+        w_priority, w_quality, w_task_fit, w_headroom = w["priority"], w["quality"], w["task_fit"], w["headroom"]
         # Sort keys end with the candidate's index: names are unique, so nothing past the name is compared.
-        keyed: list[tuple[int, float, int, str, int]] = []
-        parts: list[tuple[float, float, float]] = []
+        keyed: list[tuple[int, bool, float, int, str, int]] = []
+        parts: list[tuple[float, float, float, float]] = []
         for index, (prepared, fit) in enumerate(candidates):
             latency_ms = prepared.latency_ms
             latency = best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
@@ -417,15 +458,17 @@ class Ranker:
             failed_s = prepared.last_failure_s
             recency = 1.0 if failed_s is None else 1.0 - exp(-max(0.0, now_s - failed_s) / tau_s)
             total = (w_availability * prepared.availability + w_speed * fast + w_recency * recency
-                     + w_priority * prepared.priority_part + w_quality * fit.quality + w_task_fit * fit.task_fit)
-            keyed.append((prepared.tier, -prepared.weight * prepared.status_factor * total, -prepared.priority,
-                          prepared.spec.name, index))
-            parts.append((fast, latency, recency))
+                     + w_priority * prepared.priority_part + w_quality * fit.quality + w_task_fit * fit.task_fit
+                     + w_headroom * prepared.headroom)
+            warm = warm_factor(prepared.resident, fit.model)
+            keyed.append((prepared.tier, prepared.saturated, -prepared.weight * prepared.status_factor * warm * total,
+                          -prepared.priority, prepared.spec.name, index))
+            parts.append((fast, latency, recency, warm))
         if limit is not None and limit < len(keyed):
             keyed = heapq.nsmallest(max(0, limit), keyed)
         else:
             keyed.sort()
-        return tuple(_entry(-k[1], *candidates[k[4]], *parts[k[4]], now) for k in keyed)
+        return tuple(_entry(-k[2], *candidates[k[5]], *parts[k[5]], now) for k in keyed)
 
 
 class _SpeedScale:
@@ -485,11 +528,13 @@ def _evidence(prepared: _Prepared, fit: _Fit, now: datetime) -> dict[str, Eviden
         "task_fit": models,
         "weight": _CONFIG,
         "status_factor": Evidence(samples, probed, "probes"),
+        "headroom": Evidence(1 if state is not None and state.capacity is not None else 0, probed, "capacity"),
+        "warm": Evidence(1 if prepared.resident is not None else 0, probed, "capacity", fit.model),
     }
 
 
 def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, latency: float, recency: float,
-           now: datetime) -> RankedProvider:
+           warm: float, now: datetime) -> RankedProvider:
     urls = prepared.urls
     return RankedProvider(
         provider=prepared.spec.name, type=prepared.spec.type, score=score, status=prepared.status,
@@ -497,6 +542,7 @@ def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, latency: 
             "availability": prepared.availability, "speed": speed, "latency": latency, "recency": recency,
             "priority": prepared.priority_part, "quality": fit.quality, "task_fit": fit.task_fit,
             "weight": prepared.weight, "status_factor": prepared.status_factor,
+            "headroom": prepared.headroom, "warm": warm,
         },
         models=fit.models,
         endpoint=urls.endpoint, api_base=urls.api_base, chat_url=urls.chat_url, model=fit.model,

@@ -206,10 +206,10 @@ async def test_ranking_filters(api: tuple[Client, World], query: str, expected: 
 async def test_ranking_echoes_the_parsed_criteria(api: tuple[Client, World]) -> None:
     client, _ = api
     body = await get_json(client, "/v1/ranking?task_type=code_generation&capability=function_calling"
-                                  "&quality=quality&max_tokens=4096&provider=alpha")
+                                  "&quality=quality&max_tokens=4096&provider=alpha&max_queue=0")
     assert body["criteria"] == {"task_type": "code_generation", "required_capabilities": ["tools"],
                                 "max_tokens": 4096, "quality_preference": "quality", "model": None,
-                                "providers": ["alpha"]}
+                                "providers": ["alpha"], "max_queue": 0}
     assert body["excluded"] == {}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from monitord.model import (
+    Capacity,
     Criteria,
     ErrorClass,
     Evidence,
@@ -18,12 +19,23 @@ from monitord.model import (
     ProviderSpec,
     ProviderState,
     QualityPreference,
+    ResidentModel,
     ServedModel,
     Status,
     TaskType,
 )
 from monitord.providers import provider_urls
-from monitord.ranking import Ranker, model_quality, parameter_billions, rank, wilson_lower_bound
+from monitord.ranking import (
+    COLD_LOAD_FACTOR,
+    UNKNOWN_HEADROOM,
+    Ranker,
+    headroom,
+    model_quality,
+    parameter_billions,
+    rank,
+    warm_factor,
+    wilson_lower_bound,
+)
 
 NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
 CHAT = frozenset({"chat", "completion", "streaming"})
@@ -315,7 +327,7 @@ def test_components_and_json() -> None:
     ranking = rank(*world(state("a", models=served(LLAMA))), Criteria(model="llama*"), NOW)
     entry = ranking.entries[0]
     assert set(entry.components) == {"availability", "speed", "latency", "recency", "priority", "quality",
-                                     "task_fit", "weight", "status_factor"}
+                                     "task_fit", "weight", "status_factor", "headroom", "warm"}
     assert set(entry.evidence) == set(entry.components)
     assert 0.0 < entry.score <= 1.0
     body = ranking.to_dict()
@@ -418,7 +430,7 @@ def test_criteria_to_dict() -> None:
                         providers=frozenset({"b", "a"}))
     assert criteria.to_dict() == {"task_type": "chat", "required_capabilities": ["tools", "vision"],
                                   "max_tokens": None, "quality_preference": "balanced", "model": None,
-                                  "providers": ["a", "b"]}
+                                  "providers": ["a", "b"], "max_queue": None}
 
 
 def test_criteria_built_in_code_are_normalised_too() -> None:
@@ -572,3 +584,75 @@ def test_a_misconfigured_provider_is_excluded_with_the_hint() -> None:
     ranking = rank(states, {"a": spec("a"), "b": spec("b")}, Criteria(), NOW)
     assert [e.provider for e in ranking.entries] == ["b"]
     assert ranking.excluded["a"] == (f"status misconfigured ({hint})",)
+
+
+# -- capacity: headroom, saturation, cold loads, max_queue ---------------------------------------------------------
+
+def loaded(base: ProviderState, **load: Any) -> ProviderState:
+    return replace(base, capacity=Capacity(**load))
+
+
+@pytest.mark.parametrize(("load", "expected"), [
+    (None, UNKNOWN_HEADROOM),
+    (Capacity(), UNKNOWN_HEADROOM),
+    (Capacity(slots_total=4, slots_busy=1), 0.75),
+    (Capacity(slots_total=2, slots_busy=2), 0.0),
+    (Capacity(queue_depth=0), 1.0),
+    (Capacity(queue_depth=3), 0.25),
+    (Capacity(queue_depth=0, kv_cache_usage=0.9), pytest.approx(0.1)),
+    (Capacity(slots_total=4, slots_busy=0, queue_depth=1), 0.5),  # the tightest part wins
+])
+def test_headroom(load: Capacity | None, expected: Any) -> None:
+    assert headroom(load) == expected
+
+
+def test_an_idle_server_ranks_above_a_busy_twin_and_a_saturated_one_below_every_unsaturated() -> None:
+    base = state("x", models=served(LLAMA))
+    idle = loaded(replace(base, name="idle"), slots_total=2, slots_busy=0)
+    busy = loaded(replace(base, name="busy"), slots_total=2, slots_busy=1)
+    full = loaded(replace(base, name="full", latency_ewma_ms=5.0, request_latency_ms=5.0), slots_total=1,
+                  slots_busy=1)  # the fastest, but every slot is taken
+    silent = replace(base, name="silent")  # publishes nothing
+    ranking = rank(*world(idle, busy, full, silent), Criteria(), NOW)
+    assert [e.provider for e in ranking.entries] == ["idle", "busy", "silent", "full"]
+    by_name = {e.provider: e for e in ranking.entries}
+    assert [by_name[n].components["headroom"] for n in ("idle", "busy", "silent", "full")] == [1.0, 0.5, 0.5, 0.0]
+    assert by_name["full"].evidence["headroom"].source == "capacity"
+
+
+def test_a_degraded_server_stays_below_a_saturated_up_one() -> None:
+    full = loaded(state("full", models=served(LLAMA)), queue_depth=4)
+    degraded = state("degraded", Status.DEGRADED, models=served(LLAMA))
+    assert order(Criteria(), full, degraded) == ["full", "degraded"]
+
+
+def test_max_queue_excludes_known_queues_over_it_with_the_reason() -> None:
+    short = loaded(state("short", models=served(LLAMA)), queue_depth=1)
+    long = loaded(state("long", models=served(LLAMA)), queue_depth=5)
+    silent = state("silent", models=served(LLAMA))
+    ranking = rank(*world(short, long, silent), Criteria(max_queue=2), NOW)
+    assert {e.provider for e in ranking.entries} == {"short", "silent"}  # a queue nobody publishes is kept
+    assert ranking.excluded == {"long": ("queue of 5 waiting request(s) is over max_queue 2",)}
+    strict = rank(*world(short, long, silent), Criteria(max_queue=0), NOW)
+    assert set(strict.excluded) == {"short", "long"}
+
+
+def test_max_queue_parses_and_refuses_bad_values() -> None:
+    assert Criteria.from_mapping({"max_queue": "0"}).max_queue == 0
+    assert Criteria.from_mapping({"max_queue": 3}).to_dict()["max_queue"] == 3
+    for bad in (-1, "x", 1.5, True):
+        with pytest.raises(ValueError, match="max_queue"):
+            Criteria.from_mapping({"max_queue": bad})
+
+
+def test_a_model_that_must_be_loaded_first_costs_the_cold_load_factor() -> None:
+    warm = loaded(state("warm", models=served(LLAMA)), resident_models=(ResidentModel(LLAMA.id),))
+    cold = loaded(state("cold", models=served(LLAMA)), resident_models=())
+    unsaid = state("unsaid", models=served(LLAMA))  # no word on what is resident: no penalty
+    ranking = rank(*world(cold, unsaid, warm), Criteria(model=LLAMA.id), NOW)
+    by_name = {e.provider: e for e in ranking.entries}
+    assert [by_name[n].components["warm"] for n in ("warm", "cold", "unsaid")] == [1.0, COLD_LOAD_FACTOR, 1.0]
+    assert by_name["cold"].score == pytest.approx(by_name["unsaid"].score * COLD_LOAD_FACTOR)
+    assert ranking.entries[-1].provider == "cold"
+    assert by_name["cold"].evidence["warm"] == Evidence(1, None, "capacity", LLAMA.id)
+    assert warm_factor(frozenset({"a"}), "b") == COLD_LOAD_FACTOR and warm_factor(None, "b") == 1.0

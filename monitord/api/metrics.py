@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from monitord.health import LiveState
-from monitord.model import GenerationSample, ProbeResult, ProviderSpec, Ranking, Status
+from monitord.model import Capacity, GenerationSample, ProbeResult, ProviderSpec, Ranking, Status
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PROBE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -187,6 +187,7 @@ class StateCollector:
         age = GaugeMetricFamily("monitord_provider_probe_age_seconds",
                                 "Seconds since the provider's last probe ended (monotonic clock).", labels=labels)
         ages = self.probe_ages()
+        capacity = _CapacityGauges(labels)
         specs = self.specs()
         states = self.live.all()
         for name in sorted(specs):
@@ -208,7 +209,9 @@ class StateCollector:
             models.add_metric(key, float(len(state.models)))
             if name in ages:
                 age.add_metric(key, ages[name])
-        yield from (up, status, availability, latency, failures, models, age)
+            if state.capacity is not None:
+                capacity.add(key, state.capacity)
+        yield from (up, status, availability, latency, failures, models, age, *capacity.families())
 
     def _ranking(self) -> Iterator[Any]:
         labels = ["provider", "type"]
@@ -220,6 +223,40 @@ class StateCollector:
             score.add_metric([entry.provider, entry.type], entry.score)
         yield rank
         yield score
+
+
+class _CapacityGauges:
+    """The load each provider published at its last probe; a series exists only while the server says it."""
+
+    def __init__(self, labels: list[str]) -> None:
+        def gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"monitord_provider_{name}", documentation, labels=labels)
+
+        self.saturated = gauge("saturated", "1 when no slot is idle or requests wait (last probe).")
+        self.slots = gauge("slots", "Parallel slots the server has (llama.cpp /slots or /props, KoboldCpp 1).")
+        self.slots_busy = gauge("slots_busy", "Slots serving a request now.")
+        self.queue = gauge("queue_depth", "Requests waiting for a slot.")
+        self.kv_cache = gauge("kv_cache_usage_ratio", "KV-cache in use, 0..1 (vLLM, SGLang, llama.cpp).")
+        self.running = gauge("requests_running", "Requests being generated now.")
+        self.resident = gauge("resident_models", "Models in memory now (Ollama /api/ps, LM Studio).")
+        self.tokens = CounterMetricFamily("monitord_provider_generation_tokens",
+                                          "The server's own generated-token counter, as last read.", labels=labels)
+
+    def add(self, key: list[str], load: Capacity) -> None:
+        self.saturated.add_metric(key, float(load.saturated))
+        for family, value in ((self.slots, load.slots_total), (self.slots_busy, load.slots_busy),
+                              (self.queue, load.queue_depth), (self.kv_cache, load.kv_cache_usage),
+                              (self.running, load.requests_running)):
+            if value is not None:
+                family.add_metric(key, float(value))
+        if load.resident_models is not None:
+            self.resident.add_metric(key, float(len(load.resident_models)))
+        if load.generation_tokens_total is not None:
+            self.tokens.add_metric(key, load.generation_tokens_total)
+
+    def families(self) -> tuple[Any, ...]:
+        return (self.saturated, self.slots, self.slots_busy, self.queue, self.kv_cache, self.running, self.resident,
+                self.tokens)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -159,6 +159,7 @@ _CRITERIA = _object({
     "quality_preference": {"type": "string", "enum": _enum(QualityPreference)},
     "model": _nullable("string"),
     "providers": {"type": ["array", "null"], "items": {"type": "string"}},
+    "max_queue": _nullable("integer", minimum=0),
 })
 
 _LIST_OR_CSV = {"oneOf": [TEXT, TEXTS]}
@@ -169,6 +170,9 @@ _SELECT_REQUEST = _object({
     "quality_preference": {"type": "string", "enum": _enum(QualityPreference)},
     "model": {**TEXT, "description": "Exact model id or glob (* ? [...]), case-insensitive."},
     "providers": {**_LIST_OR_CSV, "description": "Allow-list of provider names."},
+    "max_queue": {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS,
+                  "description": "Exclude providers whose published queue of waiting requests is longer (a server "
+                                 "that publishes no queue is kept)."},
     "fallbacks": {"type": "integer", "minimum": 0, "maximum": 100, "default": 3},
 }, required=[])
 
@@ -178,8 +182,12 @@ _ENTRY = _object({
     "score": {"type": "number", "minimum": 0},
     "status": STATUS,
     "components": {"type": "object", "additionalProperties": {"type": "number"},
-                   "description": "availability, speed, recency, priority, quality, task_fit (each 0..1) are "
-                                  "weighted and summed; score = weight x status_factor x that sum. speed comes "
+                   "description": "availability, speed, headroom, recency, priority, quality, task_fit (each 0..1) "
+                                  "are weighted and summed; score = weight x status_factor x warm x that sum. "
+                                  "headroom: room the server published (idle slots, queue, KV cache; 0.5 when it "
+                                  "publishes none); warm: 1, or 0.8 when the model must be loaded into memory "
+                                  "first (Ollama, LM Studio). A saturated provider sorts below unsaturated ones of "
+                                  "its status. speed comes "
                                   "from canary TTFT and tokens/s where samples exist, else it equals latency "
                                   "(control-plane time per HTTP request), which is always reported."},
     "evidence": {"type": "object", "additionalProperties": _ref("Evidence"),
@@ -198,7 +206,7 @@ _ENTRY = _object({
 _EVIDENCE = _object({
     "samples": {"type": "integer", "minimum": 0, "description": "Samples the part rests on (0: config)."},
     "age_s": {**_nullable("number", minimum=0), "description": "Seconds since the newest of them."},
-    "source": {"type": "string", "enum": ["probes", "requests", "canary", "config", "models"]},
+    "source": {"type": "string", "enum": ["probes", "requests", "canary", "config", "models", "capacity"]},
     "model": {**_nullable("string"), "description": "The model a canary-based part measured."},
 })
 
@@ -386,6 +394,8 @@ _CRITERIA_PARAMETERS = [
            "fast, balanced (default) or quality (alias: quality_preference)."),
     _query("model", TEXT, "Exact model id or glob."),
     _query("provider", TEXT, "Allow-list of provider names (alias: providers).", repeat=True),
+    _query("max_queue", {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS},
+           "Excludes providers whose published queue of waiting requests is longer."),
 ]
 
 

@@ -22,7 +22,7 @@ QUERY_ALIASES: Mapping[str, str] = {
     "quality": "quality_preference",
 }
 _CRITERIA_FIELDS = frozenset({"task_type", "required_capabilities", "max_tokens", "quality_preference", "model",
-                              "providers"})
+                              "providers", "max_queue"})
 _LIST_FIELDS = frozenset({"required_capabilities", "providers"})
 MAX_TOKENS = 2**31 - 1  # far past any context length; bigger ints would not fit the reply's 64-bit JSON ints
 COMPRESS_MIN_BYTES = 8 * 1024
@@ -135,8 +135,9 @@ def parse_criteria(raw: Mapping[str, Any]) -> Criteria:
         criteria = Criteria.from_mapping(raw)
     except ValueError as exc:
         raise ApiError(400, "invalid_criteria", str(exc)) from None
-    if criteria.max_tokens is not None and criteria.max_tokens > MAX_TOKENS:  # replies carry it as a JSON int
-        raise ApiError(400, "invalid_criteria", f"max_tokens: must be at most {MAX_TOKENS}, got {criteria.max_tokens}")
+    for name, value in (("max_tokens", criteria.max_tokens), ("max_queue", criteria.max_queue)):
+        if value is not None and value > MAX_TOKENS:  # replies carry it as a JSON int
+            raise ApiError(400, "invalid_criteria", f"{name}: must be at most {MAX_TOKENS}, got {value}")
     return criteria
 
 
