@@ -306,7 +306,8 @@ def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str
         models = ", ".join(r.model_ids[:3]) + (f" (+{len(r.models) - 3})" if len(r.models) > 3 else "")
         error = f"{r.error_class.value}: {r.error}" if r.error_class else ""
         cells: list[Any] = [plain(r.provider), r.provider_type, plain(endpoints.get(r.provider, "")),
-                            status_load_cell(r.status, r.capacity.saturated if r.capacity else None), f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error)]
+                            status_load_cell(r.status, r.capacity.saturated if r.capacity else None),
+                            f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error)]
         if samples is not None:
             sample = samples.get(r.provider)
             cells[5:5] = _generation_cells(sample)
