@@ -95,7 +95,10 @@ async def test_schemathesis_finds_no_5xx_and_no_drift_from_the_document(
         generated = re.search(r"(\d+) generated", report)
         assert generated is not None, report[-2000:]
         assert int(generated.group(1)) >= 300, report[-2000:]
-        assert "14 selected / 14 total" in report  # every operation the document names
+        selected = re.search(r"(\d+) selected / (\d+) total", report)
+        assert selected is not None, report[-2000:]
+        # every operation the document names is fuzzed (the count grows with the API: not pinned here)
+        assert selected.group(1) == selected.group(2) and int(selected.group(2)) >= 14, report[:2000]
         print(f"\nschemathesis: {generated.group(0)} test cases, seed {SEED}")
 
         # Still serving, and no request ended in the error middleware's catch-all.
