@@ -23,6 +23,10 @@ from tests.plugins.doubles import StartDouble
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
+# Playwright's default 5 s for an expectation is short on a loaded 2-core CI (the daemon and Chromium share the
+# cores with the rest of the suite); tests with a real deadline (a live update within 2 s) pass their own timeout.
+playwright_api.expect.set_options(timeout=20_000)
+
 CHROMIUM = os.environ.get("MONITORD_TEST_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
