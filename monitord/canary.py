@@ -65,6 +65,50 @@ def canary_models(spec: ProviderSpec, listed: Sequence[ModelInfo]) -> tuple[tupl
     return ((chat[0].id, chat[0].kind),) if chat else ()
 
 
+@dataclass(frozen=True, slots=True)
+class CanaryJob:
+    """One scheduled canary: a provider and one model (None: the model the server lists, chosen at each run)."""
+
+    spec: ProviderSpec
+    model: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}/{self.model}" if self.model is not None else self.spec.name
+
+    @property
+    def probe_interval_s(self) -> float:
+        return self.spec.canary.interval_s
+
+    @property
+    def timeout_s(self) -> float:
+        return self.spec.canary.timeout_s
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec.enabled and self.spec.canary.enabled
+
+
+def canary_jobs(specs: Iterable[ProviderSpec]) -> list[CanaryJob]:
+    """The canary jobs of every provider whose canary is on: one per named model, else one that picks its model."""
+    jobs = []
+    for spec in specs:
+        if not (spec.enabled and spec.canary.enabled):
+            continue
+        named = spec.canary.models or spec.models
+        jobs += [CanaryJob(spec, model) for model in named] if named else [CanaryJob(spec)]
+    return jobs
+
+
+def job_model(job: CanaryJob, listed: Sequence[ModelInfo]) -> tuple[str, ModelKind | None] | None:
+    """The model a job tests now and its kind as the server lists it; None while there is nothing to test."""
+    if job.model is not None:
+        kinds = {m.id: m.kind for m in listed}
+        return job.model, kinds.get(job.model)
+    models = canary_models(job.spec, listed)
+    return models[0] if models else None
+
+
 # -- the daily budget ------------------------------------------------------------------------------------------
 
 

@@ -23,11 +23,12 @@ from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import make_test_event
 from monitord.alerts.service import AlertsService
 from monitord.api import ApiContext, ApiServer
+from monitord.canary import CanaryJob, CanaryRunner, canary_jobs, job_model
 from monitord.cluster import Cluster, ClusterBeat, default_instance_id
 from monitord.config import Config, ConfigError, load_config
 from monitord.health import HealthPolicy, LiveState
-from monitord.model import ProbeResult, ProviderSpec, Status, StatusChange
-from monitord.pipeline import Parts, ResultPipeline, wire
+from monitord.model import Capacity, GenerationSample, ProbeResult, ProviderSpec, Status, StatusChange
+from monitord.pipeline import Parts, Recorded, ResultPipeline, wire
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
 from monitord.ranking_service import RankingService
@@ -112,7 +113,10 @@ class Daemon:
         self._api_server: ApiServer | None = None
         self._store: Store | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._scheduler: ProbeScheduler | None = None
+        self._scheduler: ProbeScheduler[ProviderSpec] | None = None
+        self._canary_scheduler: ProbeScheduler[CanaryJob] | None = None  # its own timers, tasks and cap
+        self.canaries: CanaryRunner | None = None
+        self._capacity: dict[str, Capacity] = {}  # the last Capacity each provider's probe published
         self._cluster: Cluster | None = None  # set when cluster.enabled: several instances share the providers
         self._stopping = asyncio.Event()
         self._notifier = Notifier()
@@ -122,7 +126,7 @@ class Daemon:
     def _policy(config: Config) -> HealthPolicy:
         return HealthPolicy(failure_threshold=config.alerts.failure_threshold,
                             success_threshold=config.alerts.success_threshold,
-                            window_s=config.ranking.window_s)
+                            window_s=config.ranking.window_s, stall_window_s=config.monitor.stall_window_s)
 
     @property
     def store(self) -> Store:
@@ -182,6 +186,7 @@ class Daemon:
                               probe_ages=self._probe_ages, stale_probes=self._stale_probes)
         wire(self.pipeline, Parts(live=self.live, store=self._store, rankings=self.rankings, alerts=self.alerts,
                                   probed=self.probed, api=self.api, cluster=self._cluster))
+        self.pipeline.subscribe(ProbeResult, self._note_capacity, name="canary.capacity")
         self.rankings.subscribe(self.alerts.on_best)
         if serve_api:
             async with _step("api"):
@@ -202,6 +207,10 @@ class Daemon:
                                          jitter_s=cfg.monitor.jitter_s)
         self._scheduler.sync(specs)
         self._scheduler.start()
+        self.canaries = CanaryRunner(self._session, concurrency=cfg.monitor.canary.concurrency, now=self.clock)
+        self._canary_scheduler = ProbeScheduler(self._canary, concurrency=cfg.monitor.canary.concurrency)
+        self._canary_scheduler.sync(canary_jobs(specs))
+        self._canary_scheduler.start()
         log.info("daemon.started", providers=len(specs), enabled=sum(s.enabled for s in specs),
                  storage=self._store.dialect, restored=len(recent), api_port=self.api_port)
 
@@ -223,9 +232,31 @@ class Daemon:
         result = await probe_provider(spec, ADAPTERS[spec.type], self._session, now=self.clock)
         self.pipeline.record(result)
 
-    def record(self, result: ProbeResult) -> tuple[StatusChange, ...]:
-        """A probe result made elsewhere (tests, embedding) through the pipeline, as the scheduler's are."""
-        return self.pipeline.record(result)
+    def _note_capacity(self, recorded: Recorded[ProbeResult]) -> None:
+        capacity = recorded.observation.capacity
+        if capacity is not None:
+            self._capacity[recorded.observation.provider] = capacity
+
+    async def _canary(self, job: CanaryJob) -> None:
+        """One canary of one job, recorded through the pipeline. A provider that does not answer its health
+        routes (down, loading, not probed yet) gets none: it is not up anyway, and a canary would only queue."""
+        assert self.canaries is not None
+        spec = job.spec
+        if self._cluster is not None and not self._cluster.owns(spec.name):
+            return
+        state = self.live.get(spec.name)
+        if state is None or state.status in (Status.DOWN, Status.LOADING, Status.UNKNOWN):
+            return
+        chosen = job_model(job, [served.info for served in state.models])
+        if chosen is None:
+            return
+        model, kind = chosen
+        sample = await self.canaries.run(spec, model, kind=kind, capacity=self._capacity.get(spec.name))
+        self.pipeline.record(sample)
+
+    def record(self, observation: ProbeResult | GenerationSample) -> tuple[StatusChange, ...]:
+        """A probe result or canary sample made elsewhere (tests, embedding) through the pipeline."""
+        return self.pipeline.record(observation)
 
     async def run_once(self) -> list[ProbeResult]:
         """Probe every enabled provider once now, record and flush (tests, `probe --once`)."""
@@ -266,7 +297,12 @@ class Daemon:
         self.live.policy = self._policy(new)
         assert self._scheduler is not None and self.alerts is not None
         added, removed, changed = self._scheduler.sync(specs)
+        if self._canary_scheduler is not None:
+            self._canary_scheduler.sync(canary_jobs(specs))
+        if self.canaries is not None:
+            self.canaries.budget.forget(self._specs)
         for name in removed:
+            self._capacity.pop(name, None)
             self.live.remove(name)
             self.probed.discard(name)
             self.alerts.forget(name)
@@ -289,6 +325,8 @@ class Daemon:
         """
         if self._scheduler is not None:
             await self._scheduler.shutdown()
+        if self._canary_scheduler is not None:
+            await self._canary_scheduler.shutdown()
         await self.supervisor.stop()
         if self._cluster is not None:
             try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
-from monitord.model import ProbeResult, Status, StatusChange
+from monitord.model import GenerationSample, ProbeResult, Status, StatusChange
 
 if TYPE_CHECKING:  # the parts `wire` connects; this module itself only dispatches
     from monitord.alerts.service import AlertsService
@@ -112,6 +112,17 @@ def log_probe(recorded: Recorded[ProbeResult]) -> None:
               current=change.current.value, error_class=result.error_class, error=result.error)
 
 
+def log_sample(recorded: Recorded[GenerationSample]) -> None:
+    """The log sink for canary samples: one debug line per canary, one line per status change it caused."""
+    sample = recorded.observation
+    log.debug("canary.done", provider=sample.provider, model=sample.model, ok=sample.ok, skipped=sample.skipped,
+              error_class=sample.error_class, ttft_ms=sample.ttft_ms, tokens_per_s=sample.tokens_per_s)
+    for change in recorded.changes:
+        level = log.warning if change.current is Status.STALLED else log.info
+        level("provider.status_changed", provider=change.provider, previous=change.previous.value,
+              current=change.current.value, error_class=change.error_class, error=change.error)
+
+
 @dataclass(frozen=True, slots=True)
 class Parts:
     """What observations fan out to; the daemon builds them, `wire` connects them."""
@@ -138,3 +149,13 @@ def wire(pipeline: ResultPipeline, parts: Parts) -> None:
         pipeline.subscribe(ProbeResult, parts.api.on_probe, name="api")
     pipeline.subscribe(ProbeResult, parts.alerts.on_probe, name="alerts")
     pipeline.subscribe(ProbeResult, log_probe, name="log")
+
+    # generation canaries: the health fold may call a provider stalled (or well again)
+    pipeline.register(GenerationSample, fold=parts.live.fold_sample)
+    pipeline.subscribe(GenerationSample, lambda r: parts.store.enqueue(r.observation), name="store",
+                       local_only=True)
+    pipeline.subscribe(GenerationSample, parts.rankings.on_sample, name="ranking")
+    if parts.api is not None:
+        pipeline.subscribe(GenerationSample, parts.api.on_sample, name="api")
+    pipeline.subscribe(GenerationSample, parts.alerts.on_sample, name="alerts")
+    pipeline.subscribe(GenerationSample, log_sample, name="log")

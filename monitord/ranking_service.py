@@ -24,7 +24,7 @@ from datetime import datetime
 import structlog
 
 from monitord.health import LiveState
-from monitord.model import Criteria, ProbeResult, ProviderSpec, RankedProvider, Ranking
+from monitord.model import Criteria, GenerationSample, ProbeResult, ProviderSpec, RankedProvider, Ranking
 from monitord.pipeline import Recorded
 from monitord.ranking import Ranker
 
@@ -159,6 +159,10 @@ class RankingService:
 
     def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
         """Pipeline sink: status and model-list changes reach rankings at once, other results within refresh_s."""
+        self.observed(recorded.observation.provider, bool(recorded.changes))
+
+    def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
+        """Pipeline sink: a canary that made a provider stalled (or well again) reaches rankings at once."""
         self.observed(recorded.observation.provider, bool(recorded.changes))
 
     def observed(self, provider: str, status_changed: bool) -> None:

@@ -3,6 +3,7 @@ overlap, a cap. A step of the wall clock (NTP, a suspended VM, an operator) neit
 
 Knows nothing of HTTP or SQL: it calls `run_probe(spec)` and tracks the task so shutdown can cancel it. It also
 says how long ago each provider's last probe ended, so readiness and /metrics can tell stale probing apart.
+The same scheduler runs the generation canaries: one job per (provider, model), keyed by the job's `name`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
@@ -18,26 +20,42 @@ from monitord.model import ProviderSpec
 
 log = structlog.get_logger("monitord.scheduler")
 
+
+
+class Schedulable(Protocol):
+    """What the scheduler needs of a job: a ProviderSpec (health probes) or a canary job."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def probe_interval_s(self) -> float: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def enabled(self) -> bool: ...
+
+
+JobT = TypeVar("JobT", bound=Schedulable)
 RunProbe = Callable[[ProviderSpec], Awaitable[None]]
 
 STALE_SLACK_S = 2.0  # on top of two intervals and a timeout: a loaded loop is late, not stale
 
 
-def stale_after_s(spec: ProviderSpec) -> float:
+def stale_after_s(spec: Schedulable) -> float:
     """How old a provider's last probe may get before probing counts as stalled: a missed run is tolerated."""
     return 2 * spec.probe_interval_s + spec.timeout_s + STALE_SLACK_S
 
 
-class ProbeScheduler:
-    """One timer task per provider and every probe task they start."""
+class ProbeScheduler(Generic[JobT]):
+    """One timer task per provider (or canary job) and every probe task they start."""
 
-    def __init__(self, run_probe: RunProbe, *, concurrency: int, jitter_s: float = 0.0,
+    def __init__(self, run_probe: Callable[[JobT], Awaitable[None]], *, concurrency: int, jitter_s: float = 0.0,
                  rng: random.Random | None = None) -> None:
         self._run_probe = run_probe
         self._jitter_s = jitter_s
         self._rng = rng or random.Random()
         self._limit = asyncio.Semaphore(concurrency)
-        self._specs: dict[str, ProviderSpec] = {}
+        self._specs: dict[str, JobT] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}  # per provider: sleeps until its next run
         self._current: dict[str, asyncio.Task[None]] = {}  # per provider: its probe task, while it runs
         self._tasks: set[asyncio.Task[None]] = set()
@@ -49,7 +67,7 @@ class ProbeScheduler:
         self.skipped_total = 0  # runs dropped because the previous probe of that provider was still running
 
     @property
-    def specs(self) -> dict[str, ProviderSpec]:
+    def specs(self) -> dict[str, JobT]:
         return dict(self._specs)
 
     @property
@@ -79,7 +97,7 @@ class ProbeScheduler:
         """Start the timers; needs a running event loop."""
         self._go.set()
 
-    def schedule(self, spec: ProviderSpec, *, first_delay_s: float | None = None) -> None:
+    def schedule(self, spec: JobT, *, first_delay_s: float | None = None) -> None:
         """Add or replace the timer of `spec`. The first run is spread over one interval unless told otherwise."""
         delay = self._rng.uniform(0, spec.probe_interval_s) if first_delay_s is None else first_delay_s
         self._specs[spec.name] = spec
@@ -98,7 +116,7 @@ class ProbeScheduler:
         if timer is not None:
             timer.cancel()
 
-    def sync(self, specs: Iterable[ProviderSpec]) -> tuple[list[str], list[str], list[str]]:
+    def sync(self, specs: Iterable[JobT]) -> tuple[list[str], list[str], list[str]]:
         """Make the timers match `specs` (enabled ones only). Returns (added, removed, changed) names."""
         wanted = {s.name: s for s in specs if s.enabled}
         added = [n for n in wanted if n not in self._specs]

@@ -18,7 +18,7 @@ from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider
 from monitord.config import SilenceConfig, WebhookConfig
 from monitord.health import LiveState
-from monitord.model import AlertEvent, ProbeResult, ProviderSpec, Silence
+from monitord.model import AlertEvent, GenerationSample, ProbeResult, ProviderSpec, Silence
 from monitord.pipeline import Recorded
 from monitord.ranking_service import BestUpdate
 from monitord.store import Store
@@ -64,6 +64,16 @@ class AlertsService:
         name = recorded.observation.provider
         state, spec = self.live.get(name), self.specs().get(name)
         if state is None or spec is None:
+            return
+        events = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
+        if recorded.local:
+            self.emit(events)
+
+    def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
+        """Pipeline sink: a canary's verdict (stalled, recovered) is told like a probe's."""
+        name = recorded.observation.provider
+        state, spec = self.live.get(name), self.specs().get(name)
+        if state is None or spec is None or not recorded.changes:
             return
         events = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
         if recorded.local:

@@ -13,7 +13,7 @@ from aiohttp import web
 from monitord.api.events import EventHub
 from monitord.api.metrics import Metrics, StateCollector
 from monitord.health import LiveState
-from monitord.model import ProbeResult, ProviderSpec, Ranking, Secret, Silence, StatusChange
+from monitord.model import GenerationSample, ProbeResult, ProviderSpec, Ranking, Secret, Silence, StatusChange
 from monitord.pipeline import Recorded
 from monitord.ranking import Ranker
 from monitord.ranking_service import BestUpdate, RankingCache, RankingService
@@ -83,6 +83,14 @@ class ApiContext:
     def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
         """Pipeline sink: metrics and status events for each probe result."""
         self.on_result(recorded.observation, recorded.changes)
+
+    def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
+        """Pipeline sink: canary metrics, and the status events a canary caused (stalled, recovered)."""
+        self.metrics.observe_sample(recorded.observation)
+        for change in recorded.changes:
+            self.events.status_changed(change)
+        if self.owns_rankings:
+            self.ranking_service.observed(recorded.observation.provider, bool(recorded.changes))
 
     def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
         """Metrics and status events for one probe result (after LiveState.fold). Rankings learn it from the

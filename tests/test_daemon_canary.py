@@ -1,0 +1,105 @@
+"""The daemon with canaries on: an engine that stops generating while its API answers is stalled and never
+selected, within two canary intervals; it is selected again once a canary succeeds. Polls with deadlines only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from monitord.config import parse_config
+from monitord.daemon import Daemon
+from monitord.model import ErrorClass, Status
+from tests.doubles.webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.slow
+
+CANARY_INTERVAL_S = 10.0  # the issue's target: stalled within two canary intervals
+DEADLINE_S = 2.0
+
+
+def config_text(providers: dict[str, tuple[str, str, int]], db_url: str, canary: str, webhook: str) -> str:
+    lines = ["providers:"]
+    for name, (provider_type, url, priority) in providers.items():
+        lines += [f"  {name}:", f"    type: {provider_type}", f"    endpoint: {url}",
+                  f"    parameters: {{timeout: 1s, max_retries: 0, probe_interval: 1s, priority: {priority}, "
+                  f"canary: {canary}}}"]
+    lines += ["storage:", f"  url: {db_url}", "  flush_interval: 50ms", "api:", "  listen: 127.0.0.1:0",
+              "alerts:", "  webhooks:", f"    - url: {webhook}", "      events: [provider.stalled, provider.up]"]
+    return "\n".join(lines) + "\n"
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> float:
+    """Poll `check` (sync or async) until it is truthy; returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        outcome = check()
+        if asyncio.iscoroutine(outcome):
+            outcome = await outcome
+        if outcome:
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s:g}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def selected(client: aiohttp.ClientSession, daemon: Daemon) -> str | None:
+    async with client.post(f"http://127.0.0.1:{daemon.api_port}/v1/select", json={}) as resp:
+        body = await resp.json()
+        return body["provider"]["provider"] if resp.status == 200 else None
+
+
+async def test_an_engine_that_stops_generating_is_stalled_and_never_selected(sqlite_url: str,
+                                                                            provider_double: Any) -> None:
+    gpu = await provider_double("vllm")
+    spare = await provider_double("vllm")
+    receiver = await WebhookReceiver().start()
+    canary = f"{{interval: {CANARY_INTERVAL_S:g}s, deadline: {DEADLINE_S:g}s, timeout: 5s}}"
+    daemon = Daemon(parse_config(config_text({"gpu": ("vllm", gpu.url, 5), "spare": ("vllm", spare.url, 0)},
+                                             sqlite_url, canary, receiver.url)), install_signal_handlers=False)
+    await daemon.start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            def status(name: str) -> Status | None:
+                state = daemon.live.get(name)
+                return state.status if state is not None else None
+
+            await eventually(lambda: status("gpu") is Status.UP and status("spare") is Status.UP, 10, "both up")
+            assert await selected(client, daemon) == "gpu"  # higher priority
+
+            await gpu.set("up", generation="hang")  # /health and /v1/models keep answering in milliseconds
+            took_s = await eventually(lambda: status("gpu") is Status.STALLED, 2 * CANARY_INTERVAL_S + 15,
+                                      "gpu stalled")
+            # the loose bound of the target: two intervals, the deadline, a loaded machine's slack
+            assert took_s <= 2 * CANARY_INTERVAL_S + DEADLINE_S + 5, took_s
+
+            assert await selected(client, daemon) == "spare"  # at that moment, not a ranking refresh later
+            state = daemon.live.get("gpu")
+            assert state is not None and state.last_error_class is ErrorClass.GENERATION_TIMEOUT
+            base = f"http://127.0.0.1:{daemon.api_port}"
+            async with client.get(f"{base}/v1/providers/gpu") as resp:
+                assert (await resp.json())["status"] == "stalled"
+            async with client.get(f"{base}/v1/ranking") as resp:
+                excluded = (await resp.json())["excluded"]["gpu"]
+                assert excluded[0].startswith("status stalled since") and "generation_timeout" in excluded[0]
+            async with client.get(f"{base}/metrics") as resp:
+                assert 'monitord_provider_status{provider="gpu",status="stalled",type="vllm"} 1.0' in \
+                    await resp.text()
+            await gpu.set("up", generation="normal")
+            await eventually(lambda: status("gpu") is Status.UP, CANARY_INTERVAL_S + 10, "gpu well again")
+            assert await selected(client, daemon) == "gpu"
+        await daemon.store.flush()
+        stored = await daemon.store.generation_history("gpu")
+        outcomes = {(s.ok, s.error_class) for s in stored}
+        assert {(True, None), (False, ErrorClass.GENERATION_TIMEOUT)} <= outcomes, outcomes
+        alerts = [orjson.loads(r.body) for r in await receiver.wait_for(2, timeout_s=10)]
+        assert [(a["type"], a["provider"]["name"]) for a in alerts] == [("provider.stalled", "gpu"),
+                                                                        ("provider.up", "gpu")]
+        assert alerts[0]["error_class"] == "generation_timeout" and alerts[1]["previous_status"] == "stalled"
+    finally:
+        await daemon.stop()
+        await receiver.stop()
