@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
-from monitord.model import ErrorClass, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
+from monitord.model import (
+    Capacity,
+    ErrorClass,
+    ModelInfo,
+    ModelKind,
+    ProbeResult,
+    ProviderSpec,
+    ResidentModel,
+    Secret,
+    Status,
+)
 from monitord.store import Store, dialects, migrate, queries
 from monitord.store.schema import metadata
 from monitord.store.writer import MODEL_REFRESH_S
@@ -94,6 +104,19 @@ async def test_samples_carry_every_column(store: Store) -> None:
         error="model llama missing", connect_ms=1.5, ttfb_ms=4.25, total_ms=12.5, http_status=200,
         model_count=2, attempts=2,
     )
+
+
+async def test_capacity_is_stored_with_the_probe(store: Store) -> None:
+    load = Capacity(slots_total=4, slots_busy=4, queue_depth=2, requests_running=4, kv_cache_usage=0.75,
+                    generation_tokens_total=1234.0, resident_models=(ResidentModel("m1"),))
+    store.enqueue(replace(result("a", T0), capacity=load))
+    store.enqueue(result("a", T0 + timedelta(minutes=1)))  # a server that publishes nothing
+    await store.flush()
+    later, first = await store.history("a")
+    # the load figures are history; the token counter and resident models are live state only
+    assert first.capacity == Capacity(slots_total=4, slots_busy=4, queue_depth=2, requests_running=4,
+                                      kv_cache_usage=0.75)
+    assert first.capacity.saturated and later.capacity is None
 
 
 async def test_latest_is_the_newest_sample_of_each_provider(store: Store) -> None:

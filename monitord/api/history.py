@@ -12,6 +12,7 @@ from aiohttp import web
 from monitord.api.context import CONTEXT
 from monitord.api.errors import ApiError
 from monitord.api.replies import check_params, int_param, json_reply, single, time_param
+from monitord.model import Capacity
 from monitord.store import Bucket, ProbeSample
 
 log = structlog.get_logger("monitord.api")
@@ -91,7 +92,17 @@ def _sample(sample: ProbeSample) -> dict[str, Any]:
         "http_status": sample.http_status,
         "model_count": sample.model_count,
         "attempts": sample.attempts,
+        "capacity": _capacity(sample.capacity),
     }
+
+
+def _capacity(load: Capacity | None) -> dict[str, Any] | None:
+    """The stored load figures (resident models are live state only, not history)."""
+    if load is None:
+        return None
+    return {"saturated": load.saturated, "slots_total": load.slots_total, "slots_busy": load.slots_busy,
+            "queue_depth": load.queue_depth, "requests_running": load.requests_running,
+            "kv_cache_usage": load.kv_cache_usage}
 
 
 def _bucket(bucket: Bucket) -> dict[str, Any]:

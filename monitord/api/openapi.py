@@ -259,6 +259,12 @@ _SCHEMAS: dict[str, Schema] = {
         "error": _nullable("string"), "connect_ms": _nullable("number"), "ttfb_ms": _nullable("number"),
         "total_ms": {"type": "number"}, "http_status": _nullable("integer"),
         "model_count": {"type": "integer"}, "attempts": {"type": "integer"},
+        "capacity": {"oneOf": [{"type": "null"}, _object({
+            "saturated": {"type": "boolean"},
+            "slots_total": _nullable("integer", minimum=0), "slots_busy": _nullable("integer", minimum=0),
+            "queue_depth": _nullable("integer", minimum=0), "requests_running": _nullable("integer", minimum=0),
+            "kv_cache_usage": _nullable("number", minimum=0, maximum=1),
+        })], "description": "The load the server published at this probe; null when it said nothing."},
     }),
     "Bucket": _object({
         "start": TIME, "count": {"type": "integer"}, "ok_count": {"type": "integer"},

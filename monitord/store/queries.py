@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Row, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from monitord.model import ErrorClass, ModelInfo, ProbeResult, Status
+from monitord.model import Capacity, ErrorClass, ModelInfo, ProbeResult, Status
 from monitord.store import dialects, histogram
 from monitord.store.retention import (
     HOUR_S,
@@ -48,6 +48,7 @@ class ProbeSample:
     http_status: int | None
     model_count: int
     attempts: int
+    capacity: Capacity | None = None  # the load the server published at this probe (no resident models kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,11 @@ _SAMPLE_COLUMNS = (
     probes.c.http_status,
     probes.c.model_count,
     probes.c.attempts,
+    probes.c.slots_total,
+    probes.c.slots_busy,
+    probes.c.queue_depth,
+    probes.c.requests_running,
+    probes.c.kv_cache_usage,
 )
 
 
@@ -108,7 +114,14 @@ def _sample(row: Row[*tuple[Any, ...]]) -> ProbeSample:
         http_status=row.http_status,
         model_count=row.model_count,
         attempts=row.attempts,
+        capacity=_capacity(row),
     )
+
+
+def _capacity(row: Row[*tuple[Any, ...]]) -> Capacity | None:
+    values = {"slots_total": row.slots_total, "slots_busy": row.slots_busy, "queue_depth": row.queue_depth,
+              "requests_running": row.requests_running, "kv_cache_usage": row.kv_cache_usage}
+    return Capacity(**values) if any(v is not None for v in values.values()) else None
 
 
 async def history(

@@ -22,6 +22,7 @@ def _short(error: str | None) -> str | None:
 
 
 def probe_row(result: ProbeResult) -> dict[str, Any]:
+    load = result.capacity
     error = _short(result.error)
     return {
         "ts": result.started_at,
@@ -35,6 +36,11 @@ def probe_row(result: ProbeResult) -> dict[str, Any]:
         "http_status": result.http_status,
         "model_count": len(result.models),
         "attempts": result.attempts,
+        "slots_total": load.slots_total if load else None,
+        "slots_busy": load.slots_busy if load else None,
+        "queue_depth": load.queue_depth if load else None,
+        "requests_running": load.requests_running if load else None,
+        "kv_cache_usage": load.kv_cache_usage if load else None,
     }
 
 

@@ -99,6 +99,12 @@ probes = Table(
     Column("http_status", Integer, nullable=True),
     Column("model_count", Integer, nullable=False),
     Column("attempts", Integer, nullable=False),
+    # what the server published about its load (Capacity); NULL: not said or not read (revision 0006)
+    Column("slots_total", Integer, nullable=True),
+    Column("slots_busy", Integer, nullable=True),
+    Column("queue_depth", Integer, nullable=True),
+    Column("requests_running", Integer, nullable=True),
+    Column("kv_cache_usage", Float, nullable=True),
     # History of one provider over a time range, and its latest row.
     Index(None, "provider", "ts"),
     # All providers since a time (state rebuild) and pruning by age.
