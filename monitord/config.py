@@ -9,9 +9,9 @@ import difflib
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 from urllib.parse import SplitResult, urlsplit
@@ -224,7 +224,30 @@ def _seconds(value: object) -> float:
         seconds = float(value)
     if not math.isfinite(seconds):
         raise ValueError("must be a finite duration")
+    if abs(seconds) > MAX_DURATION_S:
+        raise ValueError(f"must be at most {_human(MAX_DURATION_S)}, got {_human(abs(seconds))}")
     return seconds
+
+
+MAX_DURATION_S = 3650 * 86400.0  # ten years: anything longer is a typo, and overflows date arithmetic
+PROBE_INTERVAL_RANGE_S = (0.1, 7 * 86400.0)  # 100 ms to a week between probes of one provider
+TIMEOUT_RANGE_S = (0.01, 600.0)  # 10 ms to 10 min for one probe, delivery or batch
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def _within(low_s: float, high_s: float) -> AfterValidator:
+    def check(seconds: float) -> float:
+        if not low_s <= seconds <= high_s:
+            raise ValueError(f"must be between {_human(low_s)} and {_human(high_s)}, got {_human(seconds)}")
+        return seconds
+
+    return AfterValidator(check)
 
 
 def _positive_seconds(seconds: float) -> float:
@@ -241,6 +264,8 @@ def _non_negative_seconds(seconds: float) -> float:
 
 PositiveSeconds = Annotated[float, BeforeValidator(_seconds), AfterValidator(_positive_seconds)]
 NonNegativeSeconds = Annotated[float, BeforeValidator(_seconds), AfterValidator(_non_negative_seconds)]
+ProbeIntervalSeconds = Annotated[PositiveSeconds, _within(*PROBE_INTERVAL_RANGE_S)]
+TimeoutSeconds = Annotated[PositiveSeconds, _within(*TIMEOUT_RANGE_S)]
 
 
 def _secret_or_none(value: object) -> object:
@@ -535,7 +560,7 @@ def canary_problems(canary: CanarySpec, loc: Loc) -> list[tuple[Loc, str]]:
 class ProviderParameters(_Section):
     """Per-provider probe settings (the `parameters:` block)."""
 
-    timeout_s: PositiveSeconds | None = Field(
+    timeout_s: TimeoutSeconds | None = Field(
         None, alias="timeout", description="Whole probe budget, retries included (default: monitor.timeout).")
     max_retries: int | None = Field(None, ge=0, description="Retries after a failed attempt (default 2).")
     retry_backoff_s: NonNegativeSeconds | None = Field(
@@ -547,7 +572,7 @@ class ProviderParameters(_Section):
     model_endpoint: PathOverride = Field(None, description="Path of the model list (default per type).")
     chat_endpoint: PathOverride = Field(None, description="Path of chat completions (default per type).")
     health_endpoint: PathOverride = Field(None, description="Path of the health check (default per type).")
-    probe_interval_s: PositiveSeconds | None = Field(
+    probe_interval_s: ProbeIntervalSeconds | None = Field(
         None, alias="probe_interval", description="Time between probes (default: monitor.interval).")
     capabilities: Names = Field((), description="Capabilities added to the type's defaults.")
     priority: int = Field(0, description="Higher ranks first among otherwise equal providers.")
@@ -654,11 +679,11 @@ class ProviderConfig(_Section):
 class MonitorConfig(_Section):
     """How often and how many probes run."""
 
-    interval_s: PositiveSeconds = Field(30.0, alias="interval", description="Time between probes of a provider.")
+    interval_s: ProbeIntervalSeconds = Field(30.0, alias="interval", description="Time between probes of a provider.")
     jitter_s: NonNegativeSeconds = Field(
         0.0, alias="jitter", description="Random delay added to each probe (start offsets already spread them).")
     concurrency: int = Field(64, ge=1, description="Most probes running at once.")
-    timeout_s: PositiveSeconds = Field(
+    timeout_s: TimeoutSeconds = Field(
         10.0, alias="timeout", description="Probe budget for providers without their own timeout.")
     stall_window_s: PositiveSeconds = Field(
         60.0, alias="stall_window",
@@ -721,7 +746,7 @@ class StorageConfig(_Section):
     flush_interval_s: PositiveSeconds = Field(
         1.0, alias="flush_interval", description="Longest time a result waits before it is written.")
     buffer_limit: int = Field(100_000, ge=1, description="Results held in memory while the database is down.")
-    write_timeout_s: PositiveSeconds = Field(
+    write_timeout_s: TimeoutSeconds = Field(
         15.0, alias="write_timeout",
         description="Longest time one batch may take; past it the connection is cut and the batch retried.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
@@ -783,7 +808,7 @@ class WebhookConfig(_Section):
     events: Names = Field((), description="Event kinds to send (empty: all).")
     providers: Annotated[tuple[str, ...], BeforeValidator(_as_list)] = Field(
         (), description="Provider names or globs to alert on (empty: all).")
-    timeout_s: PositiveSeconds = Field(10.0, alias="timeout", description="Time allowed for one delivery.")
+    timeout_s: TimeoutSeconds = Field(10.0, alias="timeout", description="Time allowed for one delivery.")
 
     @field_validator("format", mode="before")
     @classmethod
@@ -1154,15 +1179,49 @@ def parse_config(text: str, *, source: str = "<string>", env: Mapping[str, str] 
         raise _config_error(_problems_from(exc), lines, source) from None
 
 
+def _read_regular_file(path: str | os.PathLike[str]) -> str:
+    """The file's text, only if it is a regular file: opened without blocking, so a FIFO (or a device) in its place
+    is refused at once instead of hanging the reader until something writes to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotARegularFile
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as raw:
+            data = raw.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _TooLarge
+    return data.decode("utf-8")
+
+
+class _NotARegularFile(OSError):
+    pass
+
+
+class _TooLarge(OSError):
+    pass
+
+
+MAX_CONFIG_BYTES = 16 << 20
+
+
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError (never OSError or a YAML error)."""
     source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_regular_file(path)
     except FileNotFoundError:
         raise ConfigError([("", "no such file")], source=source) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([("", f"not UTF-8 text ({exc.reason})")], source=source) from None
+    except _NotARegularFile:
+        raise ConfigError([("", "not a regular file (a FIFO, device or directory cannot be a config)")],
+                          source=source) from None
+    except _TooLarge:
+        raise ConfigError([("", f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config file")],
+                          source=source) from None
     except OSError as exc:
         raise ConfigError([("", f"cannot read the file: {exc.strerror or exc}")], source=source) from None
     return parse_config(text, source=source, env=env)

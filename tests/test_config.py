@@ -142,7 +142,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_directory_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read the file"):
+    with pytest.raises(ConfigError, match="not a regular file"):
         load_config(tmp_path)
 
 

@@ -131,8 +131,10 @@ class AlertsService:
         self._silences = [s for s in self._silences if s.created_by == "config"] + stored
 
     async def add_silence(self, silence: Silence) -> None:
-        await self.store.silences.put(silence, self.clock())
-        self._silences.append(silence)
+        now = self.clock()
+        await self.store.silences.put(silence, now)
+        # ended API-made silences go, so a long-running daemon does not keep every one it ever had
+        self._silences = [s for s in self._silences if s.created_by == "config" or s.end > now] + [silence]
         log.info("silence.added", id=silence.id, provider=silence.provider, end=silence.end.isoformat(),
                  reason=silence.reason)
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
 from monitord.api.context import CONTEXT, AlertsBackend, ApiContext
@@ -19,7 +20,12 @@ from monitord.api.errors import ApiError
 from monitord.api.replies import check_params, int_param, json_reply, single, time_param
 from monitord.model import AlertType, Silence
 
+log = structlog.get_logger("monitord.api")
+
 MAX_SILENCE = timedelta(days=366)
+MAX_ACTIVE_SILENCES = 1000  # made through the API and not yet ended: enough for any fleet, bounded for memory
+MAX_PATTERN_CHARS = 256
+MAX_REASON_CHARS = 1024
 _SILENCE_KEYS = frozenset({"provider", "start", "end", "duration_s", "reason"})
 
 
@@ -46,9 +52,15 @@ async def alerts(request: web.Request) -> web.Response:
     if event_type is not None and event_type not in {t.value for t in AlertType}:
         raise ApiError(400, "invalid_parameter", f"type: unknown event type {event_type!r}; expected one of "
                                                  f"{', '.join(t.value for t in AlertType)}")
-    records = await _backend(ctx).recent_alerts(limit=int_param(query, "limit", 100, 1, 1000),
-                                                since=time_param(query, "since"),
-                                                provider=single(query, "provider"), event_type=event_type)
+    try:
+        records = await _backend(ctx).recent_alerts(limit=int_param(query, "limit", 100, 1, 1000),
+                                                    since=time_param(query, "since"),
+                                                    provider=single(query, "provider"), event_type=event_type)
+    except ApiError:
+        raise
+    except Exception as exc:  # whatever the driver raised, the database did not answer this read
+        log.warning("api.store_unavailable", route="alerts", error=type(exc).__name__)
+        raise ApiError(503, "store_unavailable", "the database did not answer; try again shortly") from None
     return json_reply({"generated_at": ctx.clock().isoformat(), "alerts": records})
 
 
@@ -67,7 +79,12 @@ async def create_silence(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     check_params(request.query, ())
     backend = _backend(ctx)
-    silence = parse_silence(await _json_body(request), ctx.clock())
+    now = ctx.clock()
+    silence = parse_silence(await _json_body(request), now)
+    active = sum(1 for s in backend.silences() if s.created_by != "config" and s.end > now)
+    if active >= MAX_ACTIVE_SILENCES:
+        raise ApiError(409, "too_many_silences", f"{active} silences made through the API are active, the most "
+                                                 f"allowed; end some first (DELETE /v1/silences/ID)")
     try:
         await backend.add_silence(silence)
     except Exception:
@@ -102,18 +119,25 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _text(raw: dict[str, Any], key: str, limit: int) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, "invalid_silence", f"{key}: expected a string")
+    if value is not None and len(value) > limit:
+        raise ApiError(400, "invalid_silence", f"{key}: at most {limit} characters")
+    return value
+
+
 def parse_silence(raw: dict[str, Any], now: datetime) -> Silence:
     """A silence from a POST body: provider (name or glob), end or duration_s, optional start and reason."""
     unknown = sorted(set(raw) - _SILENCE_KEYS)
     if unknown:
         raise ApiError(400, "invalid_silence", f"unknown field(s): {', '.join(unknown)}; expected any of "
                                                f"{', '.join(sorted(_SILENCE_KEYS))}")
-    provider = raw.get("provider")
-    if not isinstance(provider, str) or not provider.strip():
+    provider = _text(raw, "provider", MAX_PATTERN_CHARS)
+    if provider is None or not provider.strip():
         raise ApiError(400, "invalid_silence", "provider: a provider name or glob is required")
-    reason = raw.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise ApiError(400, "invalid_silence", "reason: expected a string")
+    reason = _text(raw, "reason", MAX_REASON_CHARS)
     start = _time(raw, "start")
     end = _time(raw, "end")
     duration = raw.get("duration_s")

@@ -2,13 +2,16 @@
 pushed as they happen.
 
 Publishing never blocks the daemon: each subscriber has a bounded queue, and one that falls behind is
-disconnected (it may reconnect with Last-Event-ID and get what it missed from the recent-events buffer).
+disconnected (it may reconnect with Last-Event-ID and get what it missed from the recent-events buffer). A client
+that does not read at all is evicted: a write it does not take within write_timeout_s ends its stream, so idle
+sockets cannot hold every stream slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -16,15 +19,20 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
 from monitord.api.errors import ApiError
 from monitord.model import GenerationStats, RankedProvider, StatusChange
 
+log = structlog.get_logger("monitord.api")
+
 STATUS_CHANGED = "provider.status_changed"
 BEST_CHANGED = "ranking.best_changed"
 GENERATION_UPDATED = "generation.updated"
 RETRY_MS = 2000  # how long an EventSource waits before reconnecting
+STREAM_SEND_BUFFER_BYTES = 32 * 1024
+WRITE_TIMEOUT_S = 10.0  # a stream write the client's socket does not take by then: the client is not reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +74,10 @@ class EventHub:
     """Fan-out of events to SSE subscribers, with a short replay buffer for reconnecting clients."""
 
     def __init__(self, *, queue_size: int = 256, replay_size: int = 256, max_subscribers: int = 100,
-                 heartbeat_s: float = 15.0) -> None:
+                 heartbeat_s: float = 15.0, write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self.queue_size = queue_size
+        self.write_timeout_s = write_timeout_s
+        self.evicted_total = 0
         self.max_subscribers = max_subscribers
         self.heartbeat_s = heartbeat_s
         self.closed = False
@@ -141,13 +151,32 @@ class EventHub:
                 "X-Accel-Buffering": "no",  # let a proxy in front (nginx) pass events at once
             })
             await response.prepare(request)
+            _small_send_buffer(request)
             try:
-                await response.write(b"retry: %d\n: connected\n\n" % RETRY_MS)
+                async with asyncio.timeout(self.write_timeout_s):
+                    await response.write(b"retry: %d\n: connected\n\n" % RETRY_MS)
                 async for chunk in _frames(subscription, self.heartbeat_s):
-                    await response.write(chunk)
+                    async with asyncio.timeout(self.write_timeout_s):
+                        await response.write(chunk)
             except ConnectionResetError:  # the client went away: nothing left to tell it
                 pass
+            except TimeoutError:  # the client stopped reading: its socket is full; free the slot
+                self.evicted_total += 1
+                log.info("api.events_client_evicted", reason="not reading", timeout_s=self.write_timeout_s,
+                         evicted_total=self.evicted_total)
+                if request.transport is not None:
+                    request.transport.abort()
             return response
+
+
+def _small_send_buffer(request: web.Request) -> None:
+    """Events are small and few: a fixed, small kernel send buffer (no autotuning to megabytes) means a client that
+    stops reading stalls a write after a few seconds of events, not after hours."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER_BYTES)
 
 
 async def _frames(subscription: Subscription, heartbeat_s: float) -> AsyncIterator[bytes]:

@@ -34,6 +34,7 @@ ERROR_CODES = {
     "invalid_silence": "a silence field is missing or malformed",
     "silence_not_found": "no silence has that id",
     "silence_in_config": "config silences are removed in the config file, then SIGHUP",
+    "too_many_silences": "the most silences made through the API are active; end some first",
     "internal_error": "a bug; see the monitord log",
 }
 
@@ -340,12 +341,12 @@ _SCHEMAS: dict[str, Schema] = {
                         "end": TIME, "reason": _nullable("string"),
                         "created_by": {"type": "string", "enum": ["config", "api"]}, "active": {"type": "boolean"}}),
     "SilenceList": _object({"silences": {"type": "array", "items": _ref("Silence")}}),
-    "SilenceRequest": {**_object({"provider": {**TEXT, "description": "Provider name or glob."},
+    "SilenceRequest": {**_object({"provider": {**TEXT, "maxLength": 256, "description": "Provider name or glob."},
                                   "start": {**TIME, "description": "Default: now."},
                                   "end": {**TIME, "description": "Give end or duration_s."},
                                   "duration_s": {"type": "number", "exclusiveMinimum": 0,
                                                  "maximum": MAX_SILENCE_S},
-                                  "reason": {"type": "string"}}, required=["provider"]),
+                                  "reason": {"type": "string", "maxLength": 1024}}, required=["provider"]),
                        "oneOf": [{"required": ["end"]}, {"required": ["duration_s"]}],
                        "description": "At most 366 days long, ending after start (or now)."},
     "GenerationUpdatedEvent": {**_GENERATION, "properties": {"provider": {"type": "string"},
@@ -495,7 +496,8 @@ def _paths() -> dict[str, Schema]:
                      "operationId": "createSilence",
                      "requestBody": {"required": True,
                                      "content": {"application/json": {"schema": _ref("SilenceRequest")}}},
-                     "responses": {"201": _json(_ref("Silence"), "The silence"), **_errors(400, 401, 413, 503)}}},
+                     "responses": {"201": _json(_ref("Silence"), "The silence"),
+                                   **_errors(400, 401, 409, 413, 503)}}},
         "/v1/silences/{id}": {"delete": {
             "summary": "End a silence made through the API (config silences are removed in the config).",
             "operationId": "deleteSilence",
