@@ -7,28 +7,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import structlog
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from monitord import __version__, logs
 from monitord.config import Config, ConfigError, load_config
-from monitord.model import GenerationSample, ProbeResult, QualityPreference, Status, TaskType
+from monitord.model import GenerationSample, ProbeResult, QualityPreference, Secret, Status, TaskType
 from monitord.text import safe_text
 
 if TYPE_CHECKING:
-    from monitord.client import MonitordClient, ProvidersAnswer, RankingAnswer, ServerEvent
+    from monitord.client import MonitordClient, ProvidersAnswer, RankingAnswer
 
 T = TypeVar("T")
 
@@ -69,10 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"monitord {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, *, asks_daemon: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("-c", "--config", type=Path, default=None,
                          help="config file (default: $MONITORD_CONFIG, ./monitord.yaml, /etc/monitord/monitord.yaml)")
+        if asks_daemon:
+            sub.add_argument("--url", default=None, metavar="URL",
+                             help="the daemon's API (default: $MONITORD_URL, else the config's api.listen); the "
+                                  "token comes from $MONITORD_API_TOKEN, else the config's api.token")
         return sub
 
     command("run", "Run the daemon: migrate, probe on schedule, record, serve; stop on SIGTERM/SIGINT.")
@@ -85,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--generate", action="store_true",
                        help="also run one generation canary per provider that answers (TTFT and tokens/s columns)")
     command("migrate", "Create or upgrade the database schema to the latest version.")
-    health = command("health", "Ask the running daemon how providers are (probes directly if none answers).")
+    health = command("health", "Ask the running daemon how providers are (probes directly if none answers).",
+                     asks_daemon=True)
     which = health.add_mutually_exclusive_group()
     which.add_argument("--provider", "-p", action="append", metavar="NAME", help="this provider (repeatable)")
     which.add_argument("--all", action="store_true", help="every configured provider (the default)")
     health.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    rank = command("rank", "Ask the running daemon for the ranking, with the parts of every score.")
+    rank = command("rank", "Ask the running daemon for the ranking, with the parts of every score.", asks_daemon=True)
     rank.add_argument("--task-type", metavar="TYPE", help=f"one of: {', '.join(t.value for t in TaskType)}")
     rank.add_argument("--capability", action="append", metavar="NAME",
                       help="required capability, e.g. vision, tools (repeatable)")
@@ -98,8 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--quality", choices=[q.value for q in QualityPreference], help="default: balanced")
     rank.add_argument("--model", help="model id or glob (* ? [...])")
     rank.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
-    monitor = command("monitor", "Live view of provider status from the daemon's event stream (Ctrl-C to leave).")
+    monitor = command("monitor", "Live view of provider status from the daemon's event stream (Ctrl-C to leave).",
+                      asks_daemon=True)
     monitor.add_argument("--provider", "-p", metavar="NAME", help="follow this provider only")
+    monitor.add_argument("--once", action="store_true", help="print the providers once and exit")
+    monitor.add_argument("--json", action="store_true",
+                         help="one JSON object per line (snapshot, events, connection changes)")
+    completion = commands.add_parser("completion", help="Print a shell completion script (bash or zsh).",
+                                     description="Print a completion script: eval \"$(monitord completion bash)\" "
+                                                 "in ~/.bashrc, or monitord completion zsh > ~/.zfunc/_monitord.")
+    completion.add_argument("shell", choices=["bash", "zsh"])
     demo = commands.add_parser(
         "demo", help="Watch simulated servers load, slow down, stall, saturate, die and recover (no config needed).",
         description="Start simulated llama.cpp, Ollama, vLLM and KoboldCpp servers and the daemon on a temporary "
@@ -256,7 +268,8 @@ def result_to_dict(result: ProbeResult, endpoint: str) -> dict[str, Any]:
         "error": result.error,
         "started_at": result.started_at.isoformat(),
         "latency_ms": {"connect": _round(result.connect_ms), "ttfb": _round(result.ttfb_ms),
-                       "total": _round(result.total_ms)},
+                       "last_attempt": _round(result.last_attempt_ms), "total": _round(result.total_ms)},
+        "backoff_ms": _round(result.backoff_ms),
         "http_status": result.http_status,
         "requests": [{"method": c.method, "path": c.path, "status": c.status, "elapsed_ms": _round(c.elapsed_ms)}
                      for c in result.calls],
@@ -267,6 +280,13 @@ def result_to_dict(result: ProbeResult, endpoint: str) -> dict[str, Any]:
         "capacity": result.capacity.to_dict() if result.capacity is not None else None,
         "identity": result.identity.to_dict() if result.identity is not None else None,
     }
+
+
+def retries_text(result: ProbeResult) -> str:
+    """'-' for one attempt; else the retries and the back-off slept between them (not part of LATENCY)."""
+    if result.attempts <= 1:
+        return "-"
+    return f"{result.attempts - 1} (+{result.backoff_ms:.0f} ms back-off)"
 
 
 def _round(value: float | None) -> float | None:
@@ -296,21 +316,22 @@ def print_results_table(results: Sequence[ProbeResult], endpoints: dict[str, str
     """The probe table; with `samples` (check --generate) also TTFT and tokens/s of each provider's canary."""
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(show_edge=False, header_style="bold")
-    columns = ["PROVIDER", "TYPE", "ENDPOINT", "STATUS", "LATENCY", "MODELS", "ERROR"]
+    columns = ["PROVIDER", "TYPE", "ENDPOINT", "STATUS", "LATENCY", "RETRIES", "MODELS", "ERROR"]
     if samples is not None:
-        columns[5:5] = ["TTFT", "TOK/S"]
+        columns[6:6] = ["TTFT", "TOK/S"]
     for column in columns:
-        table.add_column(column, justify="right" if column in ("LATENCY", "TTFT", "TOK/S") else "left",
+        table.add_column(column, justify="right" if column in ("LATENCY", "RETRIES", "TTFT", "TOK/S") else "left",
                          overflow="fold" if column in ("MODELS", "ERROR") else "ellipsis")
     for r in results:
         models = ", ".join(r.model_ids[:3]) + (f" (+{len(r.models) - 3})" if len(r.models) > 3 else "")
         error = f"{r.error_class.value}: {r.error}" if r.error_class else ""
         cells: list[Any] = [plain(r.provider), r.provider_type, plain(endpoints.get(r.provider, "")),
                             status_load_cell(r.status, r.capacity.saturated if r.capacity else None),
-                            f"{r.total_ms:.0f} ms", plain(models or "-"), plain(error)]
+                            _ms_text(r.last_attempt_ms if r.last_attempt_ms is not None else r.total_ms),
+                            retries_text(r), plain(models or "-"), plain(error)]
         if samples is not None:
             sample = samples.get(r.provider)
-            cells[5:5] = _generation_cells(sample)
+            cells[6:6] = _generation_cells(sample)
             if sample is not None and not sample.ok and not error:
                 what = sample.error_class.value if sample.error_class else "skipped"
                 cells[-1] = plain(f"canary {what}: {sample.error}")
@@ -336,41 +357,80 @@ def api_url(config: Config) -> str:
     return f"http://[{host}]:{config.api.port}" if ":" in host else f"http://{host}:{config.api.port}"
 
 
-def _client(config: Config, **options: Any) -> MonitordClient:
-    from monitord.client import MonitordClient
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The daemon a command asks, and the config when there is one (--url works without a config file)."""
 
-    return MonitordClient(api_url(config), token=config.api.token, **options)
+    url: str
+    token: Secret | None
+    config: Config | None
+
+    def client(self, **options: Any) -> MonitordClient:
+        from monitord.client import MonitordClient
+
+        return MonitordClient(self.url, token=self.token, **options)
+
+
+def daemon_target(args: argparse.Namespace) -> Target:
+    """--url, else $MONITORD_URL, else the config's api.listen; the token from $MONITORD_API_TOKEN, else the config.
+
+    With a URL given and no config file at hand, no config is needed; a config named with -c must load.
+    """
+    url = args.url or os.environ.get("MONITORD_URL")
+    config: Config | None = None
+    path = args.config or default_config_path()
+    if args.config is not None or url is None or path.exists():
+        config = load_config(path)
+    env_token = os.environ.get("MONITORD_API_TOKEN")
+    token = Secret(env_token) if env_token else (config.api.token if config else None)
+    if url is None:
+        assert config is not None
+        url = api_url(config)
+    return Target(url.rstrip("/"), token, config)
+
+
+def _unknown_providers(names: Sequence[str], config: Config | None) -> int | None:
+    if not names or config is None:
+        return None
+    specs = config.provider_specs()
+    unknown = sorted(set(names) - {s.name for s in specs})
+    if not unknown:
+        return None
+    print(f"monitord: unknown provider(s): {', '.join(unknown)}; configured: {', '.join(s.name for s in specs)}",
+          file=sys.stderr)
+    return 2
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    config, _ = _load(args)
+    target = daemon_target(args)
     logs.configure("error", "console")
-    specs = config.provider_specs()
-    if args.provider and (unknown := sorted(set(args.provider) - {s.name for s in specs})):
-        print(f"monitord: unknown provider(s): {', '.join(unknown)}; configured: "
-              f"{', '.join(s.name for s in specs)}", file=sys.stderr)
-        return 2
+    if (code := _unknown_providers(args.provider or (), target.config)) is not None:
+        return code
     from monitord.client import ClientError, DaemonUnavailable
 
     async def ask() -> ProvidersAnswer:
-        async with _client(config, max_stale_s=0) as client:
+        async with target.client(max_stale_s=0) as client:
             return await client.providers()
 
     try:
         answer = _run_coro(ask())
         providers = [p for p in answer.providers if not args.provider or p["name"] in args.provider]
     except DaemonUnavailable as exc:
-        print(f"monitord: no daemon answers at {api_url(config)} ({exc}); probing directly instead",
+        if target.config is None:
+            print(f"monitord: no daemon answers at {target.url} ({safe_text(exc)})", file=sys.stderr)
+            return 1
+        print(f"monitord: no daemon answers at {target.url} ({safe_text(exc)}); probing directly instead",
               file=sys.stderr)
         return cmd_check(args)
     except ClientError as exc:
-        print(f"monitord: the daemon at {api_url(config)} refused: {safe_text(exc)}", file=sys.stderr)
+        print(f"monitord: the daemon at {target.url} refused: {safe_text(exc)}", file=sys.stderr)
         return 1
     if args.json:
         print(orjson.dumps({"source": "daemon", "providers": providers}, option=orjson.OPT_INDENT_2).decode())
     else:
         print_health_table(providers, answer.generated_at)
-    return 0 if providers and all(p["status"] == Status.UP.value for p in providers) else 1
+    watched = [p for p in providers if p["status"] != Status.DISABLED.value]  # disabled on purpose: not a failure
+    return 0 if watched and all(p["status"] == Status.UP.value for p in watched) else 1
 
 
 def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
@@ -385,7 +445,7 @@ def _ratio_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def _for(since: str | None, now: datetime) -> str:
+def for_text(since: str | None, now: datetime) -> str:
     """'3h12m' from an ISO time to now."""
     if not since:
         return "-"
@@ -421,6 +481,17 @@ def generation_cells(stats: Mapping[str, Any] | None) -> list[str]:
     return [_ms_text(stats.get("ttft_p50_ms") or stats.get("total_p50_ms")), _tps_text(stats.get("tokens_per_s_p50"))]
 
 
+def current_error(p: Mapping[str, Any], now: datetime) -> str:
+    """The last error while it is current (no success since), with its age; '' once the provider recovered."""
+    if not p.get("last_error_class"):
+        return ""
+    error_at, success_at = p.get("last_error_at"), p.get("last_success_at")
+    if error_at and success_at and datetime.fromisoformat(success_at) > datetime.fromisoformat(error_at):
+        return ""
+    text = f"{p['last_error_class']}: {p.get('last_error') or ''}".rstrip(": ")
+    return f"{text} ({for_text(error_at, now)} ago)" if error_at else text
+
+
 def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table:
     """Providers as the API describes them; `now` is the daemon's time of the answer. TTFT and TOK/S columns (the
     generation canary's p50, of the model with the most successful samples) appear when any provider has them."""
@@ -435,10 +506,10 @@ def health_table(providers: Sequence[Mapping[str, Any]], now: datetime) -> Table
     for p in providers:
         ids = [m["id"] for m in p["models"]]
         models = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
-        error = f"{p['last_error_class']}: {p['last_error'] or ''}".rstrip(": ") if p["last_error_class"] else ""
+        error = current_error(p, now)
         speed = generation_cells(speeds[p["name"]]) if canary else []
         table.add_row(plain(p["name"]), plain(p["type"]), status_load_cell(p["status"], p.get("saturated")),
-                      _for(p["since"], now),
+                      for_text(p["since"], now),
                       _ratio_text(p["availability"]), _ms_text(p["latency_p50_ms"]), _ms_text(p["latency_p95_ms"]),
                       *speed, plain(models or "-"), plain(error))
     return table
@@ -452,7 +523,7 @@ def print_health_table(providers: Sequence[Mapping[str, Any]], now: datetime) ->
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    config, _ = _load(args)
+    target = daemon_target(args)
     logs.configure("error", "console")
     from monitord.client import ApiError, DaemonUnavailable
 
@@ -460,7 +531,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
               "quality_preference": args.quality, "model": args.model}
 
     async def ask() -> tuple[RankingAnswer, ProvidersAnswer]:
-        async with _client(config, max_stale_s=0) as client:
+        async with target.client(max_stale_s=0) as client:
             ranking = await client.ranking({key: value for key, value in fields.items() if value is not None})
             return ranking, await client.providers()
 
@@ -470,11 +541,11 @@ def cmd_rank(args: argparse.Namespace) -> int:
         print(f"monitord: {exc}", file=sys.stderr)
         return 2
     except DaemonUnavailable as exc:
-        print(f"monitord: no daemon answers at {api_url(config)} ({exc}); start it with `monitord run`",
+        print(f"monitord: no daemon answers at {target.url} ({safe_text(exc)}); start it with `monitord run`",
               file=sys.stderr)
         return 1
     except ApiError as exc:
-        print(f"monitord: the daemon at {api_url(config)} refused: {safe_text(exc)}", file=sys.stderr)
+        print(f"monitord: the daemon at {target.url} refused: {safe_text(exc)}", file=sys.stderr)
         return 2 if exc.status == 400 else 1
     if args.json:
         print(orjson.dumps({
@@ -527,88 +598,20 @@ def print_rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    config, _ = _load(args)
+    target = daemon_target(args)
     logs.configure("error", "console")
-    if args.provider and args.provider not in {s.name for s in config.provider_specs()}:
-        print(f"monitord: unknown provider: {args.provider}", file=sys.stderr)
-        return 2
-    return _run_async(monitor(_client(config, max_stale_s=0), args.provider, Console()))
+    if (code := _unknown_providers([args.provider] if args.provider else [], target.config)) is not None:
+        return code
+    from monitord.cli_monitor import monitor
+
+    return _run_async(monitor(target.client(max_stale_s=0), args.provider, as_json=args.json, once=args.once))
 
 
-MONITOR_REFRESH_S = 2.0  # latency and availability move without events: the table is refetched this often
-MONITOR_RETRY_S = 2.0
+def cmd_completion(args: argparse.Namespace) -> int:
+    from monitord.completion import script
 
-
-async def monitor(client: MonitordClient, provider: str | None, console: Console) -> int:
-    """Show the providers table and the latest events, live, until cancelled (Ctrl-C)."""
-    from rich.console import Group
-    from rich.live import Live
-
-    from monitord.client import ClientError
-
-    view: dict[str, Any] = {"providers": (), "at": datetime.now(UTC), "events": deque(maxlen=10),
-                            "note": "connecting..."}
-
-    def render() -> Group:
-        shown = [p for p in view["providers"] if provider is None or p["name"] == provider]
-        lines: list[RenderableType] = [Text(f"monitord at {client.base_url}: {view['note']}", style="dim"),
-                                       health_table(shown, view["at"])]
-        lines += [Text("recent events:", style="bold")] if view["events"] else []
-        lines += [plain(line) for line in view["events"]]
-        return Group(*lines)
-
-    async def fetch() -> None:
-        answer = await client.providers()
-        view["providers"], view["at"] = answer.providers, answer.generated_at
-
-    async def refresh(live: Live) -> None:
-        while True:
-            with contextlib.suppress(ClientError):
-                await fetch()
-            live.update(render())
-            await asyncio.sleep(MONITOR_REFRESH_S)
-
-    async with client:
-        with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
-            poller = asyncio.create_task(refresh(live))
-            try:
-                last_id: int | None = None  # after a reconnect, the daemon replays what was missed
-                while True:
-                    try:
-                        async for event in client.events((provider,) if provider else (), last_event_id=last_id):
-                            last_id = event.id if event.id is not None else last_id
-                            view["note"] = "following events"
-                            view["events"].appendleft(describe_event(event))
-                            await fetch()
-                            live.update(render())
-                    except ClientError as exc:
-                        view["note"] = f"disconnected ({exc}); retrying every {MONITOR_RETRY_S:g} s"
-                    else:
-                        view["note"] = "the daemon closed the stream; reconnecting"
-                    live.update(render())
-                    await asyncio.sleep(MONITOR_RETRY_S)
-            finally:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
-
-
-def describe_event(event: ServerEvent) -> str:
-    data = event.data
-    if event.kind == "provider.status_changed":
-        error = f" ({data['error_class']}: {data['error']})" if data.get("error_class") else ""
-        return f"{data['at']}  {data['provider']}: {data['previous']} -> {data['current']}{error}"
-    if event.kind == "ranking.best_changed":
-        return f"{data['at']}  best provider: {data['previous'] or '-'} -> {data['current'] or '-'}"
-    if event.kind == "generation.updated":
-        where = f"{data['provider']}/{data['model']}"
-        if data.get("last_sample_at") == data.get("last_error_at") and data.get("last_error_class"):
-            return f"{data['last_sample_at']}  {where}: canary failed ({data['last_error_class']})"
-        if data.get("last_sample_at") == data.get("last_skip_at") and data.get("last_skip_class"):
-            return f"{data['last_sample_at']}  {where}: canary skipped ({data['last_skip_class']})"
-        ttft, tps = generation_cells(data)
-        return f"{data['last_sample_at']}  {where}: TTFT p50 {ttft}, {tps} tok/s"
-    return f"{event.kind}"
+    print(script(build_parser(), args.shell), end="")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -654,4 +657,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rank": cmd_rank,
     "monitor": cmd_monitor,
     "demo": cmd_demo,
+    "completion": cmd_completion,
 }

@@ -217,8 +217,12 @@ class MonitordClient:
         return ProviderAnswer(raw, stale, age_s)
 
     async def events(self, providers: tuple[str, ...] = (), *, idle_timeout_s: float = 60.0,
-                     last_event_id: int | None = None) -> AsyncIterator[ServerEvent]:
-        """Follow GET /v1/events until the daemon closes the stream. No fallback: raises DaemonUnavailable."""
+                     last_event_id: int | None = None,
+                     on_open: Callable[[], None] | None = None) -> AsyncIterator[ServerEvent]:
+        """Follow GET /v1/events until the daemon closes the stream. No fallback: raises DaemonUnavailable.
+
+        `on_open` is called once the daemon has accepted the stream (before any event arrives).
+        """
         params = [("provider", name) for name in providers]
         headers = dict(self._headers)
         if last_event_id is not None:
@@ -229,6 +233,8 @@ class MonitordClient:
                                         timeout=timeout) as response:
                 if response.status != 200:
                     raise _api_error(response.status, await response.read())
+                if on_open is not None:
+                    on_open()
                 async for event in _parse_stream(response.content):
                     yield event
         except _UNREACHABLE as exc:

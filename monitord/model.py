@@ -300,6 +300,8 @@ class ProbeResult:
     models: tuple[ModelInfo, ...] = ()
     server_version: str | None = None
     attempts: int = 1
+    backoff_ms: float = 0.0  # slept between attempts; inside total_ms, never part of an attempt's latency
+    last_attempt_ms: float | None = None  # the last attempt alone: what the final answer (or refusal) took
     capacity: Capacity | None = None  # None: the type publishes nothing, or it was not read
     identity: Identity | None = None
 
@@ -428,6 +430,14 @@ CAPABILITY_ALIASES: Mapping[str, str] = {
 }
 
 
+MS_DIGITS = 3  # the API's milliseconds: to the microsecond
+RATIO_DIGITS = 6  # the API's ratios and scores (as RankedProvider rounds its score)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -500,13 +510,13 @@ class ProviderState:
             "last_error_at": _iso(self.last_error_at),
             "last_success_at": _iso(self.last_success_at),
             "last_failure_at": _iso(self.last_failure_at),
-            "availability": self.availability,
+            "availability": _rounded(self.availability, RATIO_DIGITS),
             "samples": self.samples,
             "samples_ok": self.samples_ok,
-            "latency_p50_ms": self.latency_p50_ms,
-            "latency_p95_ms": self.latency_p95_ms,
-            "latency_ewma_ms": self.latency_ewma_ms,
-            "request_latency_ms": self.request_latency_ms,
+            "latency_p50_ms": _rounded(self.latency_p50_ms, MS_DIGITS),
+            "latency_p95_ms": _rounded(self.latency_p95_ms, MS_DIGITS),
+            "latency_ewma_ms": _rounded(self.latency_ewma_ms, MS_DIGITS),
+            "request_latency_ms": _rounded(self.request_latency_ms, MS_DIGITS),
             "request_samples": self.request_samples,
             "models": [m.to_dict() for m in self.models],
             "server_version": self.server_version,

@@ -93,6 +93,11 @@ class _Attempt:
     responses: list[HttpResponse] = field(default_factory=list)  # what answered, for identifying the server
     connect_ms: float | None = None
     ttfb_ms: float | None = None
+    backoff_s: float = 0.0  # slept between the attempts before this one (inside total_ms, outside its latency)
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
 
 
 class AiohttpProbeHttp:
@@ -291,9 +296,10 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
         return _result(spec, started_at, started, Status.DOWN, ErrorClass.TLS,
                        f"cannot use ca_file {spec.ca_file}: {_short(exc)}", calls, _Attempt(), 0)
     attempts = 0
+    slept_s = 0.0
     while True:
         attempts += 1
-        attempt = _Attempt()
+        attempt = _Attempt(backoff_s=slept_s)
         http = AiohttpProbeHttp(session, spec, deadline, ssl_context, attempt)
         try:
             remaining = max(deadline - time.perf_counter(), 0.0)
@@ -309,6 +315,7 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
             if (error_class in RETRYABLE and attempts <= spec.max_retries
                     and time.perf_counter() + backoff < deadline):
                 await asyncio.sleep(backoff)
+                slept_s += backoff
                 continue
             status = Status.LOADING if error_class is ErrorClass.LOADING else Status.DOWN
             http_status = calls[-1].status if calls and calls[-1].status is not None else getattr(
@@ -370,6 +377,8 @@ def _result(spec: ProviderSpec, started_at: datetime, started: float, status: St
         server_version=(observation.server_version if observation else None) or (
             identity.version if identity else None),
         attempts=attempts,
+        backoff_ms=last.backoff_s * 1000,
+        last_attempt_ms=last.elapsed_ms(),
         capacity=observation.capacity if observation else None,
         identity=identity,
     )

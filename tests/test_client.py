@@ -21,12 +21,13 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 from rich.console import Console
 
-from monitord import cli
+from monitord import cli_monitor
 from monitord.api import make_app
 from monitord.client import ApiError, DaemonUnavailable, MonitordClient, NoProviderError, ServerEvent
 from monitord.model import Criteria, Secret, Status
 from monitord.store import Store
 from tests.plugins.api import NOW, TOKEN, World, probe
+from tests.test_outage import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -320,21 +321,23 @@ async def test_cli_rank_without_a_daemon(tmp_path: Path) -> None:
 
 async def test_monitor_shows_the_table_and_the_events(daemon: Daemon) -> None:
     output = io.StringIO()
-    console = Console(file=output, width=200, force_terminal=False)
-    watcher = asyncio.create_task(cli.monitor(MonitordClient(daemon.url, timeout_s=1.0), None, console))
-    await asyncio.sleep(0.2)
-    world = daemon.world
-    world.feed(probe(world.specs["gamma"], at=NOW + timedelta(seconds=1)))
-    world.feed(probe(world.specs["gamma"], at=NOW + timedelta(seconds=2)))  # gamma: down -> up
-    await asyncio.sleep(0.3)
-    watcher.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await watcher
-    text = output.getvalue()
-    assert "gamma: down -> up" in text and "following events" in text
-    assert "alpha" in text and "PROVIDER" in text
+    console = Console(file=output, width=200, force_terminal=True, color_system=None)  # Live redraws into it
+    watcher = asyncio.create_task(cli_monitor.monitor(MonitordClient(daemon.url, timeout_s=1.0), None,
+                                                      console=console, plain=False))
+    try:
+        await eventually(lambda: "live: following events" in output.getvalue(), what="the stream open")
+        world = daemon.world
+        world.feed(probe(world.specs["gamma"], at=NOW + timedelta(seconds=1)))
+        world.feed(probe(world.specs["gamma"], at=NOW + timedelta(seconds=2)))  # gamma: down -> up
+        await eventually(lambda: "gamma: down -> up" in output.getvalue(), what="the event shown")
+        text = output.getvalue()
+        assert "alpha" in text and "PROVIDER" in text and "connecting" in text
+    finally:
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
 
 
 def test_describe_event() -> None:
     event = ServerEvent(3, "ranking.best_changed", {"at": "t", "previous": None, "current": "a"})
-    assert cli.describe_event(event) == "t  best provider: - -> a"
+    assert cli_monitor.describe_event(event) == "t  best provider: - -> a"

@@ -12,7 +12,7 @@ from aiohttp import web
 from monitord.api.context import CONTEXT
 from monitord.api.errors import ApiError
 from monitord.api.replies import check_params, int_param, json_reply, single, time_param
-from monitord.model import Capacity
+from monitord.model import MS_DIGITS, RATIO_DIGITS, Capacity
 from monitord.store import Bucket, ProbeSample
 
 log = structlog.get_logger("monitord.api")
@@ -76,6 +76,10 @@ async def read_store(query: Awaitable[T]) -> T:
         raise ApiError(503, "store_unavailable", "the database did not answer; try again shortly") from None
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -86,9 +90,9 @@ def _sample(sample: ProbeSample) -> dict[str, Any]:
         "status": sample.status.value,
         "error_class": sample.error_class.value if sample.error_class else None,
         "error": sample.error,
-        "connect_ms": sample.connect_ms,
-        "ttfb_ms": sample.ttfb_ms,
-        "total_ms": sample.total_ms,
+        "connect_ms": _round(sample.connect_ms, MS_DIGITS),
+        "ttfb_ms": _round(sample.ttfb_ms, MS_DIGITS),
+        "total_ms": _round(sample.total_ms, MS_DIGITS),
         "http_status": sample.http_status,
         "model_count": sample.model_count,
         "attempts": sample.attempts,
@@ -110,7 +114,7 @@ def _bucket(bucket: Bucket) -> dict[str, Any]:
         "start": bucket.start.isoformat(),
         "count": bucket.count,
         "ok_count": bucket.ok_count,
-        "availability": bucket.availability,
-        "latency_avg_ms": bucket.latency_avg_ms,
-        "latency_p95_ms": bucket.latency_p95_ms,
+        "availability": _round(bucket.availability, RATIO_DIGITS),
+        "latency_avg_ms": _round(bucket.latency_avg_ms, MS_DIGITS),
+        "latency_p95_ms": _round(bucket.latency_p95_ms, MS_DIGITS),
     }
