@@ -213,7 +213,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     results = _run_probe_all(probe_all, specs, config.monitor.concurrency)
     samples: dict[str, GenerationSample] | None = None
-    if args.generate:
+    if getattr(args, "generate", False):  # health falls back here without that option
         from monitord.canary import canary_once
 
         samples = asyncio.run(canary_once(specs, results, concurrency=config.monitor.canary.concurrency))
