@@ -29,6 +29,7 @@ from monitord.providers import ADAPTERS
 from monitord.providers.generate import DIALECTS, CanaryRequest, Skip, plan
 from tests.doubles.base import ProviderDouble
 from tests.plugins.doubles import StartDouble
+from tests.tools.polling import eventually
 
 VLLM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 OLLAMA_MODEL = "llama3.2:3b"  # the one the Ollama double holds in memory
@@ -346,10 +347,7 @@ async def test_canaries_never_delay_health_probes(provider_double: StartDouble,
     runner = CanaryRunner(session, concurrency=1)
     hung = [asyncio.ensure_future(runner.run(spec, VLLM_MODEL)) for _ in range(3)]
     try:
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(chat_posts(double)) < 1:  # one canary holds the only canary slot
-            assert asyncio.get_running_loop().time() < deadline, "the first canary never reached the server"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: chat_posts(double), 10, "the first canary reaching the server")
 
         result = await probe_provider(spec, ADAPTERS["vllm"], session)
 

@@ -3,9 +3,6 @@ selected, within two canary intervals; it is selected again once a canary succee
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -16,6 +13,7 @@ from monitord.config import parse_config
 from monitord.daemon import Daemon
 from monitord.model import ErrorClass, Status
 from tests.doubles.webhook_receiver import WebhookReceiver
+from tests.tools.polling import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +30,6 @@ def config_text(providers: dict[str, tuple[str, str, int]], db_url: str, canary:
     lines += ["storage:", f"  url: {db_url}", "  flush_interval: 50ms", "api:", "  listen: 127.0.0.1:0",
               "alerts:", "  webhooks:", f"    - url: {webhook}", "      events: [provider.stalled, provider.up]"]
     return "\n".join(lines) + "\n"
-
-
-async def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> float:
-    """Poll `check` (sync or async) until it is truthy; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        outcome = check()
-        if asyncio.iscoroutine(outcome):
-            outcome = await outcome
-        if outcome:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s:g}s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def selected(client: aiohttp.ClientSession, daemon: Daemon) -> str | None:
@@ -103,3 +88,29 @@ async def test_an_engine_that_stops_generating_is_stalled_and_never_selected(sql
     finally:
         await daemon.stop()
         await receiver.stop()
+
+
+async def test_requests_running_without_token_progress_is_stalled_without_a_canary(sqlite_url: str,
+                                                                                   provider_double: Any) -> None:
+    """vLLM's own counters: requests running, vllm:generation_tokens_total standing still for stall_window."""
+    gpu = await provider_double("vllm", busy=3, tokens=91522)
+    text = (f"providers:\n  gpu:\n    type: vllm\n    endpoint: {gpu.url}\n"
+            "    parameters: {timeout: 1s, max_retries: 0, probe_interval: 250ms}\n"
+            f"monitor:\n  stall_window: 1s\nstorage:\n  url: {sqlite_url}\n  flush_interval: 50ms\n"
+            "api:\n  listen: 127.0.0.1:0\n")
+    daemon = Daemon(parse_config(text), install_signal_handlers=False)
+    await daemon.start()
+    try:
+        def status() -> Status | None:
+            state = daemon.live.get("gpu")
+            return state.status if state is not None else None
+
+        await eventually(lambda: status() is Status.STALLED, 15, "stalled from the counters")
+        state = daemon.live.get("gpu")
+        assert state is not None and state.last_error is not None and "(server metrics)" in state.last_error
+        assert not [r.path for r in gpu.requests if r.method == "POST"]  # without spending a token
+
+        await gpu.set("up", busy=3, tokens=95000)  # tokens flow again
+        await eventually(lambda: status() is Status.UP, 15, "up once tokens flow")
+    finally:
+        await daemon.stop()
