@@ -65,7 +65,22 @@ def describe_event(event: ServerEvent) -> str:
         return f"{data['at']}  {data['provider']}: {data['previous']} -> {data['current']}{error}"
     if event.kind == "ranking.best_changed":
         return f"{data['at']}  best provider: {data['previous'] or '-'} -> {data['current'] or '-'}"
+    if event.kind == "generation.updated":
+        return _describe_generation(data)
     return f"{event.kind}"
+
+
+def _describe_generation(data: Mapping[str, Any]) -> str:
+    """One canary sample's effect: the model's TTFT and tokens/s now, or what went wrong with this sample."""
+    from monitord.cli import generation_cells
+
+    at, where = data.get("last_sample_at"), f"{data['provider']}/{data['model']}"
+    if at == data.get("last_error_at") and data.get("last_error_class"):
+        return f"{at}  {where}: canary failed ({data['last_error_class']})"
+    if at == data.get("last_skip_at") and data.get("last_skip_class"):
+        return f"{at}  {where}: canary skipped ({data['last_skip_class']})"
+    ttft, tps = generation_cells(data)
+    return f"{at}  {where}: TTFT p50 {ttft}, {tps} tok/s"
 
 
 def provider_line(p: Mapping[str, Any], now: datetime) -> str:

@@ -169,7 +169,10 @@ class Daemon:
             await self._store.sync_providers(specs, now)
             recent = [r for r in await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))
                       if r.provider in self._specs]
+            generation = self.rankings.generation
+            samples = await self._store.generation_recent(now - timedelta(seconds=generation.policy.window_s))
         self.live.rebuild(recent, now, {s.name: s.type for s in specs})
+        generation.rebuild(samples, now, self._specs)  # TTFT and tokens/s survive a restart, like availability
         for spec in specs:
             self.live.track(spec.name, spec.type)
         self._session = create_session(limit=max(cfg.monitor.concurrency, 10))

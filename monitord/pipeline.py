@@ -152,6 +152,12 @@ def wire(pipeline: ResultPipeline, parts: Parts) -> None:
 
     # generation canaries: the health fold may call a provider stalled (or well again)
     pipeline.register(GenerationSample, fold=parts.live.fold_sample)
+    generation = parts.rankings.generation
+
+    def fold_generation(recorded: Recorded[GenerationSample]) -> None:  # TTFT, tokens/s: the sinks below read them
+        generation.fold(recorded.observation, recorded.at)
+
+    pipeline.subscribe(GenerationSample, fold_generation, name="generation")
     pipeline.subscribe(GenerationSample, lambda r: parts.store.enqueue(r.observation), name="store",
                        local_only=True)
     pipeline.subscribe(GenerationSample, parts.rankings.on_sample, name="ranking")

@@ -23,6 +23,7 @@ from datetime import datetime
 
 import structlog
 
+from monitord.generation import GenerationState
 from monitord.health import LiveState
 from monitord.model import Criteria, GenerationSample, ProbeResult, ProviderSpec, RankedProvider, Ranking
 from monitord.pipeline import Recorded
@@ -44,8 +45,9 @@ class RankingCache:
 
     def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]], ranker: Ranker,
                  clock: Callable[[], datetime], *, refresh_s: float = 1.0, max_age_s: float = 5.0,
-                 max_entries: int = 128) -> None:
+                 max_entries: int = 128, generation: GenerationState | None = None) -> None:
         self.live = live
+        self.generation = generation or GenerationState()  # canary statistics: the speed part of the score
         self.specs = specs
         self.ranker = ranker
         self.clock = clock
@@ -53,7 +55,7 @@ class RankingCache:
         self.max_age_s = max_age_s
         self.max_entries = max_entries
         self._stale = True  # end the generation on the next read, whatever its age
-        self._version = -1
+        self._version = (-1, -1)
         self._specs: Mapping[str, ProviderSpec] | None = None  # held so its identity stays meaningful
         self._born_s = 0.0
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
@@ -65,7 +67,10 @@ class RankingCache:
     @property
     def pending(self) -> bool:
         """The live state changed since this generation began (it will show within refresh_s)."""
-        return self._stale or self.live.version != self._version
+        return self._stale or self._versions() != self._version
+
+    def _versions(self) -> tuple[int, int]:
+        return self.live.version, self.generation.version
 
     def _current(self) -> tuple[Mapping[str, ProviderSpec], datetime]:
         """The specs and `now`, after starting a new generation if the old one no longer holds."""
@@ -74,10 +79,11 @@ class RankingCache:
         now_s = now.timestamp()
         age_s = now_s - self._born_s
         if (self._stale or specs is not self._specs or not 0.0 <= age_s < self.max_age_s
-                or (self.live.version != self._version and age_s >= self.refresh_s)):
+                or (self._versions() != self._version and age_s >= self.refresh_s)):
             self._stale = False
             self._entries.clear()
-            self._version = self.live.version
+            self.generation.expire(now)  # canary samples leave their window with time, not only with new ones
+            self._version = self._versions()
             self._specs = specs
             self._born_s = now_s
         return specs, now
@@ -89,7 +95,8 @@ class RankingCache:
         found = self._entries.get(key)
         if isinstance(found, Ranking):
             return found
-        result = self.ranker.rank(self.live.all(), specs, criteria, now, limit=limit)
+        result = self.ranker.rank(self.live.all(), specs, criteria, now, limit=limit,
+                                  generation=self.generation.all())
         self._remember(key, result)
         return result
 
@@ -134,9 +141,9 @@ class RankingService:
 
     def __init__(self, live: LiveState, specs: Callable[[], Mapping[str, ProviderSpec]], *,
                  clock: Callable[[], datetime], ranker: Ranker | None = None, check_interval_s: float = 0.25,
-                 tick_s: float = 1.0) -> None:
+                 tick_s: float = 1.0, generation: GenerationState | None = None) -> None:
         self.live = live
-        self.cache = RankingCache(live, specs, ranker or Ranker(), clock)
+        self.cache = RankingCache(live, specs, ranker or Ranker(), clock, generation=generation)
         self.check_interval_s = check_interval_s  # coalesces bursts of results into one check
         self.tick_s = tick_s  # a look at least this often, for listeners that wait for time to pass
         self._listeners: list[BestListener] = []
@@ -162,8 +169,14 @@ class RankingService:
         self.observed(recorded.observation.provider, bool(recorded.changes))
 
     def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
-        """Pipeline sink: a canary that made a provider stalled (or well again) reaches rankings at once."""
+        """Pipeline sink: a canary's verdict (stalled, or back) reaches rankings at once; its timings, which move
+        the speed part, within refresh_s."""
         self.observed(recorded.observation.provider, bool(recorded.changes))
+
+    @property
+    def generation(self) -> GenerationState:
+        """Live canary statistics per provider and model: the speed part of every score."""
+        return self.cache.generation
 
     def observed(self, provider: str, status_changed: bool) -> None:
         state = self.live.get(provider)
@@ -177,6 +190,7 @@ class RankingService:
         """After a reload: forget removed providers and re-rank."""
         for name in removed:
             self._models.pop(name, None)
+            self.generation.remove(name)
         self.cache.invalidate()
         self._changed.set()
 

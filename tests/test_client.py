@@ -24,7 +24,7 @@ from rich.console import Console
 from monitord import cli_monitor
 from monitord.api import make_app
 from monitord.client import ApiError, DaemonUnavailable, MonitordClient, NoProviderError, ServerEvent
-from monitord.model import Criteria, Secret, Status
+from monitord.model import Criteria, GenerationSample, Secret, Status
 from monitord.store import Store
 from tests.plugins.api import NOW, TOKEN, World, probe
 from tests.test_outage import eventually
@@ -313,6 +313,31 @@ async def test_cli_rank_prints_the_score_components(daemon: Daemon, tmp_path: Pa
     assert code == 1
 
 
+async def test_cli_health_and_rank_show_ttft_and_tokens_per_second_where_measured(daemon: Daemon,
+                                                                                    tmp_path: Path) -> None:
+    config = config_file(tmp_path / "m.yaml", port_of(daemon), WORLD_PROVIDERS)
+    code, out, _ = await run_cli("health", "-c", config)
+    assert "TTFT" not in out  # no canary yet: no empty columns
+    world = daemon.world
+    for seconds in (30, 20, 10):
+        world.feed_sample(GenerationSample(provider="alpha", provider_type="ollama", model="qwen2.5:7b",
+                                           started_at=NOW - timedelta(seconds=seconds), ok=True, ttft_ms=123.0,
+                                           tokens_per_s=45.5, total_ms=300.0, completion_tokens=8))
+    world.now += timedelta(seconds=2)  # cached answers show new timings within the cache's refresh (1 s)
+    code, out, err = await run_cli("health", "-c", config)
+    header = next(line for line in out.splitlines() if "PROVIDER" in line)
+    assert "TTFT" in header and "TOK/S" in header, out
+    alpha = next(line for line in out.splitlines() if line.lstrip().startswith("alpha"))
+    assert "123 ms" in alpha and "45.5" in alpha
+    beta = next(line for line in out.splitlines() if line.lstrip().startswith("beta"))
+    assert "123 ms" not in beta
+    code, out, err = await run_cli("rank", "--task-type", "chat", "-c", config)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "PROVIDER" in line)
+    assert "SPEED" in header and "TTFT" in header and "TOK/S" in header
+    assert "123 ms" in next(line for line in out.splitlines() if " alpha " in line)
+
+
 async def test_cli_rank_without_a_daemon(tmp_path: Path) -> None:
     config = config_file(tmp_path / "m.yaml", free_port(), WORLD_PROVIDERS)
     code, _, err = await run_cli("rank", "-c", config)
@@ -341,3 +366,10 @@ async def test_monitor_shows_the_table_and_the_events(daemon: Daemon) -> None:
 def test_describe_event() -> None:
     event = ServerEvent(3, "ranking.best_changed", {"at": "t", "previous": None, "current": "a"})
     assert cli_monitor.describe_event(event) == "t  best provider: - -> a"
+    stats = {"provider": "p", "model": "m", "last_sample_at": "t", "ttft_p50_ms": 120.0, "tokens_per_s_p50": 33.3}
+    describe = cli_monitor.describe_event
+    assert describe(ServerEvent(4, "generation.updated", stats)) == "t  p/m: TTFT p50 120 ms, 33.3 tok/s"
+    failed = {**stats, "last_error_at": "t", "last_error_class": "stream_stalled"}
+    assert describe(ServerEvent(5, "generation.updated", failed)) == "t  p/m: canary failed (stream_stalled)"
+    skipped = {**stats, "last_skip_at": "t", "last_skip_class": "busy"}
+    assert describe(ServerEvent(6, "generation.updated", skipped)) == "t  p/m: canary skipped (busy)"

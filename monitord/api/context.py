@@ -12,6 +12,7 @@ from aiohttp import web
 
 from monitord.api.events import EventHub
 from monitord.api.metrics import Metrics, StateCollector
+from monitord.generation import GenerationState
 from monitord.health import LiveState
 from monitord.model import GenerationSample, ProbeResult, ProviderSpec, Ranking, Secret, Silence, StatusChange
 from monitord.pipeline import Recorded
@@ -84,14 +85,6 @@ class ApiContext:
         """Pipeline sink: metrics and status events for each probe result."""
         self.on_result(recorded.observation, recorded.changes)
 
-    def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
-        """Pipeline sink: canary metrics, and the status events a canary caused (stalled, recovered)."""
-        self.metrics.observe_sample(recorded.observation)
-        for change in recorded.changes:
-            self.events.status_changed(change)
-        if self.owns_rankings:
-            self.ranking_service.observed(recorded.observation.provider, bool(recorded.changes))
-
     def on_result(self, result: ProbeResult, changes: Sequence[StatusChange] = ()) -> None:
         """Metrics and status events for one probe result (after LiveState.fold). Rankings learn it from the
         pipeline; a context that owns its ranking service (no daemon) tells it here."""
@@ -100,6 +93,24 @@ class ApiContext:
             self.events.status_changed(change)
         if self.owns_rankings:
             self.ranking_service.observed(result.provider, bool(changes))
+
+    def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
+        """Pipeline sink (after the statistics folded the sample): canary metrics, the status events a canary
+        caused (stalled, recovered), and the model's new statistics as a generation.updated event."""
+        sample = recorded.observation
+        self.metrics.observe_sample(sample)
+        for change in recorded.changes:
+            self.events.status_changed(change)
+        stats = self.generation_stats.get(sample.provider, sample.model)
+        if stats is not None:
+            self.events.generation_updated(stats, recorded.at)
+        if self.owns_rankings:
+            self.ranking_service.observed(sample.provider, bool(recorded.changes))
+
+    @property
+    def generation_stats(self) -> GenerationState:
+        """Live canary statistics per provider and model (the ranking service's: one object for all readers)."""
+        return self.ranking_service.generation
 
     def on_reload(self, removed: Iterable[str] = ()) -> None:
         """Call after a reload applied: forgets removed providers' series (and re-ranks, if it owns the ranking)."""

@@ -151,6 +151,9 @@ _PROVIDER = _object({
     "priority": {"type": "integer"},
     "weight": {"type": "number"},
     "probe_interval_s": {"type": "number"},
+    "generation": {"type": "object", "additionalProperties": _ref("GenerationStats"),
+                   "description": "Generation canary statistics over the last hour, by model id (empty: no canary "
+                                  "sample yet)."},
 })
 
 _CRITERIA = _object({
@@ -309,7 +312,9 @@ _SCHEMAS: dict[str, Schema] = {
                           "fallbacks": {"type": "array", "items": _ref("RankedEntry")},
                           "criteria": _ref("Criteria")}),
     "ModelServer": _object({"provider": {"type": "string"}, "provider_type": {"type": "string"},
-                            "status": STATUS, "model": _ref("ModelInfo"), "first_seen": TIME, "last_seen": TIME}),
+                            "status": STATUS, "model": _ref("ModelInfo"), "first_seen": TIME, "last_seen": TIME,
+                            "generation": {"oneOf": [_ref("GenerationStats"), {"type": "null"}],
+                                           "description": "This provider's canary statistics of the model."}}),
     "ModelList": _object({"generated_at": TIME, "models": {"type": "array", "items": _object({
         "id": {"type": "string"}, "up": {"type": "integer", "minimum": 0},
         "providers": {"type": "array", "items": _ref("ModelServer")}})}}),

@@ -6,7 +6,8 @@ Ranking and selection live in `selection.py`, history in `history.py`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -22,7 +23,8 @@ from monitord.api.metrics import CONTENT_TYPE
 from monitord.api.openapi import build_document
 from monitord.api.replies import bytes_reply, cached_reply, check_params, json_reply
 from monitord.api.selection import PARSED, ParsedRequests, ranking, select
-from monitord.model import ProviderSpec, ProviderState, Status
+from monitord.generation import GenerationState
+from monitord.model import GenerationStats, ModelServer, ProviderSpec, ProviderState, Status
 
 READY_TIMEOUT_S = 2.0  # a store that does not answer a ping by then counts as unreachable
 OPENAPI = web.AppKey("monitord.api.openapi", bytes)
@@ -78,8 +80,10 @@ async def readyz(request: web.Request) -> web.Response:
     return json_reply({"status": "ready", "checks": checks})
 
 
-def provider_dict(spec: ProviderSpec, state: ProviderState | None) -> dict[str, Any]:
-    """Live state plus the configuration a caller may see: the endpoint without userinfo, never keys or headers."""
+def provider_dict(spec: ProviderSpec, state: ProviderState | None, generation: Mapping[str, GenerationStats],
+                  now: datetime) -> dict[str, Any]:
+    """Live state plus the configuration a caller may see: the endpoint without userinfo, never keys or headers;
+    `generation` is the canary's statistics per model (ages at `now`)."""
     state = state or ProviderState(name=spec.name, type=spec.type)
     shown = state.to_dict()
     if not spec.enabled:
@@ -93,6 +97,7 @@ def provider_dict(spec: ProviderSpec, state: ProviderState | None) -> dict[str, 
         "priority": spec.priority,
         "weight": spec.weight,
         "probe_interval_s": spec.probe_interval_s,
+        "generation": {model: stats.to_dict(now) for model, stats in generation.items()},
     }
 
 
@@ -109,10 +114,11 @@ async def providers(request: web.Request) -> web.Response:
     check_params(request.query, ())
 
     def render() -> bytes:
-        specs, states = ctx.specs(), ctx.live.all()
+        specs, states, generation, now = ctx.specs(), ctx.live.all(), ctx.generation_stats, ctx.clock()
         return orjson.dumps({
-            "generated_at": ctx.clock().isoformat(),
-            "providers": [provider_dict(specs[name], states.get(name)) for name in sorted(specs)],
+            "generated_at": now.isoformat(),
+            "providers": [provider_dict(specs[name], states.get(name), generation.for_provider(name), now)
+                          for name in sorted(specs)],
         })
 
     return cached_reply(request, ctx.ranking, ("providers",), render)
@@ -122,7 +128,8 @@ async def provider(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     check_params(request.query, ())
     spec = configured(ctx, request.match_info["name"])
-    return json_reply(provider_dict(spec, ctx.live.get(spec.name)))
+    return json_reply(provider_dict(spec, ctx.live.get(spec.name), ctx.generation_stats.for_provider(spec.name),
+                                    ctx.clock()))
 
 
 async def models(request: web.Request) -> web.Response:
@@ -130,17 +137,24 @@ async def models(request: web.Request) -> web.Response:
     check_params(request.query, ())
 
     def render() -> bytes:
-        return orjson.dumps({"generated_at": ctx.clock().isoformat(), "models": _models(ctx.live.models_view())})
+        now = ctx.clock()
+        return orjson.dumps({"generated_at": now.isoformat(),
+                             "models": _models(ctx.live.models_view(), ctx.generation_stats, now)})
 
     return cached_reply(request, ctx.ranking, ("models",), render)
 
 
-def _models(view: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _models(view: Mapping[str, Sequence[ModelServer]], generation: GenerationState,
+            now: datetime) -> list[dict[str, Any]]:
+    def served(server: ModelServer) -> dict[str, Any]:
+        stats = generation.get(server.provider, server.info.id)
+        return {**server.to_dict(), "generation": stats.to_dict(now) if stats is not None else None}
+
     return [
         {
             "id": model_id,
             "up": sum(server.status is Status.UP for server in servers),
-            "providers": [server.to_dict() for server in servers],
+            "providers": [served(server) for server in servers],
         }
         for model_id, servers in view.items()
     ]

@@ -22,6 +22,7 @@ from monitord.api import ApiContext, make_app
 from monitord.api.events import EventHub
 from monitord.health import LiveState
 from monitord.model import ErrorClass, GenerationSample, ModelInfo, ModelKind, ProbeResult, ProviderSpec, Secret, Status
+from monitord.pipeline import Recorded
 from monitord.store import Store, migrate
 
 NOW = datetime(2025, 1, 1, 12, tzinfo=UTC)
@@ -90,8 +91,11 @@ class World:
         self.ctx.on_result(result, changes)
 
     def feed_sample(self, sample: GenerationSample) -> None:
-        """What the daemon does with each generation canary sample."""
+        """What the daemon's pipeline does with each generation canary sample (monitord.pipeline.wire)."""
         self.store.enqueue(sample)
+        changes = self.live.fold_sample(sample, self.now)
+        self.ctx.generation_stats.fold(sample, self.now)
+        self.ctx.on_sample(Recorded(sample, tuple(changes), self.now, True))
 
     def feed_standard(self, rounds: int = 5) -> None:
         """alpha up and fast, beta up and slower, gamma down, delta (embeddings) up."""
