@@ -785,6 +785,14 @@ class ApiConfig(_Section):
     listen: Annotated[str, AfterValidator(_listen)] = Field(
         "127.0.0.1:8765", description="host:port the API listens on ([::1]:8765 for IPv6).")
     token: OptionalSecret = Field(None, description="Bearer token clients must send; kept secret.")
+    max_connections: int = Field(
+        1000, ge=8, le=100_000,
+        description="Most open API connections; past it the oldest idle one is closed (keep well under the "
+                    "process's file limit, LimitNOFILE in the unit).")
+    idle_timeout_s: TimeoutSeconds = Field(
+        15.0, alias="idle_timeout",
+        description="A connection that sends no complete request head (or idles between requests) this long is "
+                    "closed.")
 
     @property
     def host(self) -> str:

@@ -193,7 +193,9 @@ class Daemon:
         self.rankings.subscribe(self.alerts.on_best)
         if serve_api:
             async with _step("api"):
-                self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port)
+                self._api_server = await ApiServer.start(self.api, cfg.api.host, cfg.api.port,
+                                                         max_connections=cfg.api.max_connections,
+                                                         idle_timeout_s=cfg.api.idle_timeout_s)
         async with _step("alerts"):
             await self.alerts.start()
         self.supervisor.spawn("ranking.watch", self.rankings.watch())
