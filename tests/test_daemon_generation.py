@@ -12,6 +12,7 @@ from monitord.client import MonitordClient
 from monitord.daemon import Daemon
 from monitord.model import ErrorClass, GenerationSample, Status
 from tests.test_daemon import config_text, daemon_for
+from tests.tools.polling import eventually
 
 
 def sample(daemon: Daemon, provider: str, model: str, seconds_ago: float, *, ok: bool = True,
@@ -118,5 +119,44 @@ async def test_a_removed_provider_forgets_its_statistics(tmp_path: Any, sqlite_u
         path.write_text(config_text({"a": ("ollama", server.url)}, sqlite_url))
         assert await daemon.reload()
         assert set(daemon.rankings.generation.all()) == {"a"}
+    finally:
+        await daemon.stop()
+
+
+async def test_the_daemons_own_canaries_measure_and_rank_by_speed(sqlite_url: str, provider_double: Any) -> None:
+    """End to end: canary jobs against two streaming vLLM doubles, one pacing its tokens 100x slower; what users of
+    the API see is real TTFT and tokens/s per model, and `quality: fast` picks the fast one even at a lower
+    priority."""
+    quick, sluggish = await provider_double("vllm"), await provider_double("vllm")
+    await quick.set("up", token_interval_s=0.002, reply_tokens=6)
+    await sluggish.set("up", token_interval_s=0.2, reply_tokens=6)
+    lines = ["providers:"]
+    for name, url, priority in (("quick", quick.url, 0), ("sluggish", sluggish.url, 5)):
+        lines += [f"  {name}:", "    type: vllm", f"    endpoint: {url}",
+                  f"    parameters: {{timeout: 2s, max_retries: 0, probe_interval: 1s, priority: {priority}, "
+                  "canary: {interval: 1s, deadline: 3s, timeout: 10s}}"]
+    lines += ["storage:", f"  url: {sqlite_url}", "  flush_interval: 50ms", "api:", "  listen: 127.0.0.1:0"]
+    daemon = daemon_for("\n".join(lines) + "\n")
+    await daemon.start()
+    try:
+        base = f"http://127.0.0.1:{daemon.api_port}"
+
+        def measured(name: str) -> int:
+            return sum(stats.samples_ok for stats in daemon.rankings.generation.for_provider(name).values())
+
+        await eventually(lambda: measured("quick") >= 3 and measured("sluggish") >= 3, 30, "three canaries each")
+        async with aiohttp.ClientSession() as http:
+            stats = {name: next(iter((await get_json(http, f"{base}/v1/providers/{name}"))["generation"].values()))
+                     for name in ("quick", "sluggish")}
+            assert stats["quick"]["ttft_p50_ms"] < stats["sluggish"]["ttft_p50_ms"]
+            assert stats["sluggish"]["ttft_p50_ms"] >= 150  # the first token waits one 200 ms pause
+            assert stats["quick"]["tokens_per_s_p50"] > stats["sluggish"]["tokens_per_s_p50"] > 0
+            assert stats["quick"]["last_error_class"] is None and stats["quick"]["tokens_spent"] > 0
+            ranking = await get_json(http, f"{base}/v1/ranking?quality=fast")
+            assert [e["provider"] for e in ranking["ranking"]] == ["quick", "sluggish"]
+            assert {e["evidence"]["speed"]["source"] for e in ranking["ranking"]} == {"canary"}
+            await daemon.store.flush()
+            history = await get_json(http, f"{base}/v1/providers/quick/generation")
+            assert history["samples"] and all(s["ok"] and s["stream_complete"] for s in history["samples"])
     finally:
         await daemon.stop()
