@@ -191,6 +191,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     config, path = _load(args)
     import yaml
 
+    for warning in config.warnings():
+        print(f"monitord: warning: {warning}", file=sys.stderr)
     print(f"# {path}: valid ({len(config.providers)} providers)")
     print(yaml.safe_dump(config.redacted(), sort_keys=False, allow_unicode=True), end="")
     return 0

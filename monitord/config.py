@@ -915,6 +915,19 @@ class LoggingConfig(_Section):
 ProviderName = Annotated[str, AfterValidator(_name)]
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def _endpoint_key(base_url: str) -> str:
+    """Where a base URL points, with the spellings of one place made equal: case, default ports, loopback names,
+    userinfo and a trailing slash."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    host = "loopback" if host in _LOOPBACK or host.startswith("127.") else host
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme.lower()}://{host}:{port}{parts.path.rstrip('/')}"
+
+
 class Config(_Section):
     """The whole monitord configuration; only `providers` is required."""
 
@@ -987,6 +1000,22 @@ class Config(_Section):
     def provider_specs(self) -> tuple[ProviderSpec, ...]:
         """Every provider (enabled or not), in config order, with defaults applied."""
         return tuple(provider.spec(name, self.monitor) for name, provider in self.providers.items())
+
+    def warnings(self) -> tuple[str, ...]:
+        """Valid but probably wrong: enabled providers that share an endpoint (one server probed as several
+        types is listed several times and ranked against itself)."""
+        by_endpoint: dict[str, list[ProviderSpec]] = {}
+        for spec in self.provider_specs():
+            if spec.enabled:
+                by_endpoint.setdefault(_endpoint_key(spec.base_url), []).append(spec)
+        found = []
+        for specs in by_endpoint.values():
+            if len(specs) > 1:
+                names = ", ".join(f"{s.name} ({s.type})" for s in specs)
+                found.append(f"providers: {names} share the endpoint {specs[0].redacted_endpoint}: one server "
+                             "there would be probed and ranked once per provider; keep one enabled (`type: auto` "
+                             "detects which server it is)")
+        return tuple(found)
 
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain JSON-able data under the YAML keys; secrets are '***'."""

@@ -218,6 +218,8 @@ class Daemon:
         self._canary_scheduler.start()
         log.info("daemon.started", providers=len(specs), enabled=sum(s.enabled for s in specs),
                  storage=self._store.dialect, restored=len(recent), api_port=self.api_port)
+        for warning in cfg.warnings():
+            log.warning("config.warning", detail=warning)
 
     def _peer_window_s(self) -> float:
         """How far back a peer's probe row may still land: the longest probe, a writer flush, a margin."""

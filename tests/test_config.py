@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from pydantic import ValidationError
@@ -586,3 +589,38 @@ monitor:
     assert (specs["a"].enabled, specs["b"].enabled, specs["c"].enabled) == (True, False, True)
     assert (specs["a"].stream, specs["c"].stream) == (True, False)  # GPT4All cannot stream
     assert specs["a"].interval_s == 60.0
+
+
+def test_sample_config_enables_at_most_one_type_per_port() -> None:
+    config = load_config(REPO / "monitord.yaml", env={})
+    enabled = [spec for spec in config.provider_specs() if spec.enabled]
+    ports = [urlsplit(spec.base_url).port for spec in enabled]
+    assert len(ports) == len(set(ports)), sorted(ports)
+    assert config.warnings() == ()
+    assert {"auto", "fastchat", "localai", "mlx", "tabbyapi", "mistralrs"} <= {
+        spec.type for spec in config.provider_specs() if not spec.enabled}
+
+
+def test_warns_when_enabled_providers_share_an_endpoint() -> None:
+    config = parse_config(
+        "providers:\n"
+        "  a: {type: llamacpp, endpoint: 'http://localhost:8080/'}\n"
+        "  b: {type: mlx, endpoint: 'http://127.0.0.1:8080/v1'}\n"
+        "  c: {type: localai, endpoint: 'http://127.0.0.1:8080', enabled: false}\n"
+        "  d: {type: vllm, endpoint: 'http://127.0.0.1:8000'}\n"
+        "  e: {type: fastchat, endpoint: 'http://10.0.0.2:8000'}\n", env={})
+    [warning] = config.warnings()
+    assert "a (llamacpp), b (mlx)" in warning and "share the endpoint" in warning and "type: auto" in warning
+    assert "c (localai)" not in warning and "d (vllm)" not in warning
+
+
+async def test_config_check_prints_the_warning_and_still_passes(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("providers:\n  a: {type: llamacpp}\n  b: {type: localai}\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitord", "config", "check", "-c", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err
+    assert b"warning: providers: a (llamacpp), b (localai) share the endpoint http://127.0.0.1:8080" in err
+    assert b"valid (2 providers)" in out

@@ -186,3 +186,43 @@ async def test_a_failed_probe_keeps_the_failing_status_code(started: dict[str, P
     assert result.status is Status.MISCONFIGURED
     assert result.calls[0].path == "/api/version" and result.http_status == result.calls[0].status == 404
     assert [c.path for c in result.calls][1:] == ["/", "/v1/models", "/api/extra/version", "/info"]
+
+
+# -- type: auto ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("server", "looks_like"), [
+    ("llamacpp", "llamacpp"), ("ollama", "ollama"), ("vllm", "vllm"), ("koboldcpp", "koboldcpp"),
+    ("tgi", "tgi"), ("sglang", "sglang"), ("lmstudio", "lmstudio"), ("tabbyapi", "tabbyapi"),
+    ("textgen", "textgen"), ("localai", "localai"),
+    ("mlx", "openai"),  # nothing in mlx's answers names it: probed as a generic OpenAI server
+])
+async def test_auto_detects_the_server_and_probes_it_as_that_type(started: dict[str, ProviderDouble],
+                                                                   session: aiohttp.ClientSession, server: str,
+                                                                   looks_like: str) -> None:
+    result = await probe_as(started, server, "auto", session)
+    assert (result.status, result.provider_type) == (Status.UP, "auto"), result.error
+    assert result.identity is not None and result.identity.looks_like == looks_like
+    assert result.models
+
+
+async def test_auto_remembers_what_answered_until_a_probe_fails(session: aiohttp.ClientSession) -> None:
+    adapter = ADAPTERS["auto"]
+    llama = await ProviderDouble("llamacpp", DOUBLES["llamacpp"]).start()
+    try:
+        spec = ProviderSpec(name="p", type="auto", base_url=llama.url, timeout_s=2.0, max_retries=0)
+        first = await probe_provider(spec, adapter, session)
+        second = await probe_provider(spec, adapter, session)
+        assert first.identity == second.identity and first.identity is not None
+        assert first.calls[0].path == "/"  # detection first
+        assert [c.path for c in second.calls] == ["/health", "/v1/models", "/props", "/slots"]  # straight in
+        await llama.set("down")
+        assert (await probe_provider(spec, adapter, session)).status is Status.DOWN
+    finally:
+        await llama.stop()
+    ollama = await ProviderDouble("ollama", DOUBLES["ollama"], port=llama.port).start()  # another server, same port
+    try:
+        swapped = await probe_provider(spec, adapter, session)
+        assert swapped.status is Status.UP and swapped.identity is not None
+        assert swapped.identity.looks_like == "ollama"
+    finally:
+        await ollama.stop()

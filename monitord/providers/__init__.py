@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from monitord.model import ProviderSpec, ProviderUrls
+from monitord.providers.auto import Auto
 from monitord.providers.base import Adapter, TypeDefaults
 from monitord.providers.kobold import Kobold
 from monitord.providers.llamacpp import LlamaCpp
@@ -24,7 +25,7 @@ _CHAT = frozenset({"chat", "completion", "streaming"})
 _KOBOLD = TypeDefaults(port=5001, models_path="/api/v1/model", health_path="/api/extra/version",
                        summary="KoboldCpp / KoboldAI Client")
 
-ADAPTERS: Mapping[str, Adapter] = {
+_TYPES: Mapping[str, Adapter] = {
     "vllm": VLLM(TypeDefaults(port=8000, health_path="/health", summary="vLLM OpenAI server")),
     "localai": LocalAI(TypeDefaults(port=8080, health_path="/readyz", summary="LocalAI")),
     "fastchat": FastChat(TypeDefaults(port=8000, summary="FastChat openai_api_server")),
@@ -45,6 +46,11 @@ ADAPTERS: Mapping[str, Adapter] = {
     "tgi": TGI(TypeDefaults(port=3000, health_path="/health", summary="Hugging Face text-generation-inference")),
     "sglang": SGLang(TypeDefaults(port=30000, summary="SGLang")),
     "openai": OpenAICompatible(TypeDefaults(port=8000, summary="any other OpenAI-compatible server")),
+}
+ADAPTERS: Mapping[str, Adapter] = {
+    **_TYPES,
+    # detects the server on the port and probes it as that type (providers/auto.py); default port: llama.cpp's
+    "auto": Auto(TypeDefaults(port=8080, summary="detect the server type from its answers"), _TYPES),
 }
 
 _CHAT_SUFFIX = "/chat/completions"

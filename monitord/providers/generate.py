@@ -327,6 +327,7 @@ DIALECTS: Mapping[str, Dialect] = {
     "ollama": OllamaChat(),
     "tgi": TGIGenerate(),
     "openai": _OPENAI,
+    "auto": _OPENAI,  # whatever `type: auto` finds, its canary speaks the OpenAI API most servers share
 }
 
 

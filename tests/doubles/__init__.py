@@ -35,6 +35,7 @@ DOUBLES: dict[str, DoubleFactory] = {
     "tgi": tgi_app,
     "sglang": sglang_app,
     "openai": openai_app,
+    "auto": llamacpp_app,  # `type: auto` detects whatever answers; a llama.cpp server stands in
 }
 
 __all__ = ["DOUBLES", "DoubleControl", "DoubleFactory", "ProviderDouble", "Scenario"]
