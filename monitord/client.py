@@ -1,15 +1,25 @@
 """Async client of the monitord query API, for selection code: every call has a timeout, and when the daemon is
 briefly unreachable the last good answer to the same question is returned, marked stale, instead of failing.
 
+`attempts(choice)` wraps the caller's own request to each candidate: it measures it, reports the outcome
+(POST /v1/report, in the background) and, after a failure, hands out the next fallback.
+
     async with MonitordClient("http://127.0.0.1:8765", token=os.environ.get("MONITORD_API_TOKEN")) as monitord:
-        choice = await monitord.select(task_type="code_generation", required_capabilities=["tools"])
-        for candidate in choice.candidates:   # best first, then the fallbacks
-            if await call_llm(candidate.provider):  # your own request; on failure try the next
-                break
+        choice = await monitord.select(task_type="chat", strategy="weighted")
+        async for call in monitord.attempts(choice):   # best first; the next one only after a failure
+            async with call:                           # a timeout, refusal or HTTP error is reported, then absorbed
+                async with http.post(call.chat_url, json={"model": call.model, "messages": messages}) as resp:
+                    resp.raise_for_status()
+                    call.first_token()
+                    answer = await resp.json()
+                call.completion_tokens = answer["usage"]["completion_tokens"]
+        # AllCandidatesFailed when every candidate failed
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -22,10 +32,12 @@ import aiohttp
 import orjson
 import structlog
 
-from monitord.model import Criteria, Evidence, RankedProvider, Secret, Status
+from monitord.model import Criteria, ErrorClass, Evidence, RankedProvider, Secret, SelectStrategy, Status
 
 __all__ = [
+    "AllCandidatesFailed",
     "ApiError",
+    "Attempt",
     "ClientError",
     "DaemonUnavailable",
     "MonitordClient",
@@ -35,6 +47,7 @@ __all__ = [
     "RankingAnswer",
     "Selection",
     "ServerEvent",
+    "classify_failure",
 ]
 
 log = structlog.get_logger("monitord.client")
@@ -70,6 +83,15 @@ class DaemonUnavailable(ClientError):
     """The daemon did not answer and no good answer recent enough (max_stale_s) is at hand."""
 
 
+class AllCandidatesFailed(ClientError):
+    """Every candidate of a selection failed; `attempts` holds each one with its error class and exception."""
+
+    def __init__(self, attempts: tuple[Attempt, ...]) -> None:
+        tried = ", ".join(f"{a.provider} ({a.error_class.value if a.error_class else 'failed'})" for a in attempts)
+        super().__init__(f"every candidate failed: {tried}" if attempts else "the selection had no candidate")
+        self.attempts = attempts
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """The provider to use and what to fall back to. `stale`: the daemon did not answer; this is the last good
@@ -81,6 +103,7 @@ class Selection:
     generated_at: datetime
     stale: bool = False
     age_s: float = 0.0
+    strategy: SelectStrategy = SelectStrategy.BEST
 
     @property
     def candidates(self) -> tuple[RankedProvider, ...]:
@@ -148,6 +171,7 @@ class MonitordClient:
         self._own_session = session is None
         self._clock = clock
         self._last_good: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._reports: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"MonitordClient({self.base_url!r}, token={'***' if self._headers else None})"
@@ -160,6 +184,7 @@ class MonitordClient:
         await self.close()
 
     async def close(self) -> None:
+        await self.flush()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -172,14 +197,21 @@ class MonitordClient:
     # --- the questions ---
 
     async def select(self, criteria: Criteria | Mapping[str, Any] | None = None, *, fallbacks: int = 3,
+                     strategy: SelectStrategy | str | None = None, session_key: str | None = None,
                      **fields: Any) -> Selection:
-        """The best provider for the criteria and up to `fallbacks` next ones.
+        """The provider to use for the criteria and up to `fallbacks` next ones.
 
         Criteria come as a Criteria, a mapping, or keyword fields (task_type=..., required_capabilities=[...]).
+        `strategy`: best (default), weighted, least_loaded or round_robin; `session_key`: the same key gets the
+        same provider while it stays eligible.
         Raises NoProviderError when none matches, ApiError for a rejected request, DaemonUnavailable.
         """
         wanted = _criteria(criteria, fields)
-        body = {**_criteria_body(wanted), "fallbacks": fallbacks}
+        body: dict[str, Any] = {**_criteria_body(wanted), "fallbacks": fallbacks}
+        if strategy is not None:
+            body["strategy"] = SelectStrategy(strategy).value
+        if session_key is not None:
+            body["session_key"] = session_key
         key = ("select", orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode())
         raw, stale, age_s = await self._ask(key, "POST", "/v1/select", json=body)
         return Selection(
@@ -187,7 +219,7 @@ class MonitordClient:
             fallbacks=tuple(_entry(e) for e in raw["fallbacks"]),
             criteria=Criteria.from_mapping(_present(raw["criteria"])),
             generated_at=datetime.fromisoformat(raw["generated_at"]),
-            stale=stale, age_s=age_s,
+            stale=stale, age_s=age_s, strategy=SelectStrategy(raw.get("strategy", "best")),
         )
 
     async def ranking(self, criteria: Criteria | Mapping[str, Any] | None = None, *, limit: int | None = None,
@@ -240,6 +272,62 @@ class MonitordClient:
         except _UNREACHABLE as exc:
             raise DaemonUnavailable(f"{self.base_url}: {_describe(exc)}") from exc
 
+    async def report(self, provider: str, outcome: ErrorClass | str = "ok", *, model: str | None = None,
+                     ttft_ms: float | None = None, completion_tokens: int | None = None,
+                     duration_ms: float | None = None, client: str | None = None) -> Mapping[str, Any]:
+        """Tell the daemon how one real request went (POST /v1/report): `ok` or the failure's error class.
+
+        Raises ApiError (400 invalid_report, 404 provider_not_found) or DaemonUnavailable.
+        """
+        body: dict[str, Any] = {"provider": provider,
+                                "outcome": outcome.value if isinstance(outcome, ErrorClass) else outcome}
+        for key, value in (("model", model), ("ttft_ms", ttft_ms), ("completion_tokens", completion_tokens),
+                           ("duration_ms", duration_ms), ("client", client)):
+            if value is not None:
+                body[key] = value
+        try:
+            answer: Mapping[str, Any] = await self._request("POST", "/v1/report", json=body)
+        except _Unanswered as exc:
+            raise DaemonUnavailable(f"{self.base_url}/v1/report: {exc}") from exc.__cause__
+        return answer
+
+    async def attempts(self, choice: Selection, *, client: str | None = None) -> AsyncIterator[Attempt]:
+        """Each candidate of `choice` in turn, best first, until one succeeds; use `async with` on each.
+
+        The `async with` block measures the caller's request and reports its outcome in the background; a failure
+        the block raises (timeout, refused, connection, HTTP error: see classify_failure) is reported and absorbed,
+        and the next candidate comes. Other exceptions are the caller's own: they propagate, unreported.
+        Raises AllCandidatesFailed when every candidate failed.
+        """
+        failed: list[Attempt] = []
+        for candidate in choice.candidates:
+            attempt = Attempt(self, candidate, client=client, clock=self._clock)
+            yield attempt
+            if attempt.ok is None:
+                raise RuntimeError("wrap the request to each candidate in `async with attempt:`")
+            if attempt.ok:
+                return
+            failed.append(attempt)
+        raise AllCandidatesFailed(tuple(failed))
+
+    def _report_later(self, attempt: Attempt) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_report(attempt))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _send_report(self, attempt: Attempt) -> None:
+        try:
+            await self.report(attempt.provider, attempt.error_class or "ok", model=attempt.model,
+                              ttft_ms=attempt.ttft_ms, completion_tokens=attempt.completion_tokens,
+                              duration_ms=attempt.duration_ms, client=attempt.client)
+        except ClientError as exc:  # reporting is best effort: the caller's request already went its way
+            log.warning("client.report_failed", provider=attempt.provider, error=str(exc))
+
+    async def flush(self) -> None:
+        """Wait for the reports still being sent (close() does too)."""
+        while self._reports:
+            await asyncio.gather(*self._reports, return_exceptions=True)
+
     # --- plumbing ---
 
     async def _ask(self, key: tuple[str, ...], method: str, path: str, **request: Any) -> tuple[Any, bool, float]:
@@ -275,6 +363,117 @@ class MonitordClient:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise _Unanswered(f"not JSON: {exc}") from exc
+
+
+class Attempt:
+    """One request to one candidate, as an async context manager: measures it and reports how it went.
+
+    Inside the block: `first_token()` when the first token arrives (TTFT), `completion_tokens = n`, and
+    `fail(error_class)` for a failure seen without an exception (e.g. a 503 read as a value).
+    """
+
+    def __init__(self, monitord: MonitordClient, candidate: RankedProvider, *, client: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.candidate = candidate
+        self.client = client
+        self.ok: bool | None = None  # None until the block ends
+        self.error_class: ErrorClass | None = None
+        self.exception: BaseException | None = None
+        self.completion_tokens: int | None = None
+        self.ttft_ms: float | None = None
+        self.duration_ms: float | None = None
+        self._monitord = monitord
+        self._clock = clock
+        self._started = 0.0
+        self._failed: ErrorClass | None = None
+
+    def __repr__(self) -> str:
+        return f"Attempt({self.provider!r}, ok={self.ok})"
+
+    @property
+    def provider(self) -> str:
+        return self.candidate.provider
+
+    @property
+    def api_base(self) -> str | None:
+        return self.candidate.api_base
+
+    @property
+    def chat_url(self) -> str | None:
+        return self.candidate.chat_url
+
+    @property
+    def model(self) -> str | None:
+        return self.candidate.model
+
+    def first_token(self) -> None:
+        """Mark the first token's arrival (only the first call counts)."""
+        if self.ttft_ms is None:
+            self.ttft_ms = (self._clock() - self._started) * 1000.0
+
+    def fail(self, error_class: ErrorClass | str) -> None:
+        """Count this attempt as failed without raising (the next candidate comes after the block)."""
+        self._failed = ErrorClass(error_class)
+
+    async def __aenter__(self) -> Attempt:
+        self._started = self._clock()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        self.duration_ms = (self._clock() - self._started) * 1000.0
+        if exc is not None:
+            error_class = classify_failure(exc)
+            if error_class is None:  # the caller's own bug, or a cancellation: not the provider's doing
+                self.ok, self.exception = False, exc
+                return False
+            self._failed, self.exception = error_class, exc
+        self.ok = self._failed is None
+        self.error_class = self._failed
+        self._monitord._report_later(self)
+        return exc is not None
+
+
+_STATUS_CLASSES = {401: ErrorClass.AUTH, 403: ErrorClass.AUTH, 429: ErrorClass.RATE_LIMITED}
+
+
+def _status_class(status: int) -> ErrorClass:
+    if status in _STATUS_CLASSES:
+        return _STATUS_CLASSES[status]
+    return ErrorClass.HTTP_5XX if status >= 500 else ErrorClass.HTTP_4XX
+
+
+def classify_failure(exc: BaseException) -> ErrorClass | None:
+    """The error class of a failed request to a provider; None when the exception is not the provider's doing.
+
+    aiohttp's and the standard library's errors by type; other HTTP clients (httpx, openai) by their status code
+    attribute or their class names (…Timeout…, …Connect…).
+    """
+    if not isinstance(exc, Exception):
+        return None  # CancelledError, KeyboardInterrupt
+    if isinstance(exc, TimeoutError):
+        return ErrorClass.TIMEOUT
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return _status_class(exc.status)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return ErrorClass.TLS
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ErrorClass.REFUSED if exc.os_error.errno == errno.ECONNREFUSED else ErrorClass.CONNECTION
+    if isinstance(exc, ConnectionRefusedError):
+        return ErrorClass.REFUSED
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError | ConnectionError):
+        return ErrorClass.CONNECTION
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int) and 400 <= status < 600:
+        return _status_class(status)
+    names = " ".join(kind.__name__ for kind in type(exc).__mro__)
+    if "Timeout" in names:
+        return ErrorClass.TIMEOUT
+    if "Connect" in names or "RemoteProtocol" in names:
+        return ErrorClass.CONNECTION
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -332,6 +531,7 @@ def _entry(raw: Mapping[str, Any]) -> RankedProvider:
         model=raw.get("model"),
         evidence={key: Evidence(int(value["samples"]), value.get("age_s"), str(value["source"]), value.get("model"))
                   for key, value in (raw.get("evidence") or {}).items()},
+        suspect=bool(raw.get("suspect", False)), saturated=bool(raw.get("saturated", False)),
     )
 
 

@@ -473,6 +473,7 @@ def _prompt(value: str | None) -> str | None:
 
 
 CanaryPrompt = Annotated[str | None, AfterValidator(_prompt)]
+DEFAULT_RETRY_INTERVAL_S = 5.0  # a failing provider is probed again this soon (at most its interval)
 _CANARY_MAX_TOKENS = 1024
 _CANARY_MIN_INTERVAL_S = 1.0
 
@@ -574,6 +575,10 @@ class ProviderParameters(_Section):
     health_endpoint: PathOverride = Field(None, description="Path of the health check (default per type).")
     probe_interval_s: ProbeIntervalSeconds | None = Field(
         None, alias="probe_interval", description="Time between probes (default: monitor.interval).")
+    retry_interval_s: PositiveSeconds | None = Field(
+        None, alias="retry_interval",
+        description="Time before the next probe after a failed one, until the provider is down (default: the "
+                    "smaller of the probe interval and 5s): down is confirmed in seconds.")
     capabilities: Names = Field((), description="Capabilities added to the type's defaults.")
     priority: int = Field(0, description="Higher ranks first among otherwise equal providers.")
     weight: float = Field(1.0, gt=0, description="Multiplies the provider's ranking score.")
@@ -665,6 +670,8 @@ class ProviderConfig(_Section):
             chat_endpoint=params.chat_endpoint,
             health_endpoint=params.health_endpoint,
             probe_interval_s=params.probe_interval_s or monitor.interval_s,
+            retry_interval_s=min(params.retry_interval_s or DEFAULT_RETRY_INTERVAL_S,
+                                 params.probe_interval_s or monitor.interval_s),
             capabilities=frozenset(capabilities | {*self.capabilities, *params.capabilities}),
             priority=params.priority,
             weight=params.weight,
@@ -1042,6 +1049,7 @@ def _effective_provider(spec: ProviderSpec) -> dict[str, Any]:
             "chat_endpoint": spec.chat_endpoint,
             "health_endpoint": spec.health_endpoint,
             "probe_interval": spec.probe_interval_s,
+            "retry_interval": spec.retry_interval_s,
             "priority": spec.priority,
             "weight": spec.weight,
             "max_body_bytes": spec.max_body_bytes,

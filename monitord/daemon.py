@@ -186,7 +186,8 @@ class Daemon:
         self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
                               ready=lambda: self.first_round_done, token=lambda: self.config.api.token,
                               clock=self.clock, alerts=self.alerts, rankings=self.rankings,
-                              probe_ages=self._probe_ages, stale_probes=self._stale_probes)
+                              probe_ages=self._probe_ages, stale_probes=self._stale_probes,
+                              report_sink=self.pipeline.record)
         wire(self.pipeline, Parts(live=self.live, store=self._store, rankings=self.rankings, alerts=self.alerts,
                                   probed=self.probed, api=self.api, cluster=self._cluster))
         self.pipeline.subscribe(ProbeResult, self._note_capacity, name="canary.capacity")
@@ -232,12 +233,17 @@ class Daemon:
                                                       hour_rollups_s=kept.hour_rollups_s,
                                                       batch_size=kept.batch_size)
 
-    async def _probe(self, spec: ProviderSpec) -> None:
+    async def _probe(self, spec: ProviderSpec) -> float | None:
+        """Probe once and record; when the provider is failing but not yet down, how soon to probe it again."""
         assert self._session is not None
         if self._cluster is not None and not self._cluster.owns(spec.name):
-            return  # another instance probes it; its results arrive through the cluster beat
+            return None  # another instance probes it; its results arrive through the cluster beat
         result = await probe_provider(spec, ADAPTERS[spec.type], self._session, now=self.clock)
         self.pipeline.record(result)
+        state = self.live.get(spec.name)
+        if state is not None and state.suspect and state.status is not Status.DOWN:
+            return min(spec.retry_interval_s, spec.probe_interval_s)
+        return None
 
     def _note_capacity(self, recorded: Recorded[ProbeResult]) -> None:
         capacity = recorded.observation.capacity

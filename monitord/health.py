@@ -20,6 +20,11 @@ Stalled (the server answers but cannot generate), from generation samples and th
 - probes keep their say: DOWN still needs `failure_threshold` failures; an UP or DEGRADED result of a stalled
   provider keeps it STALLED. Skipped samples (busy, not loaded, budget) say nothing.
 Latency statistics use successful results only; the EWMA is forgotten once no latency sample is left in the window.
+
+`suspect` follows the latest evidence at once, without hysteresis: a failed probe or a failed reported request
+(POST /v1/report) makes a provider suspect, a successful one clears it. Routing reacts to it; alerts wait for the
+status. Reports keep their own window (report_window_s) and at most `report_rate_per_s` of them per provider and
+second count there; failures beyond that still make the provider suspect.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from monitord.model import (
     Identity,
     ModelInfo,
     ModelServer,
+    OutcomeReport,
     ProbeResult,
     ProviderState,
     ServedModel,
@@ -58,12 +64,16 @@ class HealthPolicy:
     ewma_alpha: float = 0.3  # weight of the newest latency in the EWMA
     flap_window_s: float = 3600.0  # status changes counted in `transitions_recent`
     stall_window_s: float = 60.0  # requests running with no generated token for this long: stalled (passive)
+    report_window_s: float = 300.0  # outcomes of real requests counted in reports / reports_ok / report_ttft
+    report_rate_per_s: int = 20  # reports per provider and second that count in that window
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.success_threshold < 1:
             raise ValueError("failure_threshold and success_threshold must be at least 1")
-        if self.window_s <= 0 or self.flap_window_s <= 0 or self.stall_window_s <= 0:
-            raise ValueError("window_s, flap_window_s and stall_window_s must be positive")
+        if min(self.window_s, self.flap_window_s, self.stall_window_s, self.report_window_s) <= 0:
+            raise ValueError("window_s, flap_window_s, stall_window_s and report_window_s must be positive")
+        if self.report_rate_per_s < 1:
+            raise ValueError("report_rate_per_s must be at least 1")
         if not 0.0 < self.ewma_alpha <= 1.0:
             raise ValueError("ewma_alpha must be in (0, 1]")
 
@@ -126,8 +136,8 @@ class ProviderTracker:
     """Mutable bookkeeping behind one provider's immutable ProviderState snapshots."""
 
     __slots__ = ("_canary_stall", "_changes", "_ewma_ms", "_latencies", "_models", "_ok", "_passive_stall",
-                 "_progress", "_request_count", "_request_ewma_ms", "_samples", "name", "policy", "provider_type",
-                 "state")
+                 "_progress", "_report_second", "_report_ttfts", "_reports", "_reports_in_second", "_reports_ok",
+                 "_request_count", "_request_ewma_ms", "_samples", "name", "policy", "provider_type", "state")
 
     def __init__(self, name: str, provider_type: str, policy: HealthPolicy) -> None:
         self.name = name
@@ -146,6 +156,11 @@ class ProviderTracker:
         self._canary_stall: _Stall | None = None  # the failed canary that said "cannot generate"
         self._passive_stall: _Stall | None = None  # the server's own counters say it stopped generating
         self._progress: tuple[float, float] | None = None  # (since ts_s, token counter) while requests run
+        self._reports: deque[tuple[float, bool, float | None]] = deque()  # (ts_s, ok, ttft_ms)
+        self._reports_ok = 0
+        self._report_ttfts: list[float] = []  # kept sorted
+        self._report_second = -1  # the second the rate budget counts in
+        self._reports_in_second = 0
 
     def fold(self, result: ProbeResult, now: datetime) -> StatusChange | None:
         """Take one probe result; returns the status change it caused, if any."""
@@ -216,6 +231,38 @@ class ProviderTracker:
         """Take one stored probe row (no model list: models come back with the next live probe)."""
         return self._fold(record.ts, _status(record.status), _error_class(record.error_class), record.error,
                           record.total_ms, None, now, self.state.capacity, self.state.identity)
+
+    def fold_report(self, report: OutcomeReport, now: datetime) -> bool:
+        """Take one outcome of a real request; returns whether it counted in the report window (rate budget).
+
+        Never changes the status (alerts wait for probes); `suspect` follows the report at once.
+        """
+        now_s = now.timestamp()
+        second = int(report.received_at.timestamp())
+        if second != self._report_second:
+            self._report_second, self._reports_in_second = second, 0
+        counted = self._reports_in_second < self.policy.report_rate_per_s
+        old = self.state
+        dropped = old.reports_dropped + (not counted)
+        if counted:
+            self._reports_in_second += 1
+            speed_ms = report.ttft_ms if report.ttft_ms is not None else report.duration_ms
+            speed_ms = speed_ms if report.ok else None
+            self._reports.append((report.received_at.timestamp(), report.ok, speed_ms))
+            if report.ok:
+                self._reports_ok += 1
+            if speed_ms is not None:
+                bisect.insort(self._report_ttfts, speed_ms)
+        elif report.ok:  # over budget, and says nothing new
+            self.state = replace(old, reports_dropped=dropped)
+            return False
+        self._expire(now_s)
+        self.state = replace(
+            old, suspect=not report.ok, last_report_at=report.received_at, last_report_ok=report.ok,
+            last_report_error_class=None if report.ok else report.error_class, reports_dropped=dropped,
+            **self._window(),
+        )
+        return counted
 
     def expire(self, now: datetime) -> ProviderState:
         """Drop samples that left the windows by `now` and publish the refreshed snapshot."""
@@ -292,6 +339,11 @@ class ProviderTracker:
             models=self._models,
             capacity=capacity,
             identity=identity,
+            suspect=not ok,
+            last_report_at=old.last_report_at,
+            last_report_ok=old.last_report_ok,
+            last_report_error_class=old.last_report_error_class,
+            reports_dropped=old.reports_dropped,
             **self._window(),
         )
         return change
@@ -317,6 +369,15 @@ class ProviderTracker:
         while self._changes and self._changes[0] < flap_cutoff_s:
             self._changes.popleft()
             changed = True
+        report_cutoff_s = now_s - self.policy.report_window_s
+        reports = self._reports
+        while reports and reports[0][0] < report_cutoff_s:
+            _, ok, speed_ms = reports.popleft()
+            changed = True
+            if ok:
+                self._reports_ok -= 1
+            if speed_ms is not None:
+                del self._report_ttfts[bisect.bisect_left(self._report_ttfts, speed_ms)]
         return changed
 
     def _window(self) -> dict[str, Any]:
@@ -333,6 +394,9 @@ class ProviderTracker:
             "request_latency_ms": self._request_ewma_ms,
             "request_samples": self._request_count,
             "transitions_recent": len(self._changes),
+            "reports": len(self._reports),
+            "reports_ok": self._reports_ok,
+            "report_ttft_p50_ms": percentile(self._report_ttfts, 0.5),
         }
 
 
@@ -407,6 +471,19 @@ class LiveState:
         self._states[sample.provider] = tracker.state
         self.version += 1
         return [change]
+
+    def fold_report(self, report: OutcomeReport, now: datetime) -> list[StatusChange]:
+        """Take one reported outcome (see ProviderTracker.fold_report); never a status change, so alerts wait for
+        probes. A provider not tracked (removed meanwhile) is ignored."""
+        tracker = self._trackers.get(report.provider)
+        if tracker is None:
+            return []
+        before = tracker.state
+        tracker.fold_report(report, now)
+        if tracker.state is not before:
+            self._states[report.provider] = tracker.state
+            self.version += 1
+        return []
 
     def get(self, name: str) -> ProviderState | None:
         return self._states.get(name)

@@ -140,6 +140,7 @@ class ProviderSpec:
     chat_endpoint: str | None = None  # path override for chat completions
     health_endpoint: str | None = None  # path override for the health check
     probe_interval_s: float = 30.0
+    retry_interval_s: float = 5.0  # while failing, not yet down: probe again after min(this, probe_interval_s)
     capabilities: frozenset[str] = frozenset()  # type defaults plus configured ones
     priority: int = 0  # higher ranks first among equals
     weight: float = 1.0  # multiplies the ranking score
@@ -485,6 +486,15 @@ class ProviderState:
     transitions_recent: int = 0  # status changes in the flap window
     capacity: Capacity | None = None  # from the last probe; None: unknown (not published, not read, or down)
     identity: Identity | None = None  # what the server on the port looked like, last time it told
+    suspect: bool = False  # the latest evidence (a probe or a reported request) failed; status may still be up
+    # outcomes of real requests the applications reported (POST /v1/report), over their own window
+    reports: int = 0
+    reports_ok: int = 0
+    report_ttft_p50_ms: float | None = None  # time to first token (the duration when none was given)
+    last_report_at: datetime | None = None
+    last_report_ok: bool | None = None
+    last_report_error_class: ErrorClass | None = None
+    reports_dropped: int = 0  # reports over the rate budget since start (not counted in the window)
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -524,6 +534,14 @@ class ProviderState:
             "saturated": self.saturated,
             "capacity": self.capacity.to_dict() if self.capacity is not None else None,
             "identity": self.identity.to_dict() if self.identity is not None else None,
+            "suspect": self.suspect,
+            "reports": self.reports,
+            "reports_ok": self.reports_ok,
+            "report_ttft_p50_ms": self.report_ttft_p50_ms,
+            "last_report_at": _iso(self.last_report_at),
+            "last_report_ok": self.last_report_ok,
+            "last_report_error_class": self.last_report_error_class.value if self.last_report_error_class else None,
+            "reports_dropped": self.reports_dropped,
         }
 
 
@@ -587,6 +605,15 @@ class TaskType(enum.StrEnum):
     VISION = "vision"
     TOOLS = "tools"
     REASONING = "reasoning"
+
+
+class SelectStrategy(enum.StrEnum):
+    """How POST /v1/select picks among providers as good as the best (spread.py)."""
+
+    BEST = "best"  # always the top of the ranking
+    WEIGHTED = "weighted"  # random, in proportion to score, among those within a margin of the best
+    LEAST_LOADED = "least_loaded"  # most headroom (capacity) first, then score
+    ROUND_ROBIN = "round_robin"  # each in turn, in score order
 
 
 class QualityPreference(enum.StrEnum):
@@ -715,7 +742,7 @@ class Evidence:
 
     samples: int  # 0 for parts that come from the config or the model list
     age_s: float | None  # seconds since the newest sample the part uses; None: no sample
-    source: str  # "probes", "requests", "canary", "config", "models", "capacity"
+    source: str  # "probes", "requests", "canary", "config", "models", "capacity", "reports" (POST /v1/report)
     model: str | None = None  # the model a canary-based part measured
 
     def to_dict(self) -> dict[str, Any]:
@@ -737,6 +764,8 @@ class RankedProvider:
     chat_url: str | None = None
     model: str | None = None  # the served model id that best fits the criteria; None: the server lists none
     evidence: Mapping[str, Evidence] = field(default_factory=dict)  # component -> what it rests on
+    suspect: bool = False  # its last probe or real requests failed: ranked below every healthy provider
+    saturated: bool = False  # no idle slot or a queue at the last probe: ranked below the unsaturated of its tier
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -751,6 +780,8 @@ class RankedProvider:
             "chat_url": self.chat_url,
             "model": self.model,
             "evidence": {key: value.to_dict() for key, value in self.evidence.items()},
+            "suspect": self.suspect,
+            "saturated": self.saturated,
         }
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
-from monitord.model import GenerationSample, ProbeResult, Status, StatusChange
+from monitord.model import GenerationSample, OutcomeReport, ProbeResult, Status, StatusChange
 
 if TYPE_CHECKING:  # the parts `wire` connects; this module itself only dispatches
     from monitord.alerts.service import AlertsService
@@ -123,6 +123,13 @@ def log_sample(recorded: Recorded[GenerationSample]) -> None:
               current=change.current.value, error_class=change.error_class, error=change.error)
 
 
+def log_report(recorded: Recorded[OutcomeReport]) -> None:
+    """The log sink for reported outcomes: one debug line each."""
+    report = recorded.observation
+    log.debug("report.received", provider=report.provider, ok=report.ok, error_class=report.error_class,
+              ttft_ms=report.ttft_ms, client=report.client)
+
+
 @dataclass(frozen=True, slots=True)
 class Parts:
     """What observations fan out to; the daemon builds them, `wire` connects them."""
@@ -165,3 +172,11 @@ def wire(pipeline: ResultPipeline, parts: Parts) -> None:
         pipeline.subscribe(GenerationSample, parts.api.on_sample, name="api")
     pipeline.subscribe(GenerationSample, parts.alerts.on_sample, name="alerts")
     pipeline.subscribe(GenerationSample, log_sample, name="log")
+
+    # An application's outcome of a real request (POST /v1/report): live state only (suspect, reported_*); no
+    # status change, so no alert; kept in memory, not stored.
+    pipeline.register(OutcomeReport, fold=parts.live.fold_report)
+    pipeline.subscribe(OutcomeReport, parts.rankings.on_report, name="ranking")
+    if parts.api is not None:
+        pipeline.subscribe(OutcomeReport, parts.api.on_report, name="api")
+    pipeline.subscribe(OutcomeReport, log_report, name="log")

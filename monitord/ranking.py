@@ -9,6 +9,10 @@ KV cache; unknown counts half). A saturated provider (no idle slot or a queue) s
 its status tier, and `warm` (a factor like weight) costs a provider COLD_LOAD_FACTOR when the model it would serve
 is not in memory and must be loaded first (Ollama, LM Studio). Every part says what it rests on
 (RankedProvider.evidence).
+Availability and speed blend what the probes and canaries saw with what applications reported of their real
+requests (POST /v1/report): `report_weight` of each part, shown apart as `reported_availability` and
+`reported_speed`. A suspect provider (its latest probe or reported request failed) sorts below every healthy one
+of its status and above the next status: up, up-but-suspect, degraded, ...
 No I/O and no clock reads (`now` is an argument). `Ranker` keeps the criteria-independent preparation of each
 provider between calls, keyed by the identity of its immutable state and spec, so a request pays only for
 matching and scoring; `rank()` is the one-shot form.
@@ -115,6 +119,8 @@ class RankingPolicy:
     latency_floor_ms: float = 50.0  # added to both sides of best/latency: a few ms apart is no difference
     ttft_floor_ms: float = 50.0  # the same for time to first token
     wilson_z: float = 1.96  # availability is the Wilson lower bound at this z (few samples count less)
+    report_weight: float = 0.5  # share of reported outcomes in the availability and speed parts
+    report_prior: float = 5.0  # reports count against this many pseudo-reports at the probes' availability
 
 
 def wilson_lower_bound(successes: int, samples: int, z: float = 1.96) -> float:
@@ -199,8 +205,9 @@ class _Prepared:
     """Everything about one provider that does not depend on the criteria, and its fits to recent queries."""
 
     __slots__ = ("availability", "contexts", "fits", "generation", "headroom", "last_failure_s", "latency_ms",
-                 "latency_source", "offers", "priority", "priority_part", "queue", "resident", "saturated", "spec",
-                 "state", "status", "status_factor", "status_reasons", "tier", "urls", "weight")
+                 "latency_source", "offers", "priority", "priority_part", "queue", "report_ms", "reported_availability",
+                 "resident", "saturated", "spec", "state", "status", "status_factor", "status_reasons", "suspect",
+                 "tier", "urls", "weight")
 
     def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy,
                  generation: Mapping[str, GenerationStats] = _NO_GENERATION) -> None:
@@ -209,7 +216,9 @@ class _Prepared:
         self.generation = generation
         self.urls: ProviderUrls = provider_urls(spec)
         self.status = state.status if state is not None else Status.UNKNOWN
-        self.tier, self.status_factor = _STATUS_TIER.get(self.status, (3, 0.0))
+        self.suspect = state is not None and state.suspect
+        tier, self.status_factor = _STATUS_TIER.get(self.status, (3, 0.0))
+        self.tier = 2 * tier + self.suspect  # a suspect sorts below its healthy peers, above the next status
         self.status_reasons = _status_reasons(state, spec)
         self.priority = spec.priority
         self.priority_part = 0.5 + 0.5 * spec.priority / (abs(spec.priority) + 5)
@@ -223,6 +232,7 @@ class _Prepared:
         self.latency_source = "requests"
         if state is None:
             self.availability, self.latency_ms, self.last_failure_s = 0.0, None, None
+            self.reported_availability, self.report_ms = 0.0, None
         else:
             self.availability = wilson_lower_bound(state.samples_ok, state.samples, policy.wilson_z)
             # Per request where this run timed requests; right after a restart only whole probes are known.
@@ -232,6 +242,10 @@ class _Prepared:
                 self.latency_ms = state.latency_ewma_ms if state.latency_ewma_ms is not None \
                     else state.latency_p50_ms
             self.last_failure_s = state.last_failure_at.timestamp() if state.last_failure_at else None
+            # few reports say little: they pull from the probes' availability towards their own share
+            prior = policy.report_prior
+            self.reported_availability = (state.reports_ok + prior * self.availability) / (state.reports + prior)
+            self.report_ms = state.report_ttft_p50_ms
         capabilities = frozenset(CAPABILITY_ALIASES.get(c, c) for c in spec.capabilities)
         if not spec.streaming_support:
             capabilities -= {"streaming"}
@@ -442,6 +456,11 @@ class Ranker:
         best_ms = min(latencies) + floor_ms if latencies else floor_ms
         speed = _SpeedScale([fit.speed for _, fit in candidates if fit.speed is not None], self.policy.ttft_floor_ms,
                             SPEED_TTFT_SHARE[query.preference])
+        reported = [p.report_ms for p, _ in candidates if p.report_ms is not None]
+        ttft_floor_ms = self.policy.ttft_floor_ms
+        best_report_ms = min(reported) + ttft_floor_ms if reported else ttft_floor_ms
+        report_w = self.policy.report_weight
+        probe_w = 1.0 - report_w
         now_s = now.timestamp()
         tau_s = self.policy.recovery_tau_s
         exp = math.exp
@@ -450,20 +469,24 @@ class Ranker:
         w_priority, w_quality, w_task_fit, w_headroom = w["priority"], w["quality"], w["task_fit"], w["headroom"]
         # Sort keys end with the candidate's index: names are unique, so nothing past the name is compared.
         keyed: list[tuple[int, bool, float, int, str, int]] = []
-        parts: list[tuple[float, float, float, float]] = []
+        parts: list[tuple[float, float, float, float, float]] = []
         for index, (prepared, fit) in enumerate(candidates):
             latency_ms = prepared.latency_ms
             latency = best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
             fast = speed.part(fit.speed) if fit.speed is not None else latency  # control plane: the fallback
+            report_ms = prepared.report_ms
+            # the TTFT real requests saw, against the fastest reported provider; the measured speed where none
+            reported_speed = best_report_ms / (report_ms + ttft_floor_ms) if report_ms is not None else fast
             failed_s = prepared.last_failure_s
             recency = 1.0 if failed_s is None else 1.0 - exp(-max(0.0, now_s - failed_s) / tau_s)
-            total = (w_availability * prepared.availability + w_speed * fast + w_recency * recency
-                     + w_priority * prepared.priority_part + w_quality * fit.quality + w_task_fit * fit.task_fit
-                     + w_headroom * prepared.headroom)
+            availability = probe_w * prepared.availability + report_w * prepared.reported_availability
+            total = (w_availability * availability + w_speed * (probe_w * fast + report_w * reported_speed)
+                     + w_recency * recency + w_priority * prepared.priority_part + w_quality * fit.quality
+                     + w_task_fit * fit.task_fit + w_headroom * prepared.headroom)
             warm = warm_factor(prepared.resident, fit.model)
             keyed.append((prepared.tier, prepared.saturated, -prepared.weight * prepared.status_factor * warm * total,
                           -prepared.priority, prepared.spec.name, index))
-            parts.append((fast, latency, recency, warm))
+            parts.append((fast, reported_speed, latency, recency, warm))
         if limit is not None and limit < len(keyed):
             keyed = heapq.nsmallest(max(0, limit), keyed)
         else:
@@ -518,8 +541,13 @@ def _evidence(prepared: _Prepared, fit: _Fit, now: datetime) -> dict[str, Eviden
     models = Evidence(len(state.models) if state is not None else 0,
                       _age_s(now, max((m.last_seen for m in state.models), default=None)) if state else None,
                       "models") if state is not None and state.models else _CONFIG
+    reports = Evidence(state.reports, _age_s(now, state.last_report_at), "reports") \
+        if state is not None and state.reports else None
     return {
         "availability": Evidence(samples, probed, "probes"),
+        "reported_availability": reports or Evidence(samples, probed, "probes"),
+        "reported_speed": reports if reports is not None and state is not None
+        and state.report_ttft_p50_ms is not None else speed,
         "speed": speed,
         "latency": latency,
         "recency": Evidence(samples, probed, "probes"),
@@ -533,20 +561,21 @@ def _evidence(prepared: _Prepared, fit: _Fit, now: datetime) -> dict[str, Eviden
     }
 
 
-def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, latency: float, recency: float,
-           warm: float, now: datetime) -> RankedProvider:
+def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, reported_speed: float, latency: float,
+           recency: float, warm: float, now: datetime) -> RankedProvider:
     urls = prepared.urls
     return RankedProvider(
         provider=prepared.spec.name, type=prepared.spec.type, score=score, status=prepared.status,
         components={
-            "availability": prepared.availability, "speed": speed, "latency": latency, "recency": recency,
+            "availability": prepared.availability, "reported_availability": prepared.reported_availability,
+            "speed": speed, "reported_speed": reported_speed, "latency": latency, "recency": recency,
             "priority": prepared.priority_part, "quality": fit.quality, "task_fit": fit.task_fit,
             "weight": prepared.weight, "status_factor": prepared.status_factor,
             "headroom": prepared.headroom, "warm": warm,
         },
         models=fit.models,
         endpoint=urls.endpoint, api_base=urls.api_base, chat_url=urls.chat_url, model=fit.model,
-        evidence=_evidence(prepared, fit, now),
+        evidence=_evidence(prepared, fit, now), suspect=prepared.suspect, saturated=prepared.saturated,
     )
 
 

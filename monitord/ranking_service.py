@@ -25,7 +25,16 @@ import structlog
 
 from monitord.generation import GenerationState
 from monitord.health import LiveState
-from monitord.model import Criteria, GenerationSample, ProbeResult, ProviderSpec, RankedProvider, Ranking
+from monitord.model import (
+    Criteria,
+    GenerationSample,
+    OutcomeReport,
+    ProbeResult,
+    ProviderSpec,
+    ProviderState,
+    RankedProvider,
+    Ranking,
+)
 from monitord.pipeline import Recorded
 from monitord.ranking import Ranker
 
@@ -147,7 +156,7 @@ class RankingService:
         self.check_interval_s = check_interval_s  # coalesces bursts of results into one check
         self.tick_s = tick_s  # a look at least this often, for listeners that wait for time to pass
         self._listeners: list[BestListener] = []
-        self._models: dict[str, tuple[str, ...]] = {name: s.model_ids for name, s in live.all().items()}
+        self._seen: dict[str, tuple[tuple[str, ...], bool]] = {name: _routing(s) for name, s in live.all().items()}
         self._changed = asyncio.Event()
         self._best: RankedProvider | None = None
 
@@ -165,7 +174,8 @@ class RankingService:
         self._listeners.append(listener)
 
     def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
-        """Pipeline sink: status and model-list changes reach rankings at once, other results within refresh_s."""
+        """Pipeline sink: status, suspect and model-list changes reach rankings at once, other results within
+        refresh_s."""
         self.observed(recorded.observation.provider, bool(recorded.changes))
 
     def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
@@ -178,18 +188,22 @@ class RankingService:
         """Live canary statistics per provider and model: the speed part of every score."""
         return self.cache.generation
 
+    def on_report(self, recorded: Recorded[OutcomeReport]) -> None:
+        """Pipeline sink: a failed real request makes its provider suspect, and selections see it at once."""
+        self.observed(recorded.observation.provider, False)
+
     def observed(self, provider: str, status_changed: bool) -> None:
         state = self.live.get(provider)
-        models = state.model_ids if state is not None else ()
-        if status_changed or self._models.get(provider, ()) != models:
-            self._models[provider] = models
+        seen = _routing(state) if state is not None else ((), False)
+        if status_changed or self._seen.get(provider) != seen:
+            self._seen[provider] = seen
             self.cache.invalidate()
         self._changed.set()
 
     def reconfigured(self, removed: Iterable[str] = ()) -> None:
         """After a reload: forget removed providers and re-rank."""
         for name in removed:
-            self._models.pop(name, None)
+            self._seen.pop(name, None)
             self.generation.remove(name)
         self.cache.invalidate()
         self._changed.set()
@@ -239,6 +253,11 @@ class RankingService:
         except Exception:
             log.exception("ranking.check_failed")
             return None
+
+
+def _routing(state: ProviderState) -> tuple[tuple[str, ...], bool]:
+    """What must reach selections at once when it changes: the model list and the suspect flag."""
+    return state.model_ids, state.suspect
 
 
 def _name(entry: RankedProvider | None) -> str | None:

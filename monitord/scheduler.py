@@ -3,12 +3,15 @@ overlap, a cap. A step of the wall clock (NTP, a suspended VM, an operator) neit
 
 Knows nothing of HTTP or SQL: it calls `run_probe(spec)` and tracks the task so shutdown can cancel it. It also
 says how long ago each provider's last probe ended, so readiness and /metrics can tell stale probing apart.
-The same scheduler runs the generation canaries: one job per (provider, model), keyed by the job's `name`.
+The same scheduler runs the generation canaries: one job per (provider, model), keyed by the job's `name`. When
+`run_probe` answers a delay (a provider failing but not yet down: its retry_interval), the next run comes after it
+instead of a whole interval, so a failure is confirmed (or cleared) in seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,8 +22,6 @@ import structlog
 from monitord.model import ProviderSpec
 
 log = structlog.get_logger("monitord.scheduler")
-
-
 
 class Schedulable(Protocol):
     """What the scheduler needs of a job: a ProviderSpec (health probes) or a canary job."""
@@ -36,7 +37,7 @@ class Schedulable(Protocol):
 
 
 JobT = TypeVar("JobT", bound=Schedulable)
-RunProbe = Callable[[ProviderSpec], Awaitable[None]]
+RunProbe = Callable[[ProviderSpec], Awaitable[float | None]]  # a delay: run again that soon (a failing provider)
 
 STALE_SLACK_S = 2.0  # on top of two intervals and a timeout: a loaded loop is late, not stale
 
@@ -49,7 +50,8 @@ def stale_after_s(spec: Schedulable) -> float:
 class ProbeScheduler(Generic[JobT]):
     """One timer task per provider (or canary job) and every probe task they start."""
 
-    def __init__(self, run_probe: Callable[[JobT], Awaitable[None]], *, concurrency: int, jitter_s: float = 0.0,
+    def __init__(self, run_probe: Callable[[JobT], Awaitable[float | None]], *, concurrency: int,
+                 jitter_s: float = 0.0,
                  rng: random.Random | None = None) -> None:
         self._run_probe = run_probe
         self._jitter_s = jitter_s
@@ -60,11 +62,13 @@ class ProbeScheduler(Generic[JobT]):
         self._current: dict[str, asyncio.Task[None]] = {}  # per provider: its probe task, while it runs
         self._tasks: set[asyncio.Task[None]] = set()
         self._due: dict[str, float] = {}  # next run per provider, in loop time
+        self._nudges: dict[str, asyncio.Event] = {}  # set when a provider's next run was brought forward
         self._last_done: dict[str, float] = {}  # when each provider's last probe ended (or it was scheduled)
         self._go = asyncio.Event()
         self._stopped = False
         self.lateness_ms: deque[float] = deque(maxlen=10_000)  # run time minus due time
         self.skipped_total = 0  # runs dropped because the previous probe of that provider was still running
+        self.retries_total = 0  # runs brought forward because the provider was failing
 
     @property
     def specs(self) -> dict[str, JobT]:
@@ -78,6 +82,11 @@ class ProbeScheduler(Generic[JobT]):
         """How far the most overdue timer is past its run time: grows without bound if scheduling stalls."""
         now = _now()
         return max((max(0.0, now - due) for due in self._due.values()), default=0.0)
+
+    def next_run_in_s(self, name: str) -> float | None:
+        """Seconds until `name`'s next run (negative: overdue); None when it is not scheduled."""
+        due = self._due.get(name)
+        return due - _now() if due is not None else None
 
     def probe_ages_s(self) -> Mapping[str, float]:
         """Seconds since each scheduled provider's last probe ended (since it was scheduled, before its first)."""
@@ -111,6 +120,7 @@ class ProbeScheduler(Generic[JobT]):
     def unschedule(self, name: str) -> None:
         self._specs.pop(name, None)
         self._due.pop(name, None)
+        self._nudges.pop(name, None)
         self._last_done.pop(name, None)
         timer = self._timers.pop(name, None)
         if timer is not None:
@@ -147,10 +157,17 @@ class ProbeScheduler(Generic[JobT]):
     async def _timer(self, name: str, interval_s: float, first_delay_s: float) -> None:
         await self._go.wait()
         due = _now() + first_delay_s
+        nudge = self._nudges[name] = asyncio.Event()
         while True:
             self._due[name] = due
-            await asyncio.sleep(max(0.0, due - _now()))
+            nudge.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, due - _now())):
+                    await nudge.wait()
+            due = self._due.get(name, due)  # a failing probe may have brought it forward (retry_soon)
             now = _now()
+            if due > now:
+                continue
             self.lateness_ms.append((now - due) * 1000)
             current = self._current.get(name)
             if current is not None and not current.done():
@@ -174,7 +191,9 @@ class ProbeScheduler(Generic[JobT]):
             if spec is None:  # removed while waiting
                 return
             async with self._limit:
-                await self._run_probe(spec)
+                retry_in_s = await self._run_probe(spec)
+            if retry_in_s is not None:
+                self._retry_soon(name, retry_in_s)
         except asyncio.CancelledError:
             # Only shutdown cancels probe tasks; ending quietly keeps the log for real failures.
             log.debug("probe.cancelled", provider=name)
@@ -187,6 +206,17 @@ class ProbeScheduler(Generic[JobT]):
                 del self._current[name]
             if name in self._specs:
                 self._last_done[name] = _now()
+
+
+    def _retry_soon(self, name: str, delay_s: float) -> None:
+        """Bring the next run forward to `delay_s` from now (never later than it was due anyway)."""
+        due = self._due.get(name)
+        nudge = self._nudges.get(name)
+        soon = _now() + max(0.0, delay_s)
+        if due is not None and nudge is not None and soon < due:
+            self._due[name] = soon
+            nudge.set()
+            self.retries_total += 1
 
 
 def _now() -> float:

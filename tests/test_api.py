@@ -151,7 +151,7 @@ async def test_default_ranking_explains_every_entry_and_exclusion(api: tuple[Cli
     assert [e["provider"] for e in body["ranking"]] == ["alpha", "delta", "beta"]
     top = body["ranking"][0]
     assert set(top) == {"provider", "type", "score", "status", "components", "models", "endpoint", "api_base",
-                        "chat_url", "model", "evidence"}
+                        "chat_url", "model", "evidence", "suspect", "saturated"}
     assert set(top["evidence"]) == set(top["components"])
     assert {"availability", "latency", "recency", "priority", "quality", "task_fit"} <= set(top["components"])
     assert top["score"] >= body["ranking"][1]["score"]
@@ -301,7 +301,7 @@ async def test_select_picks_only_providers_that_match_vision_and_tools(api: tupl
     resp = await client.post("/v1/select", json={"task_type": "chat", "required_capabilities": ["vision", "tools"]})
     assert resp.status == 200
     body = await resp.json()
-    assert set(body) == {"generated_at", "provider", "fallbacks", "criteria"}
+    assert set(body) == {"generated_at", "provider", "fallbacks", "criteria", "strategy"}
     assert body["provider"]["provider"] == "alpha"
     assert body["provider"]["models"] == ["llava:13b", "qwen2.5:7b"]
     assert body["fallbacks"] == []

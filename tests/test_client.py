@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -23,9 +24,20 @@ from rich.console import Console
 
 from monitord import cli_monitor
 from monitord.api import make_app
-from monitord.client import ApiError, DaemonUnavailable, MonitordClient, NoProviderError, ServerEvent
-from monitord.model import Criteria, GenerationSample, Secret, Status
+from monitord.client import (
+    AllCandidatesFailed,
+    ApiError,
+    Attempt,
+    DaemonUnavailable,
+    MonitordClient,
+    NoProviderError,
+    ServerEvent,
+    classify_failure,
+)
+from monitord.model import Criteria, ErrorClass, GenerationSample, ModelInfo, ProviderSpec, Secret, Status
 from monitord.store import Store
+from tests.doubles import ProviderDouble, Scenario
+from tests.doubles.llamacpp import llamacpp_app
 from tests.plugins.api import NOW, TOKEN, World, probe
 from tests.test_outage import eventually
 
@@ -373,3 +385,99 @@ def test_describe_event() -> None:
     assert describe(ServerEvent(5, "generation.updated", failed)) == "t  p/m: canary failed (stream_stalled)"
     skipped = {**stats, "last_skip_at": "t", "last_skip_class": "busy"}
     assert describe(ServerEvent(6, "generation.updated", skipped)) == "t  p/m: canary skipped (busy)"
+
+
+# --- attempts: the caller's request measured, reported, and the next fallback after a failure ---
+
+
+@pytest.fixture
+async def fleet(sqlite_store: Store) -> AsyncIterator[tuple[Daemon, dict[str, ProviderDouble]]]:
+    """Three llama.cpp doubles ranked dead > broken > good (by weight): refused, 500, and a real answer."""
+    doubles = {name: await ProviderDouble("llamacpp", llamacpp_app).start() for name in ("dead", "broken", "good")}
+    await doubles["dead"].set(Scenario.DOWN)
+    await doubles["broken"].set(Scenario.ERROR)
+    specs = {name: ProviderSpec(name, "llamacpp", double.url, capabilities=frozenset({"chat"}), weight=weight)
+             for (name, double), weight in zip(doubles.items(), (1.0, 0.9, 0.8), strict=True)}
+    world = World(store=sqlite_store, specs=specs)
+    for spec in specs.values():  # every one looked fine to the probes
+        world.feed(probe(spec, models=(ModelInfo("qwen2.5-0.5b-instruct"),)))
+    running = Daemon(world)
+    await running.server.start_server()
+    yield running, doubles
+    await running.server.close()
+    for double in doubles.values():
+        await double.stop()
+
+
+async def ask(http: aiohttp.ClientSession, call: Attempt) -> None:
+    assert call.chat_url is not None
+    async with http.post(call.chat_url, json={"model": call.model, "messages": [{"role": "user", "content": "hi"}]},
+                         timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        resp.raise_for_status()
+        call.first_token()
+        body = await resp.json()
+    call.completion_tokens = body["usage"]["completion_tokens"]
+
+
+async def test_attempts_report_each_outcome_and_fall_back_until_one_answers(
+        fleet: tuple[Daemon, dict[str, ProviderDouble]]) -> None:
+    daemon, _ = fleet
+    tried = []
+    async with MonitordClient(daemon.url) as monitord, aiohttp.ClientSession() as http:
+        choice = await monitord.select(fallbacks=2)
+        async for call in monitord.attempts(choice, client="tests"):
+            tried.append(call)
+            async with call:
+                await ask(http, call)
+        await monitord.flush()
+        states = {name: (await monitord.provider(name)).provider for name in ("dead", "broken", "good")}
+    assert [(c.provider, c.ok, c.error_class) for c in tried] == [
+        ("dead", False, ErrorClass.REFUSED), ("broken", False, ErrorClass.HTTP_5XX), ("good", True, None)]
+    good = tried[-1]
+    assert good.model == "qwen2.5-0.5b-instruct" and good.completion_tokens == 1
+    assert good.ttft_ms is not None and good.duration_ms is not None and 0 < good.ttft_ms <= good.duration_ms
+    assert states["dead"]["suspect"] and states["dead"]["last_report_error_class"] == "refused"
+    assert states["broken"]["suspect"] and states["broken"]["last_report_error_class"] == "http_5xx"
+    assert not states["good"]["suspect"] and states["good"]["reports_ok"] == 1
+    # the next selection already avoids both, before any probe
+    async with MonitordClient(daemon.url) as monitord:
+        assert (await monitord.select()).provider.provider == "good"
+
+
+async def test_attempts_raise_when_all_fail_and_leave_the_callers_own_errors_alone(
+        fleet: tuple[Daemon, dict[str, ProviderDouble]]) -> None:
+    daemon, doubles = fleet
+    await doubles["good"].set(Scenario.HANG)
+    async with MonitordClient(daemon.url) as monitord, aiohttp.ClientSession() as http:
+        choice = await monitord.select(fallbacks=2)
+        with pytest.raises(AllCandidatesFailed) as caught:
+            async for call in monitord.attempts(choice):
+                async with call:
+                    async with asyncio.timeout(0.3):
+                        await ask(http, call)
+        assert [a.error_class for a in caught.value.attempts] == [
+            ErrorClass.REFUSED, ErrorClass.HTTP_5XX, ErrorClass.TIMEOUT]
+        with pytest.raises(KeyError):  # a bug in the caller's block is not the provider's failure
+            async for call in monitord.attempts(choice):
+                async with call:
+                    {}["missing"]
+        await monitord.flush()
+        state = (await monitord.provider("good")).provider
+    assert state["last_report_error_class"] == "timeout" and state["reports"] == 1
+
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    (TimeoutError(), ErrorClass.TIMEOUT),
+    (ConnectionRefusedError(), ErrorClass.REFUSED),
+    (ConnectionResetError(), ErrorClass.CONNECTION),
+    (aiohttp.ServerDisconnectedError(), ErrorClass.CONNECTION),
+    (type("APIStatusError", (Exception,), {"status_code": 503})(), ErrorClass.HTTP_5XX),
+    (type("HTTPStatusError", (Exception,), {"response": type("R", (), {"status_code": 429})()})(),
+     ErrorClass.RATE_LIMITED),
+    (type("ReadTimeout", (Exception,), {})(), ErrorClass.TIMEOUT),
+    (type("ConnectError", (Exception,), {})(), ErrorClass.CONNECTION),
+    (ValueError("the caller's own"), None),
+    (asyncio.CancelledError(), None),
+])
+def test_failures_are_classified_like_probes(exc: BaseException, expected: ErrorClass | None) -> None:
+    assert classify_failure(exc) is expected

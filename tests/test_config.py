@@ -195,6 +195,19 @@ def test_provider_timeout_and_interval_fall_back_to_monitor() -> None:
     assert (inherits.timeout_s, inherits.probe_interval_s) == (7.0, 120.0)
 
 
+def test_retry_interval_defaults_to_the_smaller_of_the_interval_and_5s() -> None:
+    config = parse_config(
+        "providers:\n"
+        "  slow: {type: vllm}\n"
+        "  quick: {type: vllm, parameters: {probe_interval: 2s}}\n"
+        "  own: {type: vllm, parameters: {retry_interval: 1500ms}}\n"
+        "  capped: {type: vllm, parameters: {probe_interval: 3s, retry_interval: 10s}}\n",
+        env={},
+    )
+    assert [s.retry_interval_s for s in config.provider_specs()] == [5.0, 2.0, 1.5, 3.0]
+    assert "retry_interval" in str(problems_of(one_provider(provider="    parameters: {retry_interval: 0}\n")))
+
+
 @pytest.mark.parametrize(
     ("provider_lines", "expected"),
     [

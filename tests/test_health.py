@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from monitord.health import HealthPolicy, LiveState, ProviderTracker, next_status, percentile, update
-from monitord.model import Capacity, ErrorClass, HttpCall, Identity, ModelInfo, ProbeResult, Status
+from monitord.model import Capacity, ErrorClass, HttpCall, Identity, ModelInfo, OutcomeReport, ProbeResult, Status
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 LETTERS = {"U": Status.UP, "D": Status.DOWN, "L": Status.LOADING, "G": Status.DEGRADED}
@@ -444,3 +444,50 @@ def test_capacity_is_the_last_probes_and_unknown_after_a_failure() -> None:
     assert tracker.state.saturated is False
     tracker.fold(result(Status.DOWN, 20), at(20))
     assert (tracker.state.capacity, tracker.state.saturated, tracker.state.to_dict()["capacity"]) == (None, None, None)
+# --- suspect and reported outcomes ---
+
+
+def report(ok: bool, t_s: float, *, ttft_ms: float | None = 200.0, provider: str = "p",
+           duration_ms: float | None = None) -> OutcomeReport:
+    return OutcomeReport(provider=provider, received_at=at(t_s), ok=ok, ttft_ms=ttft_ms if ok else None,
+                         duration_ms=duration_ms, error_class=None if ok else ErrorClass.TIMEOUT)
+
+
+def test_suspect_follows_the_latest_evidence_while_the_status_waits() -> None:
+    live, changes = fold_letters("UUD")
+    state = live.get("p")
+    assert state is not None and state.status is Status.UP and state.suspect and not changes[1:]
+    live.fold(result(Status.UP, 30), at(30))
+    assert not live.get("p").suspect  # type: ignore[union-attr]
+    version = live.version
+    live.fold_report(report(False, 31), at(31))
+    state = live.get("p")
+    assert state is not None and state.suspect and state.status is Status.UP and live.version > version
+    assert state.last_report_ok is False and state.last_report_error_class is ErrorClass.TIMEOUT
+    live.fold_report(report(True, 32), at(32))
+    assert not live.get("p").suspect  # type: ignore[union-attr]
+    live.fold_report(report(False, 33), at(33))
+    live.fold(result(Status.UP, 40), at(40))  # a probe that answers clears a failed report too
+    assert not live.get("p").suspect  # type: ignore[union-attr]
+
+
+def test_reports_have_their_own_window_and_rate_budget() -> None:
+    live = LiveState(HealthPolicy(report_window_s=60.0, report_rate_per_s=3))
+    live.track("p", "vllm")
+    for i in range(5):
+        assert live.fold_report(report(True, 0.1 * i, ttft_ms=100.0 * (i + 1)), at(0.1 * i)) == []  # no status
+    state = live.get("p")
+    assert state is not None and (state.reports, state.reports_ok, state.report_ttft_p50_ms) == (3, 3, 200.0)
+    assert state.reports_dropped == 2  # three per provider and second count
+    assert state.samples == 0  # probes' window untouched
+    live.fold_report(report(False, 0.9), at(0.9))  # over budget, yet a failure still says suspect
+    state = live.get("p")
+    assert state is not None and state.suspect and state.reports_dropped == 3
+    live.fold_report(report(True, 2, ttft_ms=None, duration_ms=900.0), at(2))  # no TTFT: the duration stands in
+    live.fold_report(report(False, 3), at(3))
+    state = live.get("p")
+    assert state is not None and (state.reports, state.reports_ok) == (5, 4)
+    live.expire(at(61.5))  # the first second's reports left the window
+    state = live.get("p")
+    assert state is not None and (state.reports, state.reports_ok, state.report_ttft_p50_ms) == (2, 1, 900.0)
+    assert live.fold_report(report(True, 4, provider="nobody"), at(4)) == [] and live.get("nobody") is None

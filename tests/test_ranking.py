@@ -326,8 +326,9 @@ def test_latency_is_relative_to_the_best_candidate() -> None:
 def test_components_and_json() -> None:
     ranking = rank(*world(state("a", models=served(LLAMA))), Criteria(model="llama*"), NOW)
     entry = ranking.entries[0]
-    assert set(entry.components) == {"availability", "speed", "latency", "recency", "priority", "quality",
-                                     "task_fit", "weight", "status_factor", "headroom", "warm"}
+    assert set(entry.components) == {"availability", "reported_availability", "speed", "reported_speed", "latency",
+                                     "recency", "priority", "quality", "task_fit", "weight", "status_factor",
+                                     "headroom", "warm"}
     assert set(entry.evidence) == set(entry.components)
     assert 0.0 < entry.score <= 1.0
     body = ranking.to_dict()
@@ -656,3 +657,37 @@ def test_a_model_that_must_be_loaded_first_costs_the_cold_load_factor() -> None:
     assert ranking.entries[-1].provider == "cold"
     assert by_name["cold"].evidence["warm"] == Evidence(1, None, "capacity", LLAMA.id)
     assert warm_factor(frozenset({"a"}), "b") == COLD_LOAD_FACTOR and warm_factor(None, "b") == 1.0
+
+
+# --- suspect and reported outcomes ---
+
+
+def test_a_suspect_ranks_below_every_healthy_provider_and_above_the_degraded() -> None:
+    states, specs = world(state("fast", latency_ms=5.0), state("slow", latency_ms=900.0, samples=10, ok=6),
+                          state("meh", Status.DEGRADED))
+    states["fast"] = replace(states["fast"], suspect=True)
+    ranking = rank(states, specs, Criteria(), NOW)
+    assert [(e.provider, e.suspect) for e in ranking.entries] == [("slow", False), ("fast", True), ("meh", False)]
+    assert ranking.entries[1].to_dict()["suspect"] is True
+
+
+def test_reports_count_apart_from_probes_and_pull_the_score() -> None:
+    states, specs = world(state("a"), state("b"))
+    without = rank(states, specs, Criteria(), NOW).entries
+    assert [e.components["reported_availability"] for e in without] == [e.components["availability"]
+                                                                         for e in without]
+    assert [e.components["reported_speed"] for e in without] == [e.components["latency"] for e in without]
+    # a's real requests fail half the time and take 4 s to a first token; b's are fine and quick
+    states["a"] = replace(states["a"], reports=40, reports_ok=20, report_ttft_p50_ms=4000.0)
+    states["b"] = replace(states["b"], reports=40, reports_ok=40, report_ttft_p50_ms=300.0)
+    entries = {e.provider: e for e in rank(states, specs, Criteria(), NOW).entries}
+    a, b = entries["a"], entries["b"]
+    assert a.components["availability"] == b.components["availability"]  # probes saw no difference
+    assert a.components["reported_availability"] < 0.6 < 0.95 < b.components["reported_availability"]
+    assert b.components["reported_speed"] == 1.0 and a.components["reported_speed"] < 0.1
+    assert b.score > a.score
+    # few good reports never cost a provider against one nobody used
+    states["a"] = replace(states["a"], reports=2, reports_ok=2, report_ttft_p50_ms=None)
+    states["b"] = replace(states["b"], reports=0, reports_ok=0, report_ttft_p50_ms=None)
+    entries = {e.provider: e for e in rank(states, specs, Criteria(), NOW).entries}
+    assert entries["a"].score >= entries["b"].score

@@ -7,6 +7,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import replace
+from itertools import pairwise
 
 from monitord.model import ProviderSpec
 from monitord.scheduler import ProbeScheduler
@@ -163,3 +164,25 @@ async def test_overdue_grows_when_the_loop_is_blocked() -> None:
     time.sleep(0.5)  # noqa: ASYNC251 - deliberately block the loop, as a stuck one would
     assert sched.overdue_s() > 0.3
     await sched.shutdown()
+
+
+async def test_a_failing_provider_is_probed_again_after_the_retry_interval() -> None:
+    runs: list[float] = []
+    done = asyncio.Event()
+
+    async def run(s: ProviderSpec) -> float | None:
+        runs.append(time.monotonic())
+        if len(runs) == 4:
+            done.set()
+        return s.retry_interval_s if len(runs) < 4 else None  # failing for three runs, then fine: the interval
+
+    sched = ProbeScheduler(run, concurrency=5)
+    sched.start()
+    failing = replace(spec("a", 30.0), retry_interval_s=0.05)
+    sched.schedule(failing, first_delay_s=0)
+    async with asyncio.timeout(10):  # three retries, not three 30 s intervals
+        await done.wait()
+    next_run_s = sched.next_run_in_s("a")
+    assert sched.retries_total == 3 and next_run_s is not None and next_run_s > 25  # the interval again
+    await sched.shutdown()
+    assert all(0.03 < b - a < 5 for a, b in pairwise(runs)), runs

@@ -14,10 +14,20 @@ from monitord.api.events import EventHub
 from monitord.api.metrics import Metrics, StateCollector
 from monitord.generation import GenerationState
 from monitord.health import LiveState
-from monitord.model import GenerationSample, ProbeResult, ProviderSpec, Ranking, Secret, Silence, StatusChange
+from monitord.model import (
+    GenerationSample,
+    OutcomeReport,
+    ProbeResult,
+    ProviderSpec,
+    Ranking,
+    Secret,
+    Silence,
+    StatusChange,
+)
 from monitord.pipeline import Recorded
 from monitord.ranking import Ranker
 from monitord.ranking_service import BestUpdate, RankingCache, RankingService
+from monitord.spread import Spreader
 from monitord.store import Store
 
 log = structlog.get_logger("monitord.api")
@@ -59,6 +69,9 @@ class ApiContext:
     metrics: Metrics = field(default_factory=Metrics)
     events: EventHub = field(default_factory=EventHub)
     best_check_interval_s: float = 0.25  # for a context that makes its own ranking service
+    spreader: Spreader = field(default_factory=Spreader)  # strategies and sessions of POST /v1/select
+    # Where POST /v1/report outcomes go: the daemon's pipeline (whose sinks include on_report); None: folded here.
+    report_sink: Callable[[OutcomeReport], object] | None = None
     ranking: RankingCache = field(init=False)
     owns_rankings: bool = field(init=False, default=False)  # make_app runs the watch then
 
@@ -111,6 +124,26 @@ class ApiContext:
     def generation_stats(self) -> GenerationState:
         """Live canary statistics per provider and model (the ranking service's: one object for all readers)."""
         return self.ranking_service.generation
+
+    def report(self, outcome: OutcomeReport) -> bool:
+        """Take an application's outcome of a configured provider; whether it counted (the rate budget)."""
+        state = self.live.get(outcome.provider)
+        dropped = state.reports_dropped if state is not None else 0
+        if self.report_sink is not None:
+            self.report_sink(outcome)
+        else:
+            spec = self.specs()[outcome.provider]
+            self.live.track(spec.name, spec.type)
+            self.live.fold_report(outcome, self.clock())
+            self.metrics.observe_report(outcome)
+            if self.owns_rankings:
+                self.ranking_service.observed(outcome.provider, False)
+        state = self.live.get(outcome.provider)
+        return state is None or state.reports_dropped == dropped
+
+    def on_report(self, recorded: Recorded[OutcomeReport]) -> None:
+        """Pipeline sink: count each reported outcome."""
+        self.metrics.observe_report(recorded.observation)
 
     def on_reload(self, removed: Iterable[str] = ()) -> None:
         """Call after a reload applied: forgets removed providers' series (and re-ranks, if it owns the ranking)."""

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from monitord.health import LiveState
-from monitord.model import Capacity, GenerationSample, ProbeResult, ProviderSpec, Ranking, Status
+from monitord.model import Capacity, GenerationSample, OutcomeReport, ProbeResult, ProviderSpec, Ranking, Status
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PROBE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -63,6 +63,11 @@ class Metrics:
             "monitord_canary_samples", "Generation canary samples by outcome (ok, failed, skipped) and error class.",
             [*labels, "outcome", "error_class"], registry=self.registry)
         self._sample_labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> canary label sets, to forget
+        self.reports = Counter(
+            "monitord_reports", "Outcomes of real requests reported with POST /v1/report, by outcome (ok or the "
+            "error class); those over the per-provider rate budget are in the provider's reports_dropped.",
+            ["provider", "outcome"], registry=self.registry)
+        self._report_labels: dict[str, set[tuple[str, str]]] = {}
         self.reload_success = Gauge(
             "monitord_config_last_reload_success", "1 when the last config reload (SIGHUP) applied, 0 when refused.",
             registry=self.registry)
@@ -104,8 +109,16 @@ class Metrics:
             if sample.tokens_per_s is not None:
                 self.tokens_per_s.labels(*labels).observe(sample.tokens_per_s)
 
+    def observe_report(self, report: OutcomeReport) -> None:
+        outcome = report.error_class.value if report.error_class is not None else "ok"
+        labels = (report.provider, outcome)
+        self.reports.labels(*labels).inc()
+        self._report_labels.setdefault(report.provider, set()).add(labels)
+
     def forget(self, provider: str) -> None:
-        """Drop a removed provider's probe and canary series."""
+        """Drop a removed provider's probe, canary and report series."""
+        for report_labels in self._report_labels.pop(provider, set()):
+            self.reports.remove(*report_labels)
         seen = self._labels.pop(provider, set())
         for labels in seen:
             self.probes.remove(*labels)

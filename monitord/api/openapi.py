@@ -10,7 +10,20 @@ from typing import Any
 
 from monitord.api.alerts import MAX_SILENCE
 from monitord.api.replies import MAX_TOKENS
-from monitord.model import AlertType, DeliveryState, ErrorClass, ModelKind, QualityPreference, Status, TaskType
+from monitord.api.reports import MAX_MS, MAX_TEXT
+from monitord.api.reports import MAX_TOKENS as REPORT_MAX_TOKENS
+from monitord.api.selection import MAX_SESSION_KEY
+from monitord.model import (
+    AlertType,
+    DeliveryState,
+    ErrorClass,
+    ModelKind,
+    QualityPreference,
+    SelectStrategy,
+    Status,
+    TaskType,
+)
+from monitord.spread import DEFAULT_MARGIN
 
 Schema = dict[str, Any]
 
@@ -32,6 +45,7 @@ ERROR_CODES = {
     "shutting_down": "monitord is stopping",
     "alerts_unavailable": "alerts are not wired into this server",
     "invalid_silence": "a silence field is missing or malformed",
+    "invalid_report": "a report field is missing, unknown or malformed (the message names it)",
     "silence_not_found": "no silence has that id",
     "silence_in_config": "config silences are removed in the config file, then SIGHUP",
     "too_many_silences": "the most silences made through the API are active; end some first",
@@ -144,6 +158,17 @@ _PROVIDER = _object({
                  "description": "The load the server published at the last probe; null: unknown."},
     "identity": {"oneOf": [{"type": "null"}, _IDENTITY],
                  "description": "What the server on the port looked like, the last time its answers told."},
+    "suspect": {"type": "boolean", "description": "The latest probe or reported request failed; the status waits "
+                                                 "for failure_threshold, the ranking does not."},
+    "reports": {"type": "integer", "minimum": 0, "description": "Reported outcomes in the report window."},
+    "reports_ok": {"type": "integer", "minimum": 0},
+    "report_ttft_p50_ms": {**_nullable("number"), "description": "Median reported time to first token (the "
+                                                                "duration where no TTFT was given)."},
+    "last_report_at": TIME_OR_NULL,
+    "last_report_ok": _nullable("boolean"),
+    "last_report_error_class": {"type": ["string", "null"], "enum": [*_enum(ErrorClass), None]},
+    "reports_dropped": {"type": "integer", "minimum": 0,
+                        "description": "Reports over the per-provider rate budget since start (not counted)."},
     "endpoint": {"type": "string", "description": "Base URL with any userinfo replaced by ***."},
     "enabled": {"type": "boolean"},
     "capabilities": STRINGS,
@@ -178,6 +203,17 @@ _SELECT_REQUEST = _object({
                   "description": "Exclude providers whose published queue of waiting requests is longer (a server "
                                  "that publishes no queue is kept)."},
     "fallbacks": {"type": "integer", "minimum": 0, "maximum": 100, "default": 3},
+    "strategy": {"type": "string", "enum": _enum(SelectStrategy), "default": "best",
+                 "description": "best: the top of the ranking. weighted: random, in proportion to score, among the "
+                                "providers of the best one's tier within `margin` of its score. least_loaded: most "
+                                "headroom (capacity) first, then score. round_robin: each provider of the best "
+                                "one's tier in turn, in score order (per criteria)."},
+    "session_key": {"type": "string", "minLength": 1, "maxLength": MAX_SESSION_KEY, "pattern": "\\S",
+                    "description": "Sticky sessions: the same key gets the same provider while it stays in the "
+                                   "best tier (weighted rendezvous hashing); it moves only when that provider "
+                                   "stops being eligible. Takes precedence over strategy."},
+    "margin": {"type": "number", "minimum": 0, "maximum": 1, "default": DEFAULT_MARGIN,
+               "description": "weighted: how far below the best score (as a share of it) a provider may be."},
 }, required=[])
 
 _ENTRY = _object({
@@ -193,7 +229,10 @@ _ENTRY = _object({
                                   "first (Ollama, LM Studio). A saturated provider sorts below unsaturated ones of "
                                   "its status. speed comes "
                                   "from canary TTFT and tokens/s where samples exist, else it equals latency "
-                                  "(control-plane time per HTTP request), which is always reported."},
+                                  "(control-plane time per HTTP request), which is always reported. "
+                                  "reported_availability and reported_speed come from POST /v1/report (the "
+                                  "measured values where nothing was reported): availability and speed each "
+                                  "count half measured, half reported."},
     "evidence": {"type": "object", "additionalProperties": _ref("Evidence"),
                  "description": "What each component rests on."},
     "models": STRINGS,
@@ -202,6 +241,11 @@ _ENTRY = _object({
                                                       "OpenAI client; null where the server has no such API."},
     "chat_url": {**_nullable("string"), "description": "The chat completions URL (api_base + "
                                                       "/chat/completions, or the configured chat_endpoint)."},
+    "suspect": {"type": "boolean", "description": "Its latest probe or reported request failed: ranked below "
+                                                 "every healthy provider until evidence says otherwise."},
+    "saturated": {"type": "boolean", "description": "No idle slot or a queue at the last probe: ranked below the "
+                                                   "unsaturated providers of its status; strategies spread only "
+                                                   "over the best one's tier."},
     "model": {**_nullable("string"), "description": "The served model id that best fits the criteria (the one "
                                                    "asked for, else one that suits the task, else the most "
                                                    "capable); null when the server lists none."},
@@ -210,7 +254,8 @@ _ENTRY = _object({
 _EVIDENCE = _object({
     "samples": {"type": "integer", "minimum": 0, "description": "Samples the part rests on (0: config)."},
     "age_s": {**_nullable("number", minimum=0), "description": "Seconds since the newest of them."},
-    "source": {"type": "string", "enum": ["probes", "requests", "canary", "config", "models", "capacity"]},
+    "source": {"type": "string", "enum": ["probes", "requests", "canary", "config", "models", "capacity",
+                                          "reports"]},
     "model": {**_nullable("string"), "description": "The model a canary-based part measured."},
 })
 
@@ -310,7 +355,24 @@ _SCHEMAS: dict[str, Schema] = {
                         "ranking": {"type": "array", "items": _ref("RankedEntry")}, "excluded": _EXCLUDED}),
     "Selection": _object({"generated_at": TIME, "provider": _ref("RankedEntry"),
                           "fallbacks": {"type": "array", "items": _ref("RankedEntry")},
-                          "criteria": _ref("Criteria")}),
+                          "criteria": _ref("Criteria"),
+                          "strategy": {"type": "string", "enum": _enum(SelectStrategy)}}),
+    "ReportRequest": _object({
+        "provider": {**TEXT, "maxLength": MAX_TEXT, "description": "The provider name the request went to."},
+        "model": {**TEXT, "maxLength": MAX_TEXT},
+        "outcome": {"type": "string", "enum": ["ok", *_enum(ErrorClass)],
+                    "description": "ok, or the error class of the failure (timeout, refused, http_5xx, ...)."},
+        "ttft_ms": {"type": "number", "minimum": 0, "maximum": MAX_MS, "description": "Time to first token."},
+        "completion_tokens": {"type": "integer", "minimum": 0, "maximum": REPORT_MAX_TOKENS},
+        "duration_ms": {"type": "number", "minimum": 0, "maximum": MAX_MS},
+        "client": {**TEXT, "maxLength": MAX_TEXT, "description": "A label of the application, for the record."},
+    }, required=["provider", "outcome"]),
+    "ReportAccepted": _object({
+        "provider": {"type": "string"},
+        "counted": {"type": "boolean", "description": "false: over the provider's rate budget this second, left "
+                                                      "out of the window (a failure still makes it suspect)."},
+        "suspect": {"type": "boolean", "description": "The provider is suspect now."},
+    }),
     "ModelServer": _object({"provider": {"type": "string"}, "provider_type": {"type": "string"},
                             "status": STATUS, "model": _ref("ModelInfo"), "first_seen": TIME, "last_seen": TIME,
                             "generation": {"oneOf": [_ref("GenerationStats"), {"type": "null"}],
@@ -466,6 +528,13 @@ def _paths() -> dict[str, Schema]:
             "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("SelectRequest")}}},
             "responses": {"200": _json(_ref("Selection"), "The best provider and its fallbacks"),
                           **_errors(400, 401, 413, 503)}}},
+        "/v1/report": {"post": {
+            "summary": "Report how a real request to a provider went: folds into its availability and speed "
+                       "(reported_* components), and a failure makes it suspect at once.",
+            "operationId": "report",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ReportRequest")}}},
+            "responses": {"202": _json(_ref("ReportAccepted"), "Taken into the live state"),
+                          **_errors(400, 401, 404, 413)}}},
         "/v1/models": {"get": {
             "summary": "Every model id served now, with the providers serving it.", "operationId": "listModels",
             "responses": {"200": _json(_ref("ModelList"), "Models"), **_errors(400, 401)}}},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -17,11 +18,14 @@ from monitord.api.cache import DEFAULT_CRITERIA
 from monitord.api.context import CONTEXT
 from monitord.api.errors import ApiError
 from monitord.api.replies import cached_reply, criteria_from_query, int_param, parse_criteria
-from monitord.model import Criteria, Ranking
+from monitord.model import Criteria, RankedProvider, Ranking, SelectStrategy
+from monitord.spread import DEFAULT_MARGIN
 
 DEFAULT_FALLBACKS = 3
 MAX_FALLBACKS = 100
 MAX_LIMIT = 10_000
+POOL_LIMIT = 64  # spreading strategies choose among at most this many of the best
+MAX_SESSION_KEY = 256
 
 T = TypeVar("T")
 
@@ -83,12 +87,23 @@ async def ranking(request: web.Request) -> web.Response:
                         lambda: ranking_body(cache.ranking(criteria, limit=limit)))
 
 
-async def _select_request(request: web.Request) -> tuple[Criteria, int]:
+@dataclass(frozen=True, slots=True)
+class SelectRequest:
+    """A parsed POST /v1/select body: the criteria and how to choose among the providers that meet them."""
+
+    criteria: Criteria
+    fallbacks: int = DEFAULT_FALLBACKS
+    strategy: SelectStrategy = SelectStrategy.BEST
+    session_key: str | None = None
+    margin: float = DEFAULT_MARGIN
+
+
+async def _select_request(request: web.Request) -> SelectRequest:
     body = await request.read()
     return request.app[PARSED].get("body", body, lambda: _parse_select(body))
 
 
-def _parse_select(body: bytes) -> tuple[Criteria, int]:
+def _parse_select(body: bytes) -> SelectRequest:
     raw: Any = {}
     if body.strip():
         try:
@@ -101,30 +116,55 @@ def _parse_select(body: bytes) -> tuple[Criteria, int]:
     if isinstance(fallbacks, bool) or not isinstance(fallbacks, int) or not 0 <= fallbacks <= MAX_FALLBACKS:
         raise ApiError(400, "invalid_criteria", f"fallbacks: expected a whole number from 0 to {MAX_FALLBACKS}, "
                                                 f"got {fallbacks!r}")
-    return parse_criteria(raw), fallbacks
+    strategy_text = raw.pop("strategy", None)
+    strategy = SelectStrategy.BEST
+    if strategy_text is not None:
+        try:
+            strategy = SelectStrategy(strategy_text)
+        except ValueError:
+            allowed = ", ".join(member.value for member in SelectStrategy)
+            raise ApiError(400, "invalid_criteria", f"strategy: {strategy_text!r} is not one of {allowed}") \
+                from None
+    session_key = raw.pop("session_key", None)
+    if session_key is not None and (not isinstance(session_key, str) or not session_key.strip()
+                                    or len(session_key) > MAX_SESSION_KEY):
+        raise ApiError(400, "invalid_criteria", f"session_key: expected a non-empty string of at most "
+                                                f"{MAX_SESSION_KEY} characters")
+    margin = raw.pop("margin", DEFAULT_MARGIN)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0.0 <= margin <= 1.0:
+        raise ApiError(400, "invalid_criteria", f"margin: expected a number from 0 to 1, got {margin!r}")
+    return SelectRequest(parse_criteria(raw), fallbacks, strategy, session_key, float(margin))
 
 
 async def select(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    criteria, fallbacks = await _select_request(request)
+    wanted = await _select_request(request)
+    criteria, fallbacks, strategy = wanted.criteria, wanted.fallbacks, wanted.strategy
     cache = ctx.ranking
-    result = cache.ranking(criteria, limit=fallbacks + 1)
-    best = result.best
-    if best is None:
+    spreads = strategy is not SelectStrategy.BEST or wanted.session_key is not None
+    result = cache.ranking(criteria, limit=max(fallbacks + 1, POOL_LIMIT) if spreads else fallbacks + 1)
+    entries = result.entries
+    if not entries:
         raise ApiError(503, "no_provider", _no_provider_message(result), details={
             "criteria": criteria.to_dict(),
             "excluded": {name: list(reasons) for name, reasons in sorted(result.excluded.items())},
         })
+    index = ctx.spreader.choose(entries, strategy, key=criteria, session_key=wanted.session_key,
+                                margin=wanted.margin) if spreads else 0
+    chosen = entries[index]
 
     def render() -> bytes:
+        others: tuple[RankedProvider, ...] = (*entries[:index], *entries[index + 1:])
         return orjson.dumps({
             "generated_at": result.generated_at.isoformat(),
-            "provider": best,
-            "fallbacks": result.entries[1:],
+            "provider": chosen,
+            "fallbacks": others[:fallbacks],
             "criteria": criteria.to_dict(),
+            "strategy": strategy.value,
         })
 
-    return cached_reply(request, cache, ("select", criteria, fallbacks), render)
+    # one rendering per chosen provider and generation, whichever request chose it
+    return cached_reply(request, cache, ("select", criteria, fallbacks, strategy, chosen.provider), render)
 
 
 def _no_provider_message(result: Ranking) -> str:

@@ -22,6 +22,7 @@ from monitord.api.history import provider_history
 from monitord.api.metrics import CONTENT_TYPE
 from monitord.api.openapi import build_document
 from monitord.api.replies import bytes_reply, cached_reply, check_params, json_reply
+from monitord.api.reports import report
 from monitord.api.selection import PARSED, ParsedRequests, ranking, select
 from monitord.generation import GenerationState
 from monitord.model import GenerationStats, ModelServer, ProviderSpec, ProviderState, Status
@@ -42,6 +43,7 @@ def add_routes(app: web.Application) -> None:
         web.get("/v1/providers/{name}/generation", provider_generation),
         web.get("/v1/ranking", ranking),
         web.post("/v1/select", select),
+        web.post("/v1/report", report),
         web.get("/v1/models", models),
         web.get("/v1/events", events),
         web.get("/metrics", metrics),

@@ -118,6 +118,7 @@ def provider_row(spec: ProviderSpec, now: datetime) -> dict[str, Any]:
         "chat_endpoint": spec.chat_endpoint,
         "health_endpoint": spec.health_endpoint,
         "probe_interval_s": spec.probe_interval_s,
+        "retry_interval_s": spec.retry_interval_s,
         "capabilities": sorted(spec.capabilities),
         "priority": spec.priority,
         "weight": spec.weight,
