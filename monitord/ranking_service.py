@@ -36,7 +36,7 @@ from monitord.model import (
     Ranking,
 )
 from monitord.pipeline import Recorded
-from monitord.ranking import Ranker
+from monitord.ranking import Ranker, headroom
 
 log = structlog.get_logger("monitord.ranking")
 
@@ -156,7 +156,7 @@ class RankingService:
         self.check_interval_s = check_interval_s  # coalesces bursts of results into one check
         self.tick_s = tick_s  # a look at least this often, for listeners that wait for time to pass
         self._listeners: list[BestListener] = []
-        self._seen: dict[str, tuple[tuple[str, ...], bool]] = {name: _routing(s) for name, s in live.all().items()}
+        self._seen: dict[str, Hashable] = {name: _routing(s) for name, s in live.all().items()}
         self._changed = asyncio.Event()
         self._best: RankedProvider | None = None
 
@@ -194,7 +194,7 @@ class RankingService:
 
     def observed(self, provider: str, status_changed: bool) -> None:
         state = self.live.get(provider)
-        seen = _routing(state) if state is not None else ((), False)
+        seen = _routing(state) if state is not None else ((), False, None)
         if status_changed or self._seen.get(provider) != seen:
             self._seen[provider] = seen
             self.cache.invalidate()
@@ -255,10 +255,22 @@ class RankingService:
             return None
 
 
-def _routing(state: ProviderState) -> tuple[tuple[str, ...], bool]:
-    """What must reach selections at once when it changes: the model list and the suspect flag."""
-    return state.model_ids, state.suspect
+def _routing(state: ProviderState) -> Hashable:
+    """What must reach selections at once when it changes: the model list, the suspect flag and the published
+    load's coarse shape (load_signature)."""
+    return state.model_ids, state.suspect, load_signature(state)
 
 
 def _name(entry: RankedProvider | None) -> str | None:
     return entry.provider if entry is not None else None
+
+
+def load_signature(state: ProviderState | None) -> Hashable:
+    """The part of a provider's published load that moves its place at once: saturated or not, headroom in
+    quarters (queues included), which models are resident. Finer moves (one more request of many, a queue a bit
+    longer) wait for refresh_s, so a fleet of busy servers does not re-rank on every probe."""
+    load = state.capacity if state is not None else None
+    if load is None:
+        return None
+    resident = frozenset(m.id for m in load.resident_models) if load.resident_models is not None else None
+    return load.saturated, round(headroom(load) * 4), resident
