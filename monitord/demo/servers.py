@@ -180,22 +180,23 @@ async def _openai_chat(server: SimServer, request: web.Request, owner: str) -> w
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     count = 0
-    await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None},
-                                                     "finish_reason": None}]}))
-    async for piece in server.tokens(limit):
-        count += 1
-        await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"content": piece},
+    with contextlib.suppress(ConnectionResetError):  # a client that gave up (a canary past its deadline) has left
+        await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None},
                                                          "finish_reason": None}]}))
-    elapsed = max(time.monotonic() - started, 1e-6)
-    final: dict[str, object] = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
-                                "usage": {"prompt_tokens": 12, "completion_tokens": count,
-                                          "total_tokens": 12 + count}}
-    if owner == "llamacpp":  # llama.cpp adds its own timings to the last chunk
-        final["timings"] = {"prompt_n": 12, "predicted_n": count, "predicted_ms": elapsed * 1000,
-                            "predicted_per_second": count / elapsed}
-    await response.write(_sse(final))
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
+        async for piece in server.tokens(limit):
+            count += 1
+            await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                                             "finish_reason": None}]}))
+        elapsed = max(time.monotonic() - started, 1e-6)
+        final: dict[str, object] = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                                    "usage": {"prompt_tokens": 12, "completion_tokens": count,
+                                              "total_tokens": 12 + count}}
+        if owner == "llamacpp":  # llama.cpp adds its own timings to the last chunk
+            final["timings"] = {"prompt_n": 12, "predicted_n": count, "predicted_ms": elapsed * 1000,
+                                "predicted_per_second": count / elapsed}
+        await response.write(_sse(final))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
     return response
 
 
@@ -307,15 +308,16 @@ def ollama_app(server: SimServer) -> web.Application:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         count = 0
-        async for piece in server.tokens(limit):
-            count += 1
+        with contextlib.suppress(ConnectionResetError):  # the client gave up
+            async for piece in server.tokens(limit):
+                count += 1
+                await response.write(orjson.dumps({"model": model.id, "created_at": _now(),
+                                                   "message": {"role": "assistant", "content": piece},
+                                                   "done": False}) + b"\n")
             await response.write(orjson.dumps({"model": model.id, "created_at": _now(),
-                                               "message": {"role": "assistant", "content": piece},
-                                               "done": False}) + b"\n")
-        await response.write(orjson.dumps({"model": model.id, "created_at": _now(),
-                                           "message": {"role": "assistant", "content": ""}, "done": True,
-                                           "done_reason": "length", **_ollama_counts(count, started)}) + b"\n")
-        await response.write_eof()
+                                               "message": {"role": "assistant", "content": ""}, "done": True,
+                                               "done_reason": "length", **_ollama_counts(count, started)}) + b"\n")
+            await response.write_eof()
         return response
 
     async def openai_chat(request: web.Request) -> web.StreamResponse:
@@ -423,10 +425,11 @@ def kobold_app(server: SimServer) -> web.Application:
         generations["count"] += 1
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        async for piece in server.tokens(limit):
-            await response.write(_sse({"token": piece, "finish_reason": None}, "message"))
-        await response.write(_sse({"token": "", "finish_reason": "length"}, "message"))
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the client gave up
+            async for piece in server.tokens(limit):
+                await response.write(_sse({"token": piece, "finish_reason": None}, "message"))
+            await response.write(_sse({"token": "", "finish_reason": "length"}, "message"))
+            await response.write_eof()
         return response
 
     async def generate(request: web.Request) -> web.Response:

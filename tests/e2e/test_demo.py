@@ -55,7 +55,7 @@ async def start_demo(*args: str) -> Demo:
 
 
 async def test_the_story_plays_out_on_the_api_and_in_the_output() -> None:
-    demo = await start_demo("--speed", "8", "--exit-after-story")
+    demo = await start_demo("--speed", "6", "--exit-after-story")
     url = (await demo.wait_for(URL.pattern))[1]
     database = Path((await demo.wait_for(DATABASE.pattern))[1])
     assert await asyncio.to_thread(database.exists)
@@ -69,9 +69,12 @@ async def test_the_story_plays_out_on_the_api_and_in_the_output() -> None:
     await demo.wait_for(r"status +gpu: \w+ -> loading")
     await demo.wait_for(r"alert +provider\.loading gpu")
     await demo.wait_for(r"status +gpu: loading -> up")
+    await demo.wait_for(r"story +box \(vLLM\) stalls")
+    await demo.wait_for(r"alert +provider\.stalled box: up -> stalled \(generation_timeout")  # the canary saw it
     await demo.wait_for(r"story +story \(KoboldCpp\) dies")
     await demo.wait_for(r"alert +provider\.down story: up -> down \(refused")
     await demo.wait_for(r"alert +provider\.up story: down -> up")
+    await demo.wait_for(r"alert +provider\.up box: stalled -> up")
     await demo.wait_for(r"the story is over")
     await demo.wait_for(r"cleaned up")
     assert await asyncio.wait_for(demo.proc.wait(), 30) == 0
