@@ -676,6 +676,7 @@ class ProviderConfig(_Section):
             priority=params.priority,
             weight=params.weight,
             max_body_bytes=params.max_body_bytes,
+            max_models=monitor.max_models,
             verify_tls=params.tls_verified,
             ca_file=params.ca_file,
             canary=resolve_canary(params.canary, monitor.canary, streaming),
@@ -690,6 +691,10 @@ class MonitorConfig(_Section):
     jitter_s: NonNegativeSeconds = Field(
         0.0, alias="jitter", description="Random delay added to each probe (start offsets already spread them).")
     concurrency: int = Field(64, ge=1, description="Most probes running at once.")
+    max_models: int = Field(
+        1000, ge=1, le=100_000,
+        description="Most models kept per provider: a longer listing is cut to its first this many, and the store "
+                    "forgets the least recently seen past it (a server inventing model ids cannot grow the database).")
     timeout_s: TimeoutSeconds = Field(
         10.0, alias="timeout", description="Probe budget for providers without their own timeout.")
     stall_window_s: PositiveSeconds = Field(
@@ -756,6 +761,9 @@ class StorageConfig(_Section):
     write_timeout_s: TimeoutSeconds = Field(
         15.0, alias="write_timeout",
         description="Longest time one batch may take; past it the connection is cut and the batch retried.")
+    forget_models_after_s: PositiveSeconds = Field(
+        7 * 86400.0, alias="forget_models_after",
+        description="A model not listed by its provider for this long is dropped from the stored sightings.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")

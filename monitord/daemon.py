@@ -162,7 +162,9 @@ class Daemon:
             self._store = await Store.open(cfg.storage.url, batch_size=cfg.storage.batch_size,
                                            flush_interval_s=cfg.storage.flush_interval_s,
                                            buffer_limit=cfg.storage.buffer_limit,
-                                           write_timeout_s=cfg.storage.write_timeout_s)
+                                           write_timeout_s=cfg.storage.write_timeout_s,
+                                           max_models_per_provider=cfg.monitor.max_models,
+                                           forget_models_after_s=cfg.storage.forget_models_after_s)
             await self._store.start()
             specs = cfg.provider_specs()
             now = self.clock()

@@ -145,6 +145,7 @@ class ProviderSpec:
     priority: int = 0  # higher ranks first among equals
     weight: float = 1.0  # multiplies the ranking score
     max_body_bytes: int = 1 << 20
+    max_models: int = 1000  # most models kept from one listing (a server inventing ids every probe is cut here)
     verify_tls: bool = True
     ca_file: str | None = None
     canary: CanarySpec = CanarySpec()

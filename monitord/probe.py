@@ -373,7 +373,7 @@ def _result(spec: ProviderSpec, started_at: datetime, started: float, status: St
         ttfb_ms=last.ttfb_ms,
         http_status=last_status if last_status is not None else http_status,
         calls=tuple(calls),
-        models=observation.models if observation else (),
+        models=observation.models[: spec.max_models] if observation else (),
         server_version=(observation.server_version if observation else None) or (
             identity.version if identity else None),
         attempts=attempts,

@@ -491,7 +491,7 @@ def test_redacted_marks_secrets_and_keeps_the_rest() -> None:
     assert (hook["url"], hook["secret"], hook["headers"]) == (
         "https://hooks.slack.com/***", "***", {"Authorization": "***"})
     assert out["monitor"] == {
-        "interval": 30.0, "jitter": 0.0, "concurrency": 64, "timeout": 10.0, "stall_window": 60.0,
+        "interval": 30.0, "jitter": 0.0, "concurrency": 64, "max_models": 1000, "timeout": 10.0, "stall_window": 60.0,
         "canary": {"enabled": False, "interval": 300.0, "models": [], "max_tokens": 8, "deadline": 10.0,
                    "timeout": 30.0, "prompt": "Reply with one word: ok", "stream": None, "max_tokens_per_day": 5000,
                    "load": False, "concurrency": 2}}

@@ -23,7 +23,15 @@ from monitord.store.queries import Bucket, ProbeSample, StoredModel
 from monitord.store.retention import Retention, RetentionPolicy, RetentionReport
 from monitord.store.schema import providers
 from monitord.store.silences import SilenceStore
-from monitord.store.writer import WRITE_TIMEOUT_S, HealthTracker, StoreHealth, Writer, describe_error
+from monitord.store.writer import (
+    FORGET_MODELS_AFTER_S,
+    MAX_MODELS_PER_PROVIDER,
+    WRITE_TIMEOUT_S,
+    HealthTracker,
+    StoreHealth,
+    Writer,
+    describe_error,
+)
 from monitord.text import redact_url
 
 __all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "GenerationBucket", "LeaseStore", "OutboxStore",
@@ -51,6 +59,8 @@ class Store:
         flush_interval_s: float = 1.0,
         buffer_limit: int = 100_000,
         write_timeout_s: float = WRITE_TIMEOUT_S,
+        max_models_per_provider: int = MAX_MODELS_PER_PROVIDER,
+        forget_models_after_s: float = FORGET_MODELS_AFTER_S,
     ) -> Store:
         """Connect to `url` (see dialects.create_engine for the URL options). Does not migrate.
 
@@ -58,7 +68,8 @@ class Store:
         """
         engine = dialects.create_engine(url)
         writer = Writer(engine, batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
-                        health=HealthTracker(), write_timeout_s=write_timeout_s)
+                        health=HealthTracker(), write_timeout_s=write_timeout_s,
+                        max_models_per_provider=max_models_per_provider, forget_models_after_s=forget_models_after_s)
         store = cls(engine, writer)
         if not await store.ping():
             structlog.get_logger("monitord.store").warning(

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import bindparam, case, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,6 +30,9 @@ WRITE_TIMEOUT_S = 15.0
 ABORT_GRACE_S = 3.0
 MODEL_REFRESH_S = rows.MODEL_REFRESH_S
 MODELS_REMEMBERED = 100_000
+MAX_MODELS_PER_PROVIDER = 1000
+FORGET_MODELS_AFTER_S = 7 * 86400.0
+MODEL_PRUNE_EVERY_S = 600.0
 
 # Every kind of row the writer takes; a batch holds any mix, written in one transaction.
 Observation = ProbeResult | GenerationSample
@@ -77,7 +81,11 @@ class Writer:
     def __init__(
         self, engine: AsyncEngine, *, batch_size: int, flush_interval_s: float, buffer_limit: int,
         health: HealthTracker | None = None, write_timeout_s: float = WRITE_TIMEOUT_S,
+        max_models_per_provider: int = MAX_MODELS_PER_PROVIDER, forget_models_after_s: float = FORGET_MODELS_AFTER_S,
     ) -> None:
+        self._max_models = max_models_per_provider
+        self._forget_models_after_s = forget_models_after_s
+        self._next_model_prune = 0.0  # monotonic; the first batch prunes
         if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0 or write_timeout_s <= 0:
             raise ValueError("need batch_size >= 1, buffer_limit >= batch_size, flush_interval_s > 0 and "
                              "write_timeout_s > 0")
@@ -242,12 +250,41 @@ class Writer:
                 try:
                     async with conn.begin():
                         await _write(conn, batch, model_rows, samples)
+                        forgotten = await self._bound_models(conn, model_rows, batch)
                 finally:
                     watchdog.cancel()
+            for key in forgotten:
+                self._models_written.pop(key, None)
         except Exception as exc:
             if aborted or isinstance(exc, TimeoutError):
                 raise WriteTimedOut(f"no answer within {self._write_timeout_s:g}s; connection discarded") from exc
             raise
+
+    async def _bound_models(self, conn: AsyncConnection, model_rows: list[dict[str, Any]],
+                            batch: list[ProbeResult]) -> list[tuple[str, str]]:
+        """Keep provider_models bounded where it grows: a provider with new ids in this batch keeps its
+        max_models_per_provider most recently seen, and (every MODEL_PRUNE_EVERY_S) models not listed for
+        forget_models_after_s before the batch's newest probe go. Returns the (provider, model id) rows deleted."""
+        table = provider_models
+        forgotten: list[tuple[str, str]] = []
+        grown = sorted({row["provider"] for row in model_rows
+                        if (row["provider"], row["model_id"]) not in self._models_written})
+        for provider in grown:
+            keep = (select(table.c.model_id).where(table.c.provider == provider)
+                    .order_by(table.c.last_seen.desc(), table.c.model_id).limit(self._max_models))
+            trim = (delete(table).where(table.c.provider == provider, table.c.model_id.not_in(keep))
+                    .returning(table.c.model_id))
+            forgotten += [(provider, model_id) for model_id in (await conn.execute(trim)).scalars()]
+        if batch and time.monotonic() >= self._next_model_prune:
+            self._next_model_prune = time.monotonic() + MODEL_PRUNE_EVERY_S
+            # the probes' own clock, not this process's: rows are compared with what the probes stamped
+            newest = max(result.started_at for result in batch)
+            before = newest - timedelta(seconds=self._forget_models_after_s)
+            old = delete(table).where(table.c.last_seen < before).returning(table.c.provider, table.c.model_id)
+            forgotten += [(row[0], row[1]) for row in await conn.execute(old)]
+        if forgotten:
+            self._log.info("store.models_forgotten", rows=len(forgotten), providers=len({p for p, _ in forgotten}))
+        return forgotten
 
     def _changed_models(self, batch: list[ProbeResult]) -> list[dict[str, Any]]:
         """The model rows worth an upsert: new, changed details, an earlier first sighting, or a last sighting
