@@ -111,7 +111,7 @@ def test_status_transitions(verdicts: str, policy: dict[str, Any], expected: lis
 
 
 def test_degraded_for_an_empty_listing_also_reports_the_models_it_lost() -> None:
-    run = Run()
+    run = Run(AlertPolicy(model_events_every_s=0))
     run.script("u g u")
     assert run.types() == ["provider.degraded", "model.removed", "provider.up", "model.added"]
 
@@ -182,7 +182,7 @@ def test_no_model_storm_while_flapping_between_up_and_empty() -> None:
 
 
 def test_model_listing_changes() -> None:
-    run = Run()
+    run = Run(AlertPolicy(model_events_every_s=0))
     assert run.probe("u", ("a", "b")) == []  # the first listing is the baseline
     assert run.probe("u", ("a", "b")) == []
     [added] = run.probe("u", ("a", "b", "c"))
@@ -192,6 +192,20 @@ def test_model_listing_changes() -> None:
         (AlertType.MODEL_ADDED, ("d",)), (AlertType.MODEL_REMOVED, ("a", "b"))]
     assert run.probe("d", ()) == []  # a failed probe lists nothing: not a removal
     assert run.probe("u", ("c", "d")) == []
+
+
+def test_model_events_are_rate_limited_and_carry_the_net_change() -> None:
+    run = Run(AlertPolicy(model_events_every_s=10))  # probes come one second apart
+    assert run.probe("u", ("a",)) == []  # baseline
+    [added] = run.probe("u", ("a", "b"))  # t=1: the first change is told at once
+    assert added.models == ("b",)
+    for listing in (("a", "c"), ("a", "d"), ("a", "e"), ("a", "b", "e")):  # t=2..5: churn, held back
+        assert run.probe("u", listing) == []
+    for _ in range(5):  # t=6..10: still within 10 s of the last model events
+        assert run.probe("u", ("a", "b", "e")) == []
+    told = run.probe("u", ("a", "b", "e"))  # t=11: the net difference since what was told
+    assert [(e.type, e.models) for e in told] == [(AlertType.MODEL_ADDED, ("e",))]
+    assert run.probe("u", ("a", "b", "e")) == []
 
 
 # -- silences ------------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class AlertPolicy:
     flap_quiet_s: float = 900.0  # a flapping provider must hold one status this long before alerts resume
     best_hold_s: float = 60.0  # a new best provider must stay best this long before ranking.best_changed
     alert_first_status: bool = True  # a provider found down, loading or degraded by its first probe is alerted
+    # model.added / model.removed at most once per provider this often; what changed meanwhile comes as one net
+    # difference (a server inventing ids every probe sent two events per probe)
+    model_events_every_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.flap_threshold < 2:
@@ -62,7 +65,8 @@ class ProviderMemory:
     not_up_since: datetime | None = None  # when it last left UP (or was first seen not UP)
     changes: tuple[datetime, ...] = ()  # status changes inside the flap window, oldest first
     flapping_since: datetime | None = None  # set while flapping: status events are held back
-    models: frozenset[str] | None = None  # the last listing seen (None: no listing yet, so no model events)
+    models: frozenset[str] | None = None  # the last listing told (None: no listing yet, so no model events)
+    models_told_at: datetime | None = None  # when model events were last sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,7 @@ def evaluate_provider(memory: ProviderMemory, state: ProviderState, changes: Seq
         events += _settled_event(memory, state, provider, silences, now)
         # Counting starts over: it takes a whole new run of changes to call it flapping again.
         memory = replace(memory, flapping_since=None, told=state.status, changes=())
-    model_events, memory = _model_events(memory, state, provider, silences, now)
+    model_events, memory = _model_events(memory, state, provider, silences, now, policy.model_events_every_s)
     return events + model_events, memory
 
 
@@ -210,14 +214,20 @@ def _settled_event(memory: ProviderMemory, state: ProviderState, provider: Alert
 
 
 def _model_events(memory: ProviderMemory, state: ProviderState, provider: AlertProvider,
-                  silences: Sequence[Silence], now: datetime) -> tuple[list[AlertEvent], ProviderMemory]:
+                  silences: Sequence[Silence], now: datetime,
+                  every_s: float) -> tuple[list[AlertEvent], ProviderMemory]:
     if state.last_result_status not in _LISTED:
         return [], memory  # a failed probe lists nothing: the last listing still stands
     listed = frozenset(state.model_ids)
     previous = memory.models
+    told_at = memory.models_told_at
+    if previous is not None and previous != listed and told_at is not None \
+            and (now - told_at).total_seconds() < every_s:
+        return [], memory  # too soon after the last model events: the listing told stays, the net change waits
     memory = replace(memory, models=listed)
     if previous is None or previous == listed or memory.flapping_since is not None:
         return [], memory
+    memory = replace(memory, models_told_at=now)
     at = state.last_probe_at or now
     events = [
         _provider_event(kind, provider, state, at, silences, now, models=tuple(sorted(ids)))

@@ -1,7 +1,8 @@
 """A server that invents new model ids on every probe, under the real daemon on SQLite and PostgreSQL.
 
 Issue 14, item 13: a listing is cut to monitor.max_models, provider_models keeps at most that many per provider
-(the least recently seen go), and sightings older than storage.forget_models_after are forgotten.
+(the least recently seen go), sightings older than storage.forget_models_after are forgotten, and model alerts
+come at most once per provider per five minutes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 import yaml
 from sqlalchemy import func, select
+from structlog.testing import capture_logs
 
 from monitord.store import dialects, migrate
 from monitord.store.schema import provider_models, providers
@@ -78,13 +80,18 @@ async def test_a_churning_server_cannot_grow_the_model_table(db_url: str, fault_
         "storage": {"url": db_url, "flush_interval": "50ms", "batch_size": 10, "forget_models_after": "7d"},
         "api": {"listen": "127.0.0.1:0"},
     })
-    async with running(text) as (daemon, _http, _api):
-        await eventually(lambda: (s := daemon.live.get("churner")) is not None and s.samples >= 15, timeout_s=30.0,
-                         what="fifteen probes of the churning server")
-        state = daemon.live.get("churner")
-        assert state is not None and len(state.models) == MAX_MODELS  # the listing is cut to its first 20
-        await daemon.store.flush()
-        await eventually(lambda: daemon.store.pending == 0, what="every row written")
+    with capture_logs() as logs:
+        async with running(text) as (daemon, _http, _api):
+            await eventually(lambda: (s := daemon.live.get("churner")) is not None and s.samples >= 15, timeout_s=30.0,
+                             what="fifteen probes of the churning server")
+            state = daemon.live.get("churner")
+            assert state is not None and len(state.models) == MAX_MODELS  # the listing is cut to its first 20
+            await daemon.store.flush()
+            await eventually(lambda: daemon.store.pending == 0, what="every row written")
+    # the first change is told, the churn after it waits out alerts' model_events_every (5 min): not 2 per probe
+    model_events = [e for e in logs if e["event"] == "alert.raised" and e["type"].startswith("model.")
+                    and e["provider"] == "churner"]
+    assert len(model_events) <= 2, model_events
     counts = await model_rows(db_url)
     # 15+ probes listed 450+ ids; 20 are kept, the others forgotten as they came
     assert counts["churner"] <= MAX_MODELS, counts
