@@ -118,6 +118,10 @@ def _example_events() -> list[Any]:
         AlertType.PROVIDER_STALLED: dict(previous_status=Status.UP, status=Status.STALLED, since=at,
                                          error_class=ErrorClass.GENERATION_TIMEOUT,
                                          error="meta-llama/Llama-3.1-8B-Instruct: no first token within 10s"),
+        AlertType.PROVIDER_MISCONFIGURED: dict(
+            previous_status=Status.UNKNOWN, status=Status.MISCONFIGURED, since=at, error_class=ErrorClass.WRONG_SERVER,
+            error="configured as vllm, but the server looks like llamacpp (Server: llama.cpp header): use `type: "
+                  "llamacpp` (or `type: auto`)"),
         AlertType.PROVIDER_FLAPPING: dict(previous_status=Status.DOWN, status=Status.UP, since=since,
                                           details={"transitions": 6, "window_s": 1800.0}),
         AlertType.MODEL_ADDED: dict(status=Status.UP, models=("qwen2.5-7b",)),

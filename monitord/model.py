@@ -820,6 +820,7 @@ class AlertType(enum.StrEnum):
     PROVIDER_LOADING = "provider.loading"
     PROVIDER_FLAPPING = "provider.flapping"
     PROVIDER_STALLED = "provider.stalled"  # answers its health routes but cannot generate; recovery is provider.up
+    PROVIDER_MISCONFIGURED = "provider.misconfigured"  # another type of server on the port; recovery is provider.up
     MODEL_ADDED = "model.added"
     MODEL_REMOVED = "model.removed"
     RANKING_BEST_CHANGED = "ranking.best_changed"

@@ -37,6 +37,9 @@ SAMPLES: dict[AlertType, AlertEvent] = {
     AlertType.PROVIDER_STALLED: event(
         AlertType.PROVIDER_STALLED, previous_status=Status.UP, status=Status.STALLED, since=AT,
         error_class=ErrorClass.GENERATION_TIMEOUT, error="llama3: no first token within 10s"),
+    AlertType.PROVIDER_MISCONFIGURED: event(
+        AlertType.PROVIDER_MISCONFIGURED, previous_status=Status.UP, status=Status.MISCONFIGURED, since=AT,
+        error_class=ErrorClass.WRONG_SERVER, error="configured as vllm, but the server looks like llamacpp"),
     AlertType.PROVIDER_LOADING: event(
         AlertType.PROVIDER_LOADING, previous_status=Status.UP, status=Status.LOADING, since=AT,
         failures_in_a_row=1, error_class=ErrorClass.LOADING, error="Loading model"),

@@ -42,6 +42,7 @@ VERDICTS = {
     "d": (Status.DOWN, ErrorClass.REFUSED, "connection refused"),
     "l": (Status.LOADING, ErrorClass.LOADING, "Loading model"),
     "g": (Status.DEGRADED, ErrorClass.EMPTY_MODELS, "no model listed"),
+    "m": (Status.MISCONFIGURED, ErrorClass.WRONG_SERVER, "configured as vllm, but the server looks like llamacpp"),
 }
 QUICK = HealthPolicy(failure_threshold=1, success_threshold=1)  # every verdict is a status change
 
@@ -100,6 +101,8 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("down, loading while it restarts, up", "u ddd l u", {},
      ["provider.down", "provider.loading", "provider.up"]),
     ("loading that ends in an outage", "u l dd uu", {}, ["provider.loading", "provider.down", "provider.up"]),
+    ("another server on the port is told at once, and its end", "u m u", {},
+     ["provider.misconfigured", "provider.up"]),
 ]
 
 

@@ -66,6 +66,7 @@ _SEVERITY: Mapping[AlertType, Severity] = {
     AlertType.PROVIDER_DEGRADED: Severity.WARNING,
     AlertType.PROVIDER_LOADING: Severity.WARNING,
     AlertType.PROVIDER_STALLED: Severity.CRITICAL,
+    AlertType.PROVIDER_MISCONFIGURED: Severity.CRITICAL,
     AlertType.PROVIDER_FLAPPING: Severity.WARNING,
     AlertType.MODEL_ADDED: Severity.INFO,
     AlertType.MODEL_REMOVED: Severity.WARNING,
@@ -123,6 +124,7 @@ _PLAIN_TITLES: Mapping[AlertType, str] = {
     AlertType.PROVIDER_DEGRADED: "{name} is degraded",
     AlertType.PROVIDER_LOADING: "{name} is loading a model",
     AlertType.PROVIDER_STALLED: "{name} answers but cannot generate (stalled)",
+    AlertType.PROVIDER_MISCONFIGURED: "{name} is another type of server than configured",
     AlertType.TEST: "Test alert from monitord",
 }
 

@@ -33,6 +33,7 @@ _STATUS_EVENTS: Mapping[Status, AlertType] = {
     Status.DEGRADED: AlertType.PROVIDER_DEGRADED,
     Status.LOADING: AlertType.PROVIDER_LOADING,
     Status.STALLED: AlertType.PROVIDER_STALLED,
+    Status.MISCONFIGURED: AlertType.PROVIDER_MISCONFIGURED,
 }
 _LISTED = frozenset({Status.UP, Status.DEGRADED})  # probe verdicts that come with a fresh model list
 

@@ -80,7 +80,7 @@ def sight(response: HttpResponse) -> Sighting | None:
             body = None
         if body is not None:
             return _sight_json(response, body)
-    text = response.text()[:300]
+    text = response.body[:300].decode("utf-8", errors="replace")  # a 100 KB /metrics page needs no full decode
     if text.startswith("Ollama is running"):
         return _strong("ollama", None, f"GET {response.path}: 'Ollama is running'")
     if "HTTP Server is running, but this endpoint does not exist" in text:
