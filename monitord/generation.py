@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from monitord.health import percentile
-from monitord.model import ErrorClass, GenerationSample, GenerationStats, SampleKind
+from monitord.model import MS_DIGITS, RATE_DIGITS, ErrorClass, GenerationSample, GenerationStats, SampleKind
 
 _EMPTY: Mapping[str, GenerationStats] = MappingProxyType({})
 
@@ -166,10 +166,10 @@ class ModelTracker:
             "samples": ok + failed,
             "samples_ok": ok,
             "skipped": skipped,
-            "ttft_p50_ms": percentile(ttft, 0.5),
-            "ttft_p95_ms": percentile(ttft, 0.95),
-            "tokens_per_s_p50": percentile(self._tps.values, 0.5),
-            "total_p50_ms": percentile(self._total.values, 0.5),
+            "ttft_p50_ms": _rounded(percentile(ttft, 0.5), MS_DIGITS),
+            "ttft_p95_ms": _rounded(percentile(ttft, 0.95), MS_DIGITS),
+            "tokens_per_s_p50": _rounded(percentile(self._tps.values, 0.5), RATE_DIGITS),
+            "total_p50_ms": _rounded(percentile(self._total.values, 0.5), MS_DIGITS),
             "tokens_spent": self._tokens,
         }
 
@@ -247,3 +247,8 @@ class GenerationState:
         models = self._trackers[provider]
         self._views[provider] = MappingProxyType({model: models[model].stats for model in sorted(models)})
         self.version += 1
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """As the API shows it (README: milliseconds to 3 decimals)."""
+    return None if value is None else round(value, digits)

@@ -434,6 +434,7 @@ CAPABILITY_ALIASES: Mapping[str, str] = {
 
 MS_DIGITS = 3  # the API's milliseconds: to the microsecond
 RATIO_DIGITS = 6  # the API's ratios and scores (as RankedProvider rounds its score)
+RATE_DIGITS = 3  # the API's tokens per second
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

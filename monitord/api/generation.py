@@ -11,6 +11,7 @@ from monitord.api.context import CONTEXT
 from monitord.api.errors import ApiError
 from monitord.api.history import DEFAULT_LIMIT, MAX_LIMIT, STEPS_S, read_store
 from monitord.api.replies import check_params, int_param, json_reply, single, time_param
+from monitord.model import MS_DIGITS, RATE_DIGITS
 from monitord.store import GenerationBucket, StoredSample
 
 PARAMS = ("since", "until", "limit", "step", "model")
@@ -67,9 +68,9 @@ def _sample(sample: StoredSample) -> dict[str, Any]:
         "skipped": sample.skipped,
         "error_class": sample.error_class.value if sample.error_class else None,
         "error": sample.error,
-        "ttft_ms": sample.ttft_ms,
-        "total_ms": sample.total_ms,
-        "tokens_per_s": sample.tokens_per_s,
+        "ttft_ms": _round(sample.ttft_ms, MS_DIGITS),
+        "total_ms": _round(sample.total_ms, MS_DIGITS),
+        "tokens_per_s": _round(sample.tokens_per_s, RATE_DIGITS),
         "prompt_tokens": sample.prompt_tokens,
         "completion_tokens": sample.completion_tokens,
         "finish_reason": sample.finish_reason,
@@ -85,8 +86,12 @@ def _bucket(bucket: GenerationBucket) -> dict[str, Any]:
         "ok_count": bucket.ok_count,
         "failed_count": bucket.failed_count,
         "skipped_count": bucket.skipped_count,
-        "ttft_p50_ms": bucket.ttft_p50_ms,
-        "ttft_p95_ms": bucket.ttft_p95_ms,
-        "tokens_per_s_p50": bucket.tokens_per_s_p50,
+        "ttft_p50_ms": _round(bucket.ttft_p50_ms, MS_DIGITS),
+        "ttft_p95_ms": _round(bucket.ttft_p95_ms, MS_DIGITS),
+        "tokens_per_s_p50": _round(bucket.tokens_per_s_p50, RATE_DIGITS),
         "tokens_spent": bucket.tokens_spent,
     }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)

@@ -41,7 +41,7 @@ async def test_overview_lists_every_provider_with_its_status(running_daemon: Sta
     for name, status in EXPECTED.items():
         card = page.locator(f'article.card[data-provider="{name}"]')
         await expect(card).to_have_attribute("data-status", status)
-        await expect(card.locator(".badge")).to_have_text(status)
+        await expect(card.locator(".badge.status")).to_have_text(status)
     await expect(page.locator("#connection")).to_have_text("live")
     await expect(page.locator("#ranking tbody tr")).to_have_count(3)
     await expect(page.locator("#ranking .excluded li", has_text="spare")).to_be_visible()
@@ -153,12 +153,19 @@ async def test_screenshots_of_the_demo(open_page: OpenPage) -> None:
         page = opened.page
         await expect(page.locator('article.card[data-provider="story"]')).to_have_attribute("data-status", "down")
         await expect(page.locator("#alerts tbody tr").first).to_contain_text("provider.down")
+        box = page.locator('article.card[data-provider="box"]')
+        await expect(box).to_have_attribute("data-status", "stalled")  # the canary caught it
+        await expect(box.locator(".generation")).to_contain_text("TTFT")
+        await expect(page.locator('article.card[data-provider="busy"] .capacity')).to_contain_text("slots 4/4 busy")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=SCREENSHOTS / "overview.png", full_page=True)
         detail = await open_page(f"{url}/providers/laptop", width=1280, height=900, dark=True)
         await expect(detail.page.locator("figure.chart-box").filter(has_text="Latency").locator("path.line"))\
             .not_to_have_count(0)
         await expect(detail.page.locator("#samples tbody tr").first).to_be_visible()
+        charts = detail.page.locator("figure.chart-box")
+        for title in ("Time to first token", "Tokens per second"):  # the canaries' own series
+            await expect(charts.filter(has_text=title).locator("path.line")).not_to_have_count(0)
         await detail.page.screenshot(path=SCREENSHOTS / "provider.png", full_page=True)
         assert opened.console_errors == [] and detail.console_errors == []
     finally:

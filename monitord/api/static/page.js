@@ -26,7 +26,7 @@
   };
   const state = {
     providers: [], generatedAt: null, ranking: null, alerts: [], silences: [], history: {}, range: "24h",
-    detailRange: "1h", detail: null, samples: [], connection: "connecting", problem: null,
+    detailRange: "1h", detail: null, samples: [], generation: null, connection: "connecting", problem: null,
   };
 
   // ---- DOM helpers: text is always text ----------------------------------------------------------------------
@@ -105,7 +105,7 @@
     if (typeof value === "boolean") return value ? "yes" : "no";
     if (typeof value !== "number") return String(value);
     if (/_ms$/.test(key)) return ms(value);
-    if (/per_s|_tps$|tokens_s/.test(key)) return `${value.toFixed(1)}/s`;
+    if (/per_s$|per_s_|_tps$/.test(key)) return `${value.toFixed(1)}/s`;
     if (/_s$/.test(key)) return `${value.toFixed(value < 10 ? 1 : 0)} s`;
     if (/ratio|fraction|saturation|availability|utili[sz]ation|share/.test(key) && value <= 1) return pct(value);
     return Number.isInteger(value) ? String(value) : value.toFixed(2);
@@ -113,7 +113,7 @@
 
   function statusBadge(status) {
     const name = String(status || "unknown");
-    return h("span", { class: `badge s-${STATUS_CLASS[name] || "other"}` }, name);
+    return h("span", { class: `badge status s-${STATUS_CLASS[name] || "other"}` }, name);
   }
 
   // Fields the other parts of monitord may add (generation stats, capacity): found by name, shown generically.
@@ -362,7 +362,7 @@
     return h("article", { class: "card", "data-provider": p.name, "data-status": p.status },
       h("header", {},
         h("h3", {}, h("a", { href: `/providers/${encodeURIComponent(p.name)}` }, p.name)),
-        statusBadge(p.status)),
+        h("span", {}, flags(p), statusBadge(p.status))),
       h("p", { class: "meta" }, `${p.type} · `, p.since ? ["for ", when(p.since, "")] : "never probed",
         p.endpoint ? h("span", { class: "endpoint" }, ` · ${p.endpoint}`) : null),
       uptimeBars(buckets, UPTIME[state.range], history ? history.until : null),
@@ -370,10 +370,46 @@
         h("span", {}, `uptime ${state.range} `, h("b", {}, totals[1] ? pct(totals[0] / totals[1]) : "–")),
         h("span", {}, "p50 ", h("b", {}, ms(p.latency_p50_ms))),
         h("span", {}, "p95 ", h("b", {}, ms(p.latency_p95_ms)))),
-      facts(fieldsMatching(p, GENERATION)),
-      facts(fieldsMatching(p, CAPACITY)),
+      generationLine(p),
+      capacityLine(p),
       currentError(p),
       modelList(p.models));
+  }
+
+  function flags(p) {
+    // conditions beside the status: saturated (no idle slot), suspect (callers report failures)
+    return ["saturated", "suspect"].filter((key) => p[key] === true).map((key) =>
+      h("span", { class: `badge s-warn flag-${key}` }, key));
+  }
+
+  function generationLine(p) {
+    // the canary's figures per model (TTFT p50/p95, tokens/s p50); any other shape is shown generically
+    const stats = p.generation && typeof p.generation === "object" ? Object.values(p.generation) : [];
+    const timed = stats.filter((one) => one && (typeof one.ttft_p50_ms === "number"
+      || typeof one.tokens_per_s_p50 === "number" || one.last_error_class));
+    if (!timed.length) return facts(fieldsMatching({ ...p, generation: undefined }, GENERATION));
+    return h("ul", { class: "generation" }, timed.map((one) => h("li", {},
+      h("span", { class: "muted" }, `${one.model || "model"}: `),
+      typeof one.ttft_p50_ms === "number" ? ["TTFT ", h("b", {}, ms(one.ttft_p50_ms)),
+        typeof one.ttft_p95_ms === "number" ? ` (p95 ${ms(one.ttft_p95_ms)})` : ""] : null,
+      typeof one.tokens_per_s_p50 === "number" ? [" · ", h("b", {}, one.tokens_per_s_p50.toFixed(1)), " tok/s"] : null,
+      one.last_error_class && (!one.last_ok_at || Date.parse(one.last_error_at) > Date.parse(one.last_ok_at))
+        ? h("span", { class: "error" }, ` canary ${one.last_error_class}: ${one.last_error || ""}`) : null)));
+  }
+
+  function capacityLine(p) {
+    const c = p.capacity;
+    if (!c || typeof c !== "object") return facts(fieldsMatching(p, CAPACITY));
+    const parts = [];
+    if (typeof c.slots_total === "number") {
+      parts.push(`slots ${typeof c.slots_busy === "number" ? c.slots_busy : "?"}/${c.slots_total} busy`);
+    }
+    if (typeof c.queue_depth === "number") parts.push(`queue ${c.queue_depth}`);
+    if (typeof c.requests_running === "number") parts.push(`running ${c.requests_running}`);
+    if (typeof c.kv_cache_usage === "number") parts.push(`KV cache ${pct(c.kv_cache_usage)}`);
+    if (Array.isArray(c.resident_models)) parts.push(`${c.resident_models.length} in memory`);
+    if (!parts.length) return null;
+    return h("p", { class: c.saturated ? "capacity saturated" : "capacity" }, "capacity: ", parts.join(" · "));
   }
 
   function uptimeBars(buckets, range, until) {
@@ -508,12 +544,15 @@
     }
     const range = RANGES[state.detailRange];
     const since = new Date(Date.now() - (range.raw || 0) * 1000).toISOString();
-    const [history, samples, alerts] = await Promise.all([
+    const [history, samples, alerts, generation] = await Promise.all([
       range.raw ? get(`${path}/history?since=${encodeURIComponent(since)}&limit=2000`).then(asBuckets)
         : get(`${path}/history?step=${range.step}&limit=${range.count}`),
       get(`${path}/history?limit=20`),
       get(`/v1/alerts?limit=20&provider=${encodeURIComponent(name)}`).catch(() => ({ alerts: [] })),
+      (range.raw ? get(`${path}/generation?since=${encodeURIComponent(since)}&limit=2000`)
+        : get(`${path}/generation?step=${range.step}&limit=${range.count}`)).catch(() => null),
     ]);
+    state.generation = generation;
     state.history = { [name]: history };
     state.samples = samples.samples;
     state.alerts = alerts.alerts;
@@ -557,21 +596,34 @@
       problemNote(),
       h("p", {}, h("a", { href: "/" }, "← all providers")),
       h("div", { class: "detail-head", "data-provider": p.name, "data-status": p.status },
-        h("h1", {}, p.name), statusBadge(p.status),
+        h("h1", {}, p.name), flags(p), statusBadge(p.status),
         h("p", { class: "meta" }, `${p.type} · `, p.since ? ["for ", when(p.since, "")] : "never probed",
           p.endpoint ? ` · ${p.endpoint}` : "")),
       currentError(p),
       section("charts", "History", rangePicker(RANGES, state.detailRange, (range) => {
         state.detailRange = range;
         loadDetail().then(render).catch(showProblem);
-      }), charts(buckets, history)),
-      nested.map(([key, value]) => section(`f-${key}`, label(key), null, facts(fieldsMatching(value, /./)))),
+      }), charts(buckets, history), generationCharts(state.generation, history)),
+      nested.map(([key, value]) => section(`f-${key}`, label(key), null, nestedView(value))),
       section("models", "Models", null, modelsTable(p.models)),
       section("samples", "Latest probes", null, samplesTable(state.samples)),
       section("alerts", "Alerts", null, alertsView(state.alerts)),
       section("fields", "Everything else", null, h("dl", { class: "facts" }, rest.map(([key, value]) => [
         h("dt", {}, label(key)), h("dd", {}, /_at$/.test(key) && value ? when(value, " ago") : scalar(key, value))]))),
     );
+  }
+
+  function nestedView(value) {
+    // an object whose values are all objects (e.g. generation per model) reads best as a table
+    const rows = Object.entries(value);
+    if (rows.length && rows.every(([, one]) => one && typeof one === "object" && !Array.isArray(one))) {
+      const cols = [...new Set(rows.flatMap(([, one]) => Object.keys(one)))].filter((c) => c !== "model");
+      return h("div", { class: "scroll" }, h("table", {},
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, ""), cols.map((c) => h("th", { scope: "col" }, label(c))))),
+        h("tbody", {}, rows.map(([key, one]) => h("tr", {}, h("th", { scope: "row" }, key),
+          cols.map((c) => h("td", {}, /_at$/.test(c) && one[c] ? when(one[c], " ago") : scalar(c, one[c]))))))));
+    }
+    return facts(fieldsMatching(value, /./));
   }
 
   function charts(buckets, history) {
@@ -592,6 +644,36 @@
       }));
       return series.length ? lineChart(title, series, format, span) : null;
     }));
+  }
+
+  function generationCharts(answer, history) {
+    // the canaries' own series (/v1/providers/{name}/generation): per sample, or per bucket with a step
+    if (!answer) return null;
+    const span = [Date.parse(history.since), Date.parse(history.until)];
+    const ttft = [], rate = [];
+    if (Array.isArray(answer.samples)) {
+      const byModel = {};
+      for (const one of [...answer.samples].reverse()) (byModel[one.model] = byModel[one.model] || []).push(one);
+      for (const [model, list] of Object.entries(byModel)) {
+        ttft.push({ name: model, points: list.map((one) => [Date.parse(one.ts), one.ok ? one.ttft_ms : null]) });
+        rate.push({ name: model, points: list.map((one) => [Date.parse(one.ts), one.ok ? one.tokens_per_s : null]) });
+      }
+    } else if (Array.isArray(answer.models)) {
+      for (const entry of answer.models) {
+        const buckets = [...entry.buckets].reverse();
+        const at = (b) => Date.parse(b.start);
+        ttft.push({ name: `${entry.model} p50`, points: buckets.map((b) => [at(b), b.ttft_p50_ms]) });
+        ttft.push({ name: `${entry.model} p95`, points: buckets.map((b) => [at(b), b.ttft_p95_ms]) });
+        rate.push({ name: `${entry.model} p50`, points: buckets.map((b) => [at(b), b.tokens_per_s_p50]) });
+      }
+    }
+    const drawn = (series) => series.filter((one) => one.points.some((pt) => typeof pt[1] === "number"))
+      .map((one) => ({ ...one, points: one.points.map(([x, v]) => [x, typeof v === "number" ? v : null]) }));
+    const charts = [
+      drawn(ttft).length ? lineChart("Time to first token", drawn(ttft), ms, span) : null,
+      drawn(rate).length ? lineChart("Tokens per second", drawn(rate), (v) => `${v.toFixed(1)}/s`, span) : null,
+    ].filter(Boolean);
+    return charts.length ? h("div", { class: "charts generation-charts" }, charts) : null;
   }
 
   function lineChart(title, series, format, span) {
