@@ -162,7 +162,8 @@ def wire(pipeline: ResultPipeline, parts: Parts) -> None:
     generation = parts.rankings.generation
 
     def fold_generation(recorded: Recorded[GenerationSample]) -> None:  # TTFT, tokens/s: the sinks below read them
-        generation.fold(recorded.observation, recorded.at)
+        if parts.live.get(recorded.observation.provider) is not None:  # not a canary that outlived its provider
+            generation.fold(recorded.observation, recorded.at)
 
     pipeline.subscribe(GenerationSample, fold_generation, name="generation")
     pipeline.subscribe(GenerationSample, lambda r: parts.store.enqueue(r.observation), name="store",

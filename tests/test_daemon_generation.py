@@ -119,6 +119,8 @@ async def test_a_removed_provider_forgets_its_statistics(tmp_path: Any, sqlite_u
         path.write_text(config_text({"a": ("ollama", server.url)}, sqlite_url))
         assert await daemon.reload()
         assert set(daemon.rankings.generation.all()) == {"a"}
+        daemon.pipeline.record(sample(daemon, "b", "m", 0))  # a canary that was in flight during the reload
+        assert set(daemon.rankings.generation.all()) == {"a"}
     finally:
         await daemon.stop()
 
