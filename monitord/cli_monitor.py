@@ -84,10 +84,12 @@ def _describe_generation(data: Mapping[str, Any]) -> str:
 
 
 def provider_line(p: Mapping[str, Any], now: datetime) -> str:
-    from monitord.cli import current_error, for_text
+    from monitord.cli import current_error, for_text, generation_cells, measured
 
     error = current_error(p, now)
-    return (f"{p['name']}  {p['status']}  for {for_text(p.get('since'), now)}"
+    stats = measured(p.get("generation"))
+    speed = "  TTFT {} {} tok/s".format(*generation_cells(stats)) if stats is not None else ""
+    return (f"{p['name']}  {p['status']}  for {for_text(p.get('since'), now)}{speed}"
             f"{f'  {error}' if error else ''}")
 
 

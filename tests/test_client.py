@@ -481,3 +481,13 @@ async def test_attempts_raise_when_all_fail_and_leave_the_callers_own_errors_alo
 ])
 def test_failures_are_classified_like_probes(exc: BaseException, expected: ErrorClass | None) -> None:
     assert classify_failure(exc) is expected
+
+
+def test_monitor_lines_carry_the_canary_speed_where_measured() -> None:
+    now = NOW
+    plain_line = {"name": "a", "status": "up", "since": now.isoformat()}
+    assert "TTFT" not in cli_monitor.provider_line(plain_line, now)
+    generation = {"small": {"model": "small", "samples_ok": 1, "ttft_p50_ms": 40.0, "tokens_per_s_p50": 90.0},
+                  "big": {"model": "big", "samples_ok": 4, "ttft_p50_ms": 310.0, "tokens_per_s_p50": 12.25}}
+    line = cli_monitor.provider_line({**plain_line, "generation": generation}, now)
+    assert line == "a  up  for 0s  TTFT 310 ms 12.2 tok/s"  # the model with the most successful samples
