@@ -276,3 +276,28 @@ async def test_metrics_route_failing_never_downs_a_healthy_server(doubles: list[
     hang_forever["on"] = True
     hung = await probe(double, session)
     assert (hung.status, hung.capacity) == (Status.UP, None), hung.error
+
+
+@pytest.mark.parametrize(("provider_type", "model_path"), [("tabbyapi", "/v1/model"), ("koboldcpp", "/api/v1/model"),
+                                                          ("llamacpp", "/v1/models"), ("vllm", "/v1/models"),
+                                                          ("tgi", "/info"), ("ollama", "/api/tags")])
+async def test_a_model_route_failing_behind_a_good_health_route_leaves_models_unknown(
+        doubles: list[ProviderDouble], session: aiohttp.ClientSession, provider_type: str, model_path: str) -> None:
+    def factory(control: DoubleControl) -> web.Application:
+        app = DOUBLES[provider_type](control)
+
+        @web.middleware
+        async def broken_models(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.path == model_path:
+                return web.Response(status=500, text="Internal Server Error")
+            return await handler(request)
+
+        app.middlewares.append(broken_models)
+        return app
+
+    double = ProviderDouble(provider_type, factory)
+    doubles.append(double)
+    await double.start()
+    result = await probe(double, session)
+    assert (result.status, result.error_class, result.models) == (Status.UP, None, ()), result.error
+    assert (result.error or "").startswith(f"models unknown: {model_path}: HTTP 500")

@@ -7,7 +7,7 @@ at `/api/extra/true_max_context_length`; KoboldAI Client has neither (404) and o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from monitord.model import Capacity, ErrorClass, Identity, ModelInfo, ModelKind, ProviderSpec, Status
 from monitord.providers.base import (
@@ -17,6 +17,7 @@ from monitord.providers.base import (
     ProbeHttp,
     TypeDefaults,
     expect_ok,
+    models_or_unknown,
     models_path,
     openai_model_cards,
     optional_get,
@@ -95,16 +96,21 @@ def is_reloading(response: HttpResponse) -> bool:
     return response.status == 502 and response.body.lstrip()[:1] == b"<"
 
 
+def server_identity(build: KoboldCppVersion | None, api_version: str | None) -> Identity:
+    """KoboldCpp names itself at /api/extra/version; KoboldAI Client is the Kobold API without that route."""
+    if build is not None:
+        return Identity(looks_like="koboldcpp", version=build.version, evidence="/api/extra/version: result KoboldCpp")
+    return Identity(looks_like="koboldai", version=None,
+                    evidence=f"/api/v1/info/version: KoboldAI API {api_version} without /api/extra/version")
+
+
 def describe(name: str | None, build: KoboldCppVersion | None, context_length: int | None,
              api_version: str | None = None, load: Capacity | None = None) -> Observation:
     """The observation for a Kobold server that named its model (or said it has none).
 
     `build` is None for KoboldAI Client, which reports only the KoboldAI API spec version, not its own.
     """
-    identity = (Identity(looks_like="koboldcpp", version=build.version, evidence="/api/extra/version: result "
-                         "KoboldCpp") if build else
-                Identity(looks_like="koboldai", version=None, evidence=f"/api/v1/info/version: KoboldAI API "
-                         f"{api_version} without /api/extra/version"))
+    identity = server_identity(build, api_version)
     version = build.version if build else None
     if name is None:
         what = "no text model loaded" + (" (image/audio-only launch)" if build and not build.llm else "")
@@ -145,7 +151,11 @@ class Kobold:
         model = await http.get(model_path)
         if is_reloading(model):
             return _reloading(model)
-        name = read_model_name(expect_ok(model))
+        try:
+            name = read_model_name(expect_ok(model))
+        except ProbeError as exc:  # /api/extra/version answered: a misbehaving model route leaves it unknown
+            return replace(models_or_unknown(exc, identity), server_version=build.version,
+                           identity=server_identity(build, None))
         context_length = None
         if name is not None:
             context = await http.get("/api/extra/true_max_context_length")

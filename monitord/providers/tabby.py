@@ -13,6 +13,7 @@ from monitord.providers.base import (
     ProbeHttp,
     TypeDefaults,
     expect_ok,
+    models_or_unknown,
     server_message,
 )
 from monitord.providers.openai import (
@@ -83,14 +84,19 @@ class TabbyAPI:
     defaults: TypeDefaults
 
     async def observe(self, http: ProbeHttp, spec: ProviderSpec) -> Observation:
-        health = read_health(await http.get(spec.health_endpoint or self.defaults.health_path or "/health",
-                                            authenticated=False))
+        answer = await http.get(spec.health_endpoint or self.defaults.health_path or "/health", authenticated=False)
+        health = read_health(answer)
         custom = custom_path(spec.model_endpoint, self.defaults.models_path)
         response = await http.get(custom or LOADED_MODEL_PATH)
-        if custom is None and response.status != 404:
-            loaded = read_loaded_model(response)
-        else:  # a listing path set by the user, or a build without /v1/model
-            if custom is None:
-                response = await http.get(self.defaults.models_path)
-            loaded = Observation(models=read_models(expect_ok(response)))
+        try:
+            if custom is None and response.status != 404:
+                loaded = read_loaded_model(response)
+            else:  # a listing path set by the user, or a build without /v1/model
+                if custom is None:
+                    response = await http.get(self.defaults.models_path)
+                loaded = Observation(models=read_models(expect_ok(response)))
+        except ProbeError as exc:  # /health answered: a model route that misbehaves leaves the model unknown
+            if health is not None:
+                raise
+            loaded = models_or_unknown(exc, answer)
         return combine(health, loaded)
