@@ -2,8 +2,8 @@
 beside a bare aiohttp loop that makes the same GETs to the same fleet at the same rate and concurrency.
 
 The fleet is N simulated vLLM servers (one loopback port each, up to 2,500 ports per server process, answering
-`/health`, `/v1/models` with the vLLM fixture body, and `/version`). Servers run in their own processes so their
-CPU is not counted, and each variant runs in a fresh spawned process so its CPU time and peak RSS are its own.
+`/health`, `/v1/models` with the vLLM fixture body, `/version` and `/metrics`). Servers run in their own processes so
+their CPU is not counted, and each variant runs in a fresh spawned process so its CPU time and peak RSS are its own.
 The probe rate is held at RATE_PER_S for every N (interval = N / rate), so the cost per probe compares across N.
 monitord is the real `Daemon` (run as `monitord run` runs it, info-level JSON logs): ProbeScheduler ->
 probe_provider on the create_session() session -> Daemon.record (Store.enqueue into a migrated SQLite file,
@@ -105,6 +105,7 @@ def _serve(conn: Connection, count: int) -> None:
 async def _serve_async(conn: Connection, count: int) -> None:
     models = (FIXTURES / "models.json").read_bytes()
     version = (FIXTURES / "version.json").read_bytes()
+    metrics = (FIXTURES / "metrics.txt").read_bytes()  # the capacity the vLLM adapter reads on every probe
 
     async def health(_request: web.Request) -> web.Response:
         return web.Response()  # vLLM: 200 with an empty body while the engine lives
@@ -115,7 +116,11 @@ async def _serve_async(conn: Connection, count: int) -> None:
     async def server_version(_request: web.Request) -> web.Response:
         return web.Response(body=version, content_type="application/json")
 
+    async def prometheus(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics, content_type="text/plain", charset="utf-8")
+
     app = web.Application()
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", model_list)
     app.router.add_get("/version", server_version)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from monitord.model import ErrorClass, Status
+from monitord.probe import IDENTIFY_AFTER
+from monitord.providers.identity import AFTER_FAILURE_PATHS
 from tests.faults import servers
 from tests.faults.conftest import (
     PROBE_INTERVAL_S,
@@ -84,7 +86,8 @@ FAULTS = [
     Fault("429-retry-after", lambda: servers.answer(429, RATE_LIMITED.encode(), headers=[("Retry-After", "30")]),
           Status.DOWN, ErrorClass.RATE_LIMITED, "HTTP 429 Rate limit reached"),
     Fault("503-loading-llamacpp", lambda: servers.answer(503, LLAMACPP_LOADING.encode()), Status.LOADING,
-          ErrorClass.LOADING, "Loading model", provider_type="llamacpp"),
+          ErrorClass.LOADING, "Loading model", provider_type="llamacpp",
+          connections_per_probe=2),  # no `Server: llama.cpp` header here: the probe asks `/` who answered
     # aiohttp resends an idempotent request once when the connection drops before an answer.
     Fault("accept-then-close", servers.accept_and_close, Status.DOWN, ErrorClass.CONNECTION,
           connections_per_probe=2),
@@ -149,9 +152,11 @@ async def test_fault_is_classified_recorded_and_survived(fault: Fault, harness: 
     good_rows = await harness.stored("good")
     assert len(good_rows) == good_state.samples and {r.status for r in good_rows} == {Status.UP}
     if server is not None:
-        # each probe reached the server; at most one more was in flight when stop cancelled it
+        # each probe reached the server; at most one more was in flight when stop cancelled it. After an answer
+        # that may come from another server (IDENTIFY_AFTER), a probe also asks the few identifying routes once.
         per_probe = fault.connections_per_probe
-        assert len(rows) * per_probe <= server.connections <= (len(rows) + 1) * per_probe
+        identifying = len(set(AFTER_FAILURE_PATHS) - {"/v1/models"}) if fault.error_class in IDENTIFY_AFTER else 0
+        assert len(rows) * per_probe <= server.connections <= (len(rows) + 1) * (per_probe + identifying)
     assert not loop_errors
 
 
@@ -198,7 +203,9 @@ async def test_answers_that_retrying_cannot_fix_are_asked_once(status: int, body
         (result,) = await daemon.run_once()
         assert result.error_class is error_class and result.attempts == 1
     await harness.stop(daemon)
-    assert server.paths() == ["/v1/models", "/v1/models"]
+    # one request of the probe's own per run (identifying routes asked after an AUTH/4xx answer aside)
+    assert [path for path in server.paths() if path == "/v1/models"] == ["/v1/models", "/v1/models"]
+    assert set(server.paths()) <= {"/v1/models", *AFTER_FAILURE_PATHS}
     assert len(await harness.stored("p")) == 2
 
 
