@@ -53,8 +53,10 @@ async def test_overview_lists_every_provider_with_its_status(running_daemon: Sta
     await expect(page.locator('article[data-provider="gpu"] .models li').first).to_be_visible()
     await expect(page.locator('article[data-provider="gpu"] svg.uptime rect')).to_have_count(24)
     await expect(page.locator("#alerts tbody tr").first).to_contain_text("provider.down")
-    await page.get_by_role("button", name="30d").click()
+    await page.get_by_role("button", name="30d").focus()
+    await page.keyboard.press("Enter")  # from the keyboard; focus stays on the button across the redraw
     await expect(page.locator('article[data-provider="gpu"] svg.uptime rect')).to_have_count(30)
+    await expect(page.get_by_role("button", name="30d")).to_be_focused()
     await page.get_by_role("button", name="24h").click()
     phone = await open_page(f"{running.url}/", width=390, height=844, dark=True)
     await expect(phone.page.locator('article.card[data-provider="gpu"]')).to_be_visible()

@@ -334,7 +334,8 @@
   function rangePicker(ranges, current, pick) {
     return h("div", { class: "range", role: "group", "aria-label": "time range" },
       Object.keys(ranges).map((range) => h("button", {
-        type: "button", "aria-pressed": range === current ? "true" : "false", onclick: () => pick(range),
+        type: "button", "aria-pressed": range === current ? "true" : "false", "data-id": `range-${range}`,
+        onclick: () => pick(range),
       }, range)));
   }
 
