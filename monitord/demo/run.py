@@ -21,7 +21,7 @@ from aiohttp import web
 
 from monitord.client import ClientError, MonitordClient
 from monitord.config import parse_config
-from monitord.daemon import Daemon
+from monitord.daemon import Daemon, StartupError
 from monitord.demo.servers import SimServer
 from monitord.demo.story import CAST, SCRIPT, STORY_S, demo_config
 
@@ -134,7 +134,13 @@ async def run_demo(*, speed: float = 1.0, port: int = 8765, exit_after_story: bo
                                f"127.0.0.1:{port}", hook, speed)
             daemon = Daemon(parse_config(text), install_signal_handlers=False)
             stack.push_async_callback(daemon.stop)
-            await daemon.start()
+            try:
+                await daemon.start()
+            except StartupError as exc:
+                print(f"monitord demo: the daemon could not start: {exc}"
+                      + (" (is another monitord on that port? --port 0 takes any free one)" if port else ""),
+                      file=sys.stderr, flush=True)
+                return 1
             url = f"http://127.0.0.1:{daemon.api_port}"
             print(f"monitord demo: status page at {url}/  (API {url}/v1/providers; Ctrl-C to stop)", file=out,
                   flush=True)

@@ -98,3 +98,19 @@ async def test_ctrl_c_stops_the_demo_and_removes_what_it_made() -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
     assert url
+
+
+async def test_a_busy_port_is_a_clear_error_not_a_traceback() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "monitord", "demo", "--port", str(port),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        STARTED.append(proc)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert proc.returncode == 1
+    assert "address already in use" in err.decode() and "--port 0" in err.decode()
+    assert b"Traceback" not in out + err
