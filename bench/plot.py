@@ -10,6 +10,7 @@ from bench.common import Table
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROBE_COST_PNG = BENCH_DIR / "probe_cost.png"
+SELECTION_PREFIX = "selection_ttft_"
 
 
 def draw(tables: Sequence[Table]) -> list[Path]:
@@ -19,7 +20,35 @@ def draw(tables: Sequence[Table]) -> list[Path]:
         points = table.figures.get("probe_cost")
         if points:
             images.append(probe_cost(points, PROBE_COST_PNG))
+        for key, samples in table.figures.items():
+            if key.startswith(SELECTION_PREFIX) and samples:
+                scenario = key.removeprefix(SELECTION_PREFIX)
+                images.append(selection_ttft(samples, scenario, BENCH_DIR / f"selection_{scenario}.png"))
     return images
+
+
+def selection_ttft(samples: dict[str, list[float]], scenario: str, path: Path) -> Path:
+    """TTFT distribution per selection policy (box plot, log scale: the tail is the point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, values in samples.items() if values]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    try:
+        ax.boxplot([samples[name] for name in names], vert=False, whis=(5, 95), showfliers=True,
+                   flierprops={"markersize": 2, "alpha": 0.4})
+        ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("time to first token, ms (whiskers: p5..p95)")
+        ax.set_title(f"TTFT per policy, {scenario} fleet")
+        ax.grid(True, axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def probe_cost(points: Sequence[dict[str, Any]], path: Path) -> Path:

@@ -37,18 +37,23 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_tiny_gguf(path: Path, *, name: str = "tiny-llama-test") -> Path:
-    """Write the model to `path` (deterministic: the same bytes every time) and return the path."""
+def write_tiny_gguf(path: Path, *, name: str = "tiny-llama-test", embd: int = N_EMBD, layers: int = N_LAYER,
+                    ff: int = N_FF) -> Path:
+    """Write the model to `path` (deterministic: the same bytes every time) and return the path.
+
+    `embd`, `layers` and `ff` make a bigger model whose tokens take measurable time on one thread (the selection
+    benchmark); the defaults are the 0.5 MB one the tests load in milliseconds.
+    """
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)
     writer.add_context_length(N_CTX_TRAIN)
-    writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYER)
-    writer.add_feed_forward_length(N_FF)
+    writer.add_embedding_length(embd)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
     writer.add_head_count(N_HEAD)
     writer.add_head_count_kv(N_HEAD)
-    writer.add_rope_dimension_count(N_EMBD // N_HEAD)
+    writer.add_rope_dimension_count(embd // N_HEAD)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(0)  # all F32
     tokens, scores, types = _vocabulary()
@@ -66,19 +71,19 @@ def write_tiny_gguf(path: Path, *, name: str = "tiny-llama-test") -> Path:
         writer.add_tensor(tensor, (rng.standard_normal(shape) * 0.02).astype(np.float32))
 
     def ones(tensor: str) -> None:
-        writer.add_tensor(tensor, np.ones(N_EMBD, dtype=np.float32))
+        writer.add_tensor(tensor, np.ones(embd, dtype=np.float32))
 
-    random("token_embd.weight", N_VOCAB, N_EMBD)
+    random("token_embd.weight", N_VOCAB, embd)
     ones("output_norm.weight")
-    random("output.weight", N_VOCAB, N_EMBD)
-    for layer in range(N_LAYER):
+    random("output.weight", N_VOCAB, embd)
+    for layer in range(layers):
         ones(f"blk.{layer}.attn_norm.weight")
         ones(f"blk.{layer}.ffn_norm.weight")
         for projection in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            random(f"blk.{layer}.{projection}.weight", N_EMBD, N_EMBD)
-        random(f"blk.{layer}.ffn_gate.weight", N_FF, N_EMBD)
-        random(f"blk.{layer}.ffn_up.weight", N_FF, N_EMBD)
-        random(f"blk.{layer}.ffn_down.weight", N_EMBD, N_FF)
+            random(f"blk.{layer}.{projection}.weight", embd, embd)
+        random(f"blk.{layer}.ffn_gate.weight", ff, embd)
+        random(f"blk.{layer}.ffn_up.weight", ff, embd)
+        random(f"blk.{layer}.ffn_down.weight", embd, ff)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
