@@ -491,3 +491,19 @@ def test_monitor_lines_carry_the_canary_speed_where_measured() -> None:
                   "big": {"model": "big", "samples_ok": 4, "ttft_p50_ms": 310.0, "tokens_per_s_p50": 12.25}}
     line = cli_monitor.provider_line({**plain_line, "generation": generation}, now)
     assert line == "a  up  for 0s  TTFT 310 ms 12.2 tok/s"  # the model with the most successful samples
+
+
+async def test_the_readme_example_selects_calls_through_api_base_and_reports(
+        fleet: tuple[Daemon, dict[str, ProviderDouble]]) -> None:
+    daemon, _ = fleet
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```python\nimport aiohttp\nfrom monitord.client import MonitordClient")
+    code = readme[start + len("```python\n"): readme.index("```\n", start + 10)]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the README's own code, as a user would paste it
+    async with MonitordClient(daemon.url) as monitord, aiohttp.ClientSession() as http:
+        answer = await namespace["ask"](monitord, http, [{"role": "user", "content": "hi"}])
+        await monitord.flush()
+        good = (await monitord.provider("good")).provider
+    assert answer == "Hello"  # the llama.cpp double's reply, reached through api_base after any failed candidate
+    assert good["reports_ok"] == 1 and good["last_report_ok"] is True
