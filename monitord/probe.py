@@ -38,10 +38,12 @@ log = structlog.get_logger("monitord.probe")
 
 # Retrying these can help within the budget: a stale keep-alive socket, a restarting server, a brief 5xx.
 RETRYABLE = frozenset({ErrorClass.REFUSED, ErrorClass.CONNECTION, ErrorClass.TIMEOUT, ErrorClass.HTTP_5XX})
-# Failures another server on the port would cause (a route it lacks, a body of another shape, a key it wants):
-# after one of these, ask what answered before calling the provider down.
-IDENTIFY_AFTER = frozenset({ErrorClass.HTTP_4XX, ErrorClass.BAD_PAYLOAD, ErrorClass.AUTH})
+# Failures another server on the port would cause (a route it lacks, a body of another shape): after one of these,
+# ask what answered before calling the provider down. Not after 401/403: a wrong key is far likelier than a wrong
+# server, and one that wants a key has mostly named itself in the answers already read (they are always checked).
+IDENTIFY_AFTER = frozenset({ErrorClass.HTTP_4XX, ErrorClass.BAD_PAYLOAD})
 _CHUNK = 64 * 1024
+_ANSWERED = frozenset({Status.UP, Status.DEGRADED})
 MAX_REDIRECTS = 5  # requests per call, the first included
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -321,7 +323,7 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
             http_status = calls[-1].status if calls and calls[-1].status is not None else getattr(
                 exc, "http_status", None)
             sighting = identify(attempt.responses)
-            if error_class in IDENTIFY_AFTER:
+            if error_class in IDENTIFY_AFTER and spec.type not in ACCEPTS_ANY:  # those accept any server anyway
                 asked = len(attempt.calls)
                 sighting = await detect(http, spec, list(attempt.responses), AFTER_FAILURE_PATHS)
                 calls += attempt.calls[asked:]
@@ -336,8 +338,8 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
         sighting = identify(attempt.responses)
         if observation.identity is not None:
             sighting = Sighting(observation.identity, strong=True)
-        elif sighting is None and spec.type not in ACCEPTS_ANY:
-            # nothing in the type's own answers told who answered: `/` names several servers for one request
+        elif sighting is None and spec.type not in ACCEPTS_ANY and observation.status in _ANSWERED:
+            # it answered as this type would, but nothing in it told who answered: `/` names several servers
             root = await optional_get(http, "/", spec)
             sighting = sight(root) if root is not None else None
         calls += attempt.calls
