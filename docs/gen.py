@@ -86,6 +86,13 @@ def config_reference() -> str:
     return "\n".join(lines)
 
 
+def restart_only() -> str:
+    """The keys a reload refuses to change, with why (monitord/reload.py)."""
+    from monitord.reload import RESTART_ONLY
+
+    return "\n".join(f"- `{key}`: {why}" for key, why in sorted(RESTART_ONLY.items()))
+
+
 def provider_types() -> str:
     lines = ["| type | server | default endpoint | health / models | capabilities |", "| --- | --- | --- | --- | --- |"]
     for name, adapter in ADAPTERS.items():

@@ -15,10 +15,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
 
+from monitord import logs
 from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import make_test_event
 from monitord.alerts.service import AlertsService
@@ -32,11 +34,15 @@ from monitord.pipeline import Parts, Recorded, ResultPipeline, wire
 from monitord.probe import create_session, probe_provider, utcnow
 from monitord.providers import ADAPTERS
 from monitord.ranking_service import RankingService
+from monitord.reload import ReloadPlan, ReloadRefused
+from monitord.reload import plan as reload_plan
 from monitord.scheduler import ProbeScheduler
 from monitord.store import RetentionPolicy, Store
 from monitord.store.migrate import upgrade
 from monitord.store.outbox import DeliveryRow
 from monitord.store.retention import prune_periodically
+from monitord.store.writer import check_settings as check_writer_settings
+from monitord.store.writer import describe_error
 from monitord.supervisor import Supervisor
 from monitord.systemd import Notifier, heartbeat
 
@@ -121,6 +127,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._notifier = Notifier()
         self.supervisor = Supervisor(on_failure=lambda _name: self.request_stop())
+        self._retention_rescheduled = asyncio.Event()
 
     @staticmethod
     def _policy(config: Config) -> HealthPolicy:
@@ -177,7 +184,7 @@ class Daemon:
         generation.rebuild(samples, now, self._specs)  # TTFT and tokens/s survive a restart, like availability
         for spec in specs:
             self.live.track(spec.name, spec.type)
-        self._session = create_session(limit=max(cfg.monitor.concurrency, 10))
+        self._session = create_session(limit=0)  # no pool cap: the scheduler's limit (monitor.concurrency) is the cap
         if cfg.cluster.enabled:
             self._cluster = Cluster(self._store, cfg.cluster.instance_id or default_instance_id(),
                                     cfg.cluster.lease_s, providers=[s.name for s in specs if s.enabled])
@@ -209,8 +216,8 @@ class Daemon:
                                refresh=self.alerts.load_stored_silences, probe_soon=self._probe_soon)
             await beat.beat()  # hold leases before the first probe is due
             self.supervisor.spawn("cluster.beat", beat.run())
-        self.supervisor.spawn("store.retention", prune_periodically(self.store.retention, self._retention_schedule,
-                                                                    self.clock))
+        self.supervisor.spawn("store.retention", prune_periodically(
+            self.store.retention, self._retention_schedule, self.clock, rescheduled=self._retention_rescheduled))
         self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
                                          jitter_s=cfg.monitor.jitter_s)
         self._scheduler.sync(specs)
@@ -285,7 +292,8 @@ class Daemon:
         return results
 
     async def reload(self) -> bool:
-        """Re-read the config; apply it completely or not at all. Returns whether it was applied."""
+        """Re-read the config and apply what changed (monitord.reload): every reloadable key where it is used,
+        or nothing at all. Returns whether it was applied; the reload-success gauge says the same."""
         applied = await self._reload()
         if self.api is not None:
             self.api.metrics.reloaded(applied)
@@ -294,23 +302,40 @@ class Daemon:
     async def _reload(self) -> bool:
         if self.config_path is None:
             return False
+        path = str(self.config_path)
+        # The steps that can fail come first; a failure in any of them applies nothing.
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
+            diff = reload_plan(self.config, new)
+            check_writer_settings(**self._writer_settings(new))
+            specs = new.provider_specs()
+            await self.store.sync_providers(specs, self.clock())  # the database: may be away
         except ConfigError as exc:
-            log.error("config.reload_failed", path=str(self.config_path), problems=str(exc))
+            log.error("config.reload_failed", path=path, problems=str(exc))
             return False
-        if new.storage.url != self.config.storage.url:
-            log.error("config.reload_failed", path=str(self.config_path),
-                      problems="storage.url cannot change on reload; restart the daemon")
+        except ReloadRefused as exc:
+            log.error("config.reload_failed", path=path, problems=str(exc), keys=list(exc.keys))
             return False
-        old = self.config
-        self.config = new
-        specs = new.provider_specs()
+        except Exception as exc:  # the database did not answer, or a setting the writer cannot take
+            log.error("config.reload_failed", path=path, problems=describe_error(exc),
+                      error_class=type(exc).__name__)
+            return False
+        added, removed, changed = await self._apply(new, specs, diff)
+        log.info("config.reloaded", added=added, removed=removed, changed=changed, keys=list(diff.changed))
+        return True
+
+    async def _apply(self, new: Config, specs: Sequence[ProviderSpec],
+                     diff: ReloadPlan) -> tuple[list[str], list[str], list[str]]:
+        """Put every changed key in force where it is used. Nothing here can fail for the database."""
+        assert self._scheduler is not None and self.alerts is not None
+        old, self.config = self.config, new  # api.token: the auth middleware reads self.config on every request
+        if diff.any(("logging.level", "logging.format")):
+            logs.configure(new.logging.level, new.logging.format)
         self._specs = {s.name: s for s in specs}
         if self._cluster is not None:
             self._cluster.set_providers(s.name for s in specs if s.enabled)
-        self.live.policy = self._policy(new)
-        assert self._scheduler is not None and self.alerts is not None
+        self.live.set_policy(self._policy(new), self.clock())  # thresholds and windows, existing providers too
+        self._scheduler.reconfigure(concurrency=new.monitor.concurrency, jitter_s=new.monitor.jitter_s)
         added, removed, changed = self._scheduler.sync(specs)
         if self._canary_scheduler is not None:
             self._canary_scheduler.sync(canary_jobs(specs))
@@ -321,17 +346,24 @@ class Daemon:
             self.live.remove(name)
             self.probed.discard(name)
             self.alerts.forget(name)
-        self.alerts.replace_config_silences(new.alerts.silences)
-        if new.alerts.webhooks != old.alerts.webhooks:
-            await self.alerts.replace_webhooks(new.alerts.webhooks)
         for spec in specs:
             self.live.track(spec.name, spec.type)
+        self.alerts.replace_config_silences(new.alerts.silences)
+        if new.alerts.webhooks != old.alerts.webhooks:
+            await self.alerts.replace_webhooks(new.alerts.webhooks)  # unsaved events move to the new dispatcher
+        self.store.configure_writer(**self._writer_settings(new))
+        if diff.under("storage.retention"):
+            self._retention_rescheduled.set()
         self.rankings.reconfigured(removed)
         if self.api is not None:
             self.api.on_reload(removed)
-        await self.store.sync_providers(specs, self.clock())
-        log.info("config.reloaded", added=added, removed=removed, changed=changed)
-        return True
+        return added, removed, changed
+
+    @staticmethod
+    def _writer_settings(config: Config) -> dict[str, Any]:
+        storage = config.storage
+        return {"batch_size": storage.batch_size, "flush_interval_s": storage.flush_interval_s,
+                "buffer_limit": storage.buffer_limit, "write_timeout_s": storage.write_timeout_s}
 
     async def stop(self) -> None:
         """Stop probing (cancel in-flight probes), flush the store, close the session; in that order.

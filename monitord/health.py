@@ -441,6 +441,15 @@ class LiveState:
         self._states: dict[str, ProviderState] = {}
         self._models_view: tuple[int, Mapping[str, tuple[ModelServer, ...]]] | None = None
 
+    def set_policy(self, policy: HealthPolicy, now: datetime) -> None:
+        """A reload: new thresholds and windows for every provider, existing ones included; the next result is
+        judged by them, and the windows are aged to the new length at once."""
+        self.policy = policy
+        for tracker in self._trackers.values():
+            tracker.policy = policy
+        self.expire(now)
+        self.version += 1
+
     def track(self, name: str, provider_type: str) -> ProviderState:
         """Make a configured provider known (UNKNOWN until its first probe); a no-op when already tracked."""
         tracker = self._trackers.get(name)
@@ -487,6 +496,11 @@ class LiveState:
 
     def get(self, name: str) -> ProviderState | None:
         return self._states.get(name)
+
+    def policy_of(self, name: str) -> HealthPolicy | None:
+        """The policy a provider's next result is judged by (None if not tracked)."""
+        tracker = self._trackers.get(name)
+        return tracker.policy if tracker is not None else None
 
     def all(self) -> Mapping[str, ProviderState]:
         """A read-only live view (not a copy): name -> state."""

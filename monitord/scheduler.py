@@ -47,6 +47,51 @@ def stale_after_s(spec: Schedulable) -> float:
     return 2 * spec.probe_interval_s + spec.timeout_s + STALE_SLACK_S
 
 
+class Limit:
+    """A counting limit whose capacity can change while tasks hold it (a reload of monitor.concurrency): a
+    lower capacity lets running holders finish and admits no one until the count is under it."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.held = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def resize(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._wake()
+
+    async def __aenter__(self) -> None:
+        while self.held >= self.capacity:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken and cancelled at once: pass the turn on
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.held += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        self.held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.capacity - self.held
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+
 class ProbeScheduler(Generic[JobT]):
     """One timer task per provider (or canary job) and every probe task they start."""
 
@@ -56,7 +101,7 @@ class ProbeScheduler(Generic[JobT]):
         self._run_probe = run_probe
         self._jitter_s = jitter_s
         self._rng = rng or random.Random()
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limit = Limit(concurrency)
         self._specs: dict[str, JobT] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}  # per provider: sleeps until its next run
         self._current: dict[str, asyncio.Task[None]] = {}  # per provider: its probe task, while it runs
@@ -73,6 +118,19 @@ class ProbeScheduler(Generic[JobT]):
     @property
     def specs(self) -> dict[str, JobT]:
         return dict(self._specs)
+
+    @property
+    def concurrency(self) -> int:
+        return self._limit.capacity
+
+    @property
+    def jitter_s(self) -> float:
+        return self._jitter_s
+
+    def reconfigure(self, *, concurrency: int, jitter_s: float) -> None:
+        """A reload: the cap applies to the next probe to start (running ones finish), the jitter to the next run."""
+        self._limit.resize(concurrency)
+        self._jitter_s = jitter_s
 
     @property
     def running(self) -> bool:
@@ -100,7 +158,13 @@ class ProbeScheduler(Generic[JobT]):
 
     @property
     def in_flight(self) -> int:
+        """Probe tasks started, including those waiting for a place under the concurrency cap."""
         return len(self._tasks)
+
+    @property
+    def probing(self) -> int:
+        """Probes running now (holding a place under the cap)."""
+        return self._limit.held
 
     def start(self) -> None:
         """Start the timers; needs a running event loop."""

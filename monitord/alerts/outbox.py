@@ -171,6 +171,11 @@ class Dispatcher:
             self._unsaved.append(event)
         self._wake.set()
 
+    @property
+    def unsaved(self) -> int:
+        """Events emitted and not stored yet (the database is away, or the loop has not run)."""
+        return len(self._unsaved)
+
     def take_unsaved(self) -> list[AlertEvent]:
         """Hand over the events emitted but not stored yet (after stop(), when webhooks are swapped)."""
         taken = list(self._unsaved)

@@ -11,6 +11,7 @@ merged into hours. Each delete is one short transaction of at most `batch_size` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -559,14 +560,20 @@ async def _unlock(conn: AsyncConnection) -> None:
 
 async def prune_periodically(retention_for: Callable[[RetentionPolicy], Retention],
                              schedule: Callable[[], tuple[float, RetentionPolicy]],
-                             clock: Callable[[], datetime]) -> None:
-    """Roll up and prune every interval (schedule() is read each time: a reload changes it). Until cancelled.
+                             clock: Callable[[], datetime], *, rescheduled: asyncio.Event | None = None) -> None:
+    """Roll up and prune every interval; schedule() is read before each wait, and setting `rescheduled` (a reload
+    changed it) starts the wait over by the new interval. Until cancelled.
 
     A database outage skips a run (logged); the next one catches up.
     """
+    wake = rescheduled or asyncio.Event()
     while True:
         interval_s, policy = schedule()
-        await asyncio.sleep(interval_s)
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval_s)
+        if wake.is_set():
+            continue
         try:
             await retention_for(policy).run_once(clock())
         except Exception as exc:  # the database is away: the next run catches up

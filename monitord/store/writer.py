@@ -75,6 +75,12 @@ class HealthTracker:
 _POISON_ERRORS = (DataError, IntegrityError)
 
 
+def check_settings(*, batch_size: int, flush_interval_s: float, buffer_limit: int, write_timeout_s: float) -> None:
+    if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0 or write_timeout_s <= 0:
+        raise ValueError("need batch_size >= 1, buffer_limit >= batch_size, flush_interval_s > 0 and "
+                         "write_timeout_s > 0")
+
+
 class Writer:
     """Owns the buffer and the single task that drains it into the database."""
 
@@ -86,9 +92,8 @@ class Writer:
         self._max_models = max_models_per_provider
         self._forget_models_after_s = forget_models_after_s
         self._next_model_prune = 0.0  # monotonic; the first batch prunes
-        if batch_size < 1 or buffer_limit < batch_size or flush_interval_s <= 0 or write_timeout_s <= 0:
-            raise ValueError("need batch_size >= 1, buffer_limit >= batch_size, flush_interval_s > 0 and "
-                             "write_timeout_s > 0")
+        check_settings(batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
+                       write_timeout_s=write_timeout_s)
         self._write_timeout_s = write_timeout_s
         self._engine = engine
         self._batch_size = batch_size
@@ -114,6 +119,21 @@ class Writer:
     @property
     def pending(self) -> int:
         return len(self._buffer) + len(self._in_flight)
+
+    @property
+    def settings(self) -> tuple[int, float, int, float]:
+        """(batch_size, flush_interval_s, buffer_limit, write_timeout_s) in force."""
+        return self._batch_size, self._flush_interval_s, self._buffer_limit, self._write_timeout_s
+
+    def configure(self, *, batch_size: int, flush_interval_s: float, buffer_limit: int,
+                  write_timeout_s: float) -> None:
+        """A reload: new batching takes effect at once (the writer wakes and waits by the new interval); rows
+        already buffered past a lower buffer_limit stay until written."""
+        check_settings(batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
+                       write_timeout_s=write_timeout_s)
+        self._batch_size, self._flush_interval_s = batch_size, flush_interval_s
+        self._buffer_limit, self._write_timeout_s = buffer_limit, write_timeout_s
+        self._batch_ready.set()
 
     @property
     def failing(self) -> bool:
