@@ -43,6 +43,7 @@ from monitord.probe import (
 from monitord.providers.base import HttpResponse, error_for_status
 from monitord.providers.generate import DIALECTS, CanaryRequest, Preflight, Skip, plan
 from monitord.providers.streams import StreamFormatError, StreamTally
+from monitord.scheduler import Limit
 
 log = structlog.get_logger("monitord.canary")
 
@@ -411,10 +412,14 @@ class CanaryRunner:
     def __init__(self, session: aiohttp.ClientSession, *, concurrency: int = 2,
                  now: Callable[[], datetime] = utcnow) -> None:
         self._session = session
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limit = Limit(concurrency)  # resizable: a reload of monitor.canary.concurrency
         self._now = now
         self.budget = CanaryBudget()
         self._paused: set[tuple[str, str]] = set()  # said once per pause, not at every skipped run
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """A reload: the next canaries to start are held to the new cap (running ones finish)."""
+        self._limit.resize(concurrency)
 
     async def run(self, spec: ProviderSpec, model: str, *, kind: ModelKind | None = None,
                   capacity: Capacity | None = None) -> GenerationSample:

@@ -307,7 +307,9 @@ class Daemon:
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
             diff = reload_plan(self.config, new)
-            check_writer_settings(**self._writer_settings(new))
+            settings = self._writer_settings(new)
+            check_writer_settings(batch_size=settings["batch_size"], flush_interval_s=settings["flush_interval_s"],
+                                  buffer_limit=settings["buffer_limit"], write_timeout_s=settings["write_timeout_s"])
             specs = new.provider_specs()
             await self.store.sync_providers(specs, self.clock())  # the database: may be away
         except ConfigError as exc:
@@ -338,7 +340,10 @@ class Daemon:
         self._scheduler.reconfigure(concurrency=new.monitor.concurrency, jitter_s=new.monitor.jitter_s)
         added, removed, changed = self._scheduler.sync(specs)
         if self._canary_scheduler is not None:
+            self._canary_scheduler.reconfigure(concurrency=new.monitor.canary.concurrency, jitter_s=0.0)
             self._canary_scheduler.sync(canary_jobs(specs))
+        if self.canaries is not None:
+            self.canaries.set_concurrency(new.monitor.canary.concurrency)
         if self.canaries is not None:
             self.canaries.budget.forget(self._specs)
         for name in removed:
@@ -363,7 +368,9 @@ class Daemon:
     def _writer_settings(config: Config) -> dict[str, Any]:
         storage = config.storage
         return {"batch_size": storage.batch_size, "flush_interval_s": storage.flush_interval_s,
-                "buffer_limit": storage.buffer_limit, "write_timeout_s": storage.write_timeout_s}
+                "buffer_limit": storage.buffer_limit, "write_timeout_s": storage.write_timeout_s,
+                "max_models_per_provider": config.monitor.max_models,
+                "forget_models_after_s": storage.forget_models_after_s}
 
     async def stop(self) -> None:
         """Stop probing (cancel in-flight probes), flush the store, close the session; in that order.

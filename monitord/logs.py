@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
@@ -44,9 +45,35 @@ def wants_json(fmt: LogFormat, stream: TextIO) -> bool:
     return bool(os.environ.get("JOURNAL_STREAM")) or not stream.isatty()
 
 
+class _OneLineAtATime:
+    """The stream both structlog and stdlib logging write to, one whole line per write under one lock: a line
+    from another thread (aiosqlite's worker logs at debug) never lands inside one of ours."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            written = self.stream.write(text)
+            self.stream.flush()
+            return written
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
 def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog (and route stdlib logging, e.g. APScheduler's, through the same output)."""
+    """Configure structlog (and route stdlib logging, e.g. APScheduler's, through the same output).
+
+    May be called again (a reload of logging.level / logging.format): the new set-up replaces the old one.
+    """
     out = stream or sys.stderr
+    serialized = _OneLineAtATime(out)
     numeric = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -63,10 +90,10 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(serialized),  # type: ignore[arg-type]  # a file-like
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(serialized)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[
         structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[*shared, _dotted_foreign]))

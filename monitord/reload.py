@@ -31,7 +31,7 @@ PROVIDER_KEYS = frozenset({
     *(_PARAMETERS + k for k in (
         "timeout", "max_retries", "retry_backoff", "streaming_support", "headers", "model_endpoint",
         "chat_endpoint", "health_endpoint", "probe_interval", "capabilities", "priority", "weight",
-        "max_body_bytes", "verify_tls", "insecure", "ca_file", "canary")),
+        "max_body_bytes", "verify_tls", "insecure", "ca_file", "canary", "retry_interval")),
     *(_PARAMETERS + "canary." + k for k in _CANARY_KEYS),
     # defaults that end up in every provider's spec
     "monitor.interval", "monitor.timeout", *("monitor.canary." + k for k in (*_CANARY_KEYS, "concurrency")),
@@ -41,6 +41,7 @@ RELOADABLE: frozenset[str] = PROVIDER_KEYS | frozenset({
     "monitor.jitter", "monitor.concurrency",  # the scheduler: next run / next probe to start
     "monitor.stall_window", "alerts.failure_threshold", "alerts.success_threshold", "ranking.window",  # live state
     "storage.batch_size", "storage.flush_interval", "storage.buffer_limit", "storage.write_timeout",  # the writer
+    "storage.forget_models_after", "monitor.max_models",  # the writer's model rows (and max_models the specs)
     "storage.retention.raw", "storage.retention.minute_rollups", "storage.retention.hour_rollups",
     "storage.retention.prune_interval", "storage.retention.batch_size",  # the retention job's next run
     "api.token",  # the auth middleware reads the token in force on every request
@@ -54,6 +55,8 @@ RELOADABLE: frozenset[str] = PROVIDER_KEYS | frozenset({
 RESTART_ONLY: Mapping[str, str] = {
     "storage.url": "the database holds the daemon's history, outbox and leases",
     "api.listen": "the API's socket is bound at start",
+    "api.max_connections": "the API server's connection limit is set when it starts",
+    "api.idle_timeout": "the API server's keep-alive timeout is set when it starts",
     "cluster.enabled": "leases are taken at start",
     "cluster.instance_id": "the instance's leases are held under this id",
     "cluster.lease": "the other instances time this instance's leases by it",

@@ -234,6 +234,13 @@ async def test_concurrency_caps_the_next_probes(running: Any, provider_double: A
     assert scheduler.concurrency == 2
 
 
+async def test_canary_concurrency_resizes_the_canary_cap(running: Any, provider_double: Any) -> None:
+    run: Running = await running({"a": await provider_double("ollama")})
+    assert await run.reload(lambda c: c["monitor"].update(canary={"concurrency": 5}))
+    assert run.daemon._canary_scheduler is not None and run.daemon._canary_scheduler.concurrency == 5
+    assert run.daemon.canaries is not None and run.daemon.canaries._limit.capacity == 5
+
+
 async def test_jitter_is_the_schedulers_next(running: Any, provider_double: Any) -> None:
     run: Running = await running({"a": await provider_double("ollama")})
     assert await run.reload(lambda c: c["monitor"].update(jitter="20m"))
@@ -269,9 +276,13 @@ async def test_storage_batching_takes_effect(running: Any, provider_double: Any)
         run.daemon.pipeline.record(result)
     assert store.pending == 1  # a flush an hour away
 
-    assert await run.reload(lambda c: c["storage"].update(flush_interval="50ms", batch_size=200, buffer_limit=5000,
-                                                          write_timeout="5s"))
-    assert store.writer_settings == (200, 0.05, 5000, 5.0)
+    def batching(c: dict[str, Any]) -> None:
+        c["storage"].update(flush_interval="50ms", batch_size=200, buffer_limit=5000, write_timeout="5s",
+                            forget_models_after="2d")
+        c["monitor"]["max_models"] = 50
+
+    assert await run.reload(batching)
+    assert store.writer_settings == (200, 0.05, 5000, 5.0, 50, 172800.0)
     await eventually(lambda: store.pending == 0, what="the buffered row written by the new flush interval")
 
 

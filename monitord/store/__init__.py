@@ -124,15 +124,17 @@ class Store:
         return Retention(self._engine, policy, oldest_pending=self._writer.oldest_pending_at)
 
     @property
-    def writer_settings(self) -> tuple[int, float, int, float]:
-        """(batch_size, flush_interval_s, buffer_limit, write_timeout_s) in force."""
+    def writer_settings(self) -> tuple[int, float, int, float, int, float]:
+        """(batch_size, flush_interval_s, buffer_limit, write_timeout_s, max_models_per_provider,
+        forget_models_after_s) in force."""
         return self._writer.settings
 
     def configure_writer(self, *, batch_size: int, flush_interval_s: float, buffer_limit: int,
-                         write_timeout_s: float) -> None:
+                         write_timeout_s: float, max_models_per_provider: int, forget_models_after_s: float) -> None:
         """A reload's new batching (raises ValueError for settings the writer cannot take, changing nothing)."""
         self._writer.configure(batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
-                               write_timeout_s=write_timeout_s)
+                               write_timeout_s=write_timeout_s, max_models_per_provider=max_models_per_provider,
+                               forget_models_after_s=forget_models_after_s)
 
     async def start(self) -> None:
         """Start the writer task (batches by size, or every flush_interval_s)."""

@@ -121,18 +121,21 @@ class Writer:
         return len(self._buffer) + len(self._in_flight)
 
     @property
-    def settings(self) -> tuple[int, float, int, float]:
-        """(batch_size, flush_interval_s, buffer_limit, write_timeout_s) in force."""
-        return self._batch_size, self._flush_interval_s, self._buffer_limit, self._write_timeout_s
+    def settings(self) -> tuple[int, float, int, float, int, float]:
+        """(batch_size, flush_interval_s, buffer_limit, write_timeout_s, max_models_per_provider,
+        forget_models_after_s) in force."""
+        return (self._batch_size, self._flush_interval_s, self._buffer_limit, self._write_timeout_s,
+                self._max_models, self._forget_models_after_s)
 
-    def configure(self, *, batch_size: int, flush_interval_s: float, buffer_limit: int,
-                  write_timeout_s: float) -> None:
+    def configure(self, *, batch_size: int, flush_interval_s: float, buffer_limit: int, write_timeout_s: float,
+                  max_models_per_provider: int, forget_models_after_s: float) -> None:
         """A reload: new batching takes effect at once (the writer wakes and waits by the new interval); rows
         already buffered past a lower buffer_limit stay until written."""
         check_settings(batch_size=batch_size, flush_interval_s=flush_interval_s, buffer_limit=buffer_limit,
                        write_timeout_s=write_timeout_s)
         self._batch_size, self._flush_interval_s = batch_size, flush_interval_s
         self._buffer_limit, self._write_timeout_s = buffer_limit, write_timeout_s
+        self._max_models, self._forget_models_after_s = max_models_per_provider, forget_models_after_s
         self._batch_ready.set()
 
     @property
