@@ -260,14 +260,15 @@ class Daemon:
             self._capacity[recorded.observation.provider] = capacity
 
     async def _canary(self, job: CanaryJob) -> None:
-        """One canary of one job, recorded through the pipeline. A provider that does not answer its health
-        routes (down, loading, not probed yet) gets none: it is not up anyway, and a canary would only queue."""
+        """One canary of one job, recorded through the pipeline. Only a provider that answers its health routes
+        as the configured server (up, degraded, or stalled: to see it recover) gets one; down, loading,
+        misconfigured or not yet probed, it is not up anyway, and a canary would only queue or load."""
         assert self.canaries is not None
         spec = job.spec
         if self._cluster is not None and not self._cluster.owns(spec.name):
             return
         state = self.live.get(spec.name)
-        if state is None or state.status in (Status.DOWN, Status.LOADING, Status.UNKNOWN):
+        if state is None or state.status not in (Status.UP, Status.DEGRADED, Status.STALLED):
             return
         chosen = job_model(job, [served.info for served in state.models])
         if chosen is None:
