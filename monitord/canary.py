@@ -49,6 +49,9 @@ log = structlog.get_logger("monitord.canary")
 
 _NOT_GENERATING = frozenset({ModelKind.EMBEDDING, ModelKind.RERANK})
 _BUSY_MESSAGES = ("busy", "no slot", "overloaded")  # 503 KoboldCpp, 503 llama.cpp, 429 TGI
+# failures after which the server may still have generated up to max_tokens (charged to the budget as such)
+_MAY_HAVE_GENERATED = frozenset({ErrorClass.GENERATION_TIMEOUT, ErrorClass.STREAM_STALLED, ErrorClass.STREAM_BROKEN,
+                                 ErrorClass.EMPTY_GENERATION, ErrorClass.TIMEOUT, ErrorClass.CONNECTION})
 
 
 # -- which models ----------------------------------------------------------------------------------------------
@@ -140,6 +143,9 @@ class CanaryBudget:
         """Count what a canary that was sent cost: generated tokens (input tokens for an embedding)."""
         if sample.skipped:
             return 0
+        told = sample.completion_tokens is not None or sample.prompt_tokens is not None
+        if not sample.ok and not told and sample.error_class not in _MAY_HAVE_GENERATED:
+            return 0  # refused, rejected, cut before an answer: the server generated nothing for it
         if sample.kind is SampleKind.EMBEDDING:
             cost = sample.prompt_tokens if sample.prompt_tokens is not None else len(spec.canary.prompt) // 4 + 1
         else:

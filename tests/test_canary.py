@@ -428,3 +428,21 @@ async def test_a_paused_canary_says_so_once(provider_double: StartDouble, sessio
     assert [s.error_class for s in samples] == [None, ErrorClass.BUDGET_EXHAUSTED, ErrorClass.BUDGET_EXHAUSTED]
     paused = [e for e in logs if e["event"] == "canary.paused"]
     assert len(paused) == 1 and paused[0]["provider"] == spec.name and paused[0]["model"] == VLLM_MODEL
+
+
+def test_only_canaries_the_server_may_have_answered_are_charged() -> None:
+    spec = ProviderSpec(name="p", type="vllm", base_url="http://127.0.0.1:1", canary=CanarySpec(max_tokens=8))
+    budget = CanaryBudget()
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def charged(**fields: Any) -> int:
+        return budget.charge(GenerationSample(provider="p", provider_type="vllm", model="m", started_at=at,
+                                              **fields), spec)
+
+    assert charged(ok=True, completion_tokens=5) == 5
+    assert charged(ok=False, error_class=ErrorClass.GENERATION_TIMEOUT) == 8  # it may have generated them all
+    assert charged(ok=False, error_class=ErrorClass.REFUSED) == 0
+    assert charged(ok=False, error_class=ErrorClass.HTTP_4XX) == 0
+    assert charged(ok=False, skipped=True, error_class=ErrorClass.BUSY) == 0
+    assert charged(ok=True, kind=SampleKind.EMBEDDING, prompt_tokens=7) == 7
+    assert budget.spent("p", "m", at) == 20
