@@ -9,6 +9,7 @@ semaphore, so canaries never hold up health probes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -47,6 +48,7 @@ from monitord.scheduler import Limit
 
 log = structlog.get_logger("monitord.canary")
 
+_DRAIN_S = 1.0
 _NOT_GENERATING = frozenset({ModelKind.EMBEDDING, ModelKind.RERANK})
 _BUSY_MESSAGES = ("busy", "no slot", "overloaded")  # 503 KoboldCpp, 503 llama.cpp, 429 TGI
 # failures after which the server may still have generated up to max_tokens (charged to the budget as such)
@@ -318,9 +320,18 @@ async def _exchange(spec: ProviderSpec, session: aiohttp.ClientSession, ssl_cont
                 if _fold(tally, reader.feed(data), clock):
                     window.reschedule(clock.next_end() + offset)
                 if tally.done or tally.error is not None:
+                    window.reschedule(None)
+                    await _drain(resp)
                     return tally.done
             _fold(tally, reader.close(), clock)
             return tally.done
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows the terminal marker (the chunked-encoding end) so the server finishes its reply and the
+    connection is reused; a server that keeps writing is cut after a moment, without changing the verdict."""
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+        await asyncio.wait_for(resp.content.read(64 * 1024), _DRAIN_S)
 
 
 def _fold(tally: StreamTally, events: list[Any], clock: _Clock) -> bool:

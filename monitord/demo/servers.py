@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -73,7 +73,9 @@ class SimServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> None:
-        self._runner = web.AppRunner(APPS[self.kind](self), access_log=None, shutdown_timeout=0.5)
+        app = APPS[self.kind](self)
+        app.middlewares.append(_client_gone)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True).start()
         self.port = self._runner.addresses[0][1]
@@ -453,6 +455,16 @@ def kobold_app(server: SimServer) -> web.Application:
     app.router.add_post("/api/v1/generate", generate)
     app.router.add_post("/v1/chat/completions", chat)
     return app
+
+
+@web.middleware
+async def _client_gone(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """A client that hangs up mid-stream (a canary giving up on a stalled reply) ends the reply quietly."""
+    try:
+        return await handler(request)
+    except ConnectionResetError:
+        return web.Response(status=499)
 
 
 APPS: dict[str, Callable[[SimServer], web.Application]] = {

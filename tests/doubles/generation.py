@@ -84,7 +84,15 @@ async def hang_unanswered(request: web.Request) -> bool:
 
 async def send_generation(request: web.Request, frames: Frames,
                           headers: Mapping[str, str] | None = None) -> web.StreamResponse:
-    """Write `frames` at the control's pace, in the control's generation scenario."""
+    """Write `frames` at the control's pace, in the control's generation scenario. A client that goes away
+    mid-reply ends it quietly, as real servers do."""
+    try:
+        return await _send(request, frames, headers)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the canary hung up (a stall, a cut)
+        return web.Response(status=499)
+
+
+async def _send(request: web.Request, frames: Frames, headers: Mapping[str, str] | None) -> web.StreamResponse:
     control = control_of(request)
     scenario = generation_of(control)
     pace = token_interval_s(control)
