@@ -270,6 +270,8 @@ class Daemon:
         state = self.live.get(spec.name)
         if state is None or state.status not in (Status.UP, Status.DEGRADED, Status.STALLED):
             return
+        if spec.name not in self.probed:
+            return  # a status restored from the store lists no model: wait for this run's first probe
         chosen = job_model(job, [served.info for served in state.models])
         if chosen is None:
             return

@@ -11,7 +11,7 @@ import pytest
 
 from monitord.config import parse_config
 from monitord.daemon import Daemon
-from monitord.model import ErrorClass, Status
+from monitord.model import ErrorClass, SampleKind, Status
 from tests.doubles.webhook_receiver import WebhookReceiver
 from tests.tools.polling import eventually
 
@@ -114,3 +114,43 @@ async def test_requests_running_without_token_progress_is_stalled_without_a_cana
         await eventually(lambda: status() is Status.UP, 15, "up once tokens flow")
     finally:
         await daemon.stop()
+
+
+async def test_one_job_per_model_each_asked_the_way_its_kind_needs(sqlite_url: str, provider_double: Any) -> None:
+    """Ollama lists a chat model in memory, a vision model on disk only and an embedding model: the chat model is
+    generated from, the others are not loaded to be tested; with `load: true` the embedding model is embedded."""
+    ollama = await provider_double("ollama")
+    models = "[llama3.2:3b, gemma3:4b, nomic-embed-text:latest]"
+
+    async def samples_with(load: str) -> dict[str, Any]:
+        text = (f"providers:\n  box:\n    type: ollama\n    endpoint: {ollama.url}\n"
+                "    parameters: {timeout: 1s, max_retries: 0, probe_interval: 250ms, "
+                f"canary: {{interval: 1s, models: {models}, load: {load}}}}}\n"
+                f"storage:\n  url: {sqlite_url}\n  flush_interval: 50ms\napi:\n  listen: 127.0.0.1:0\n")
+        daemon = Daemon(parse_config(text), install_signal_handlers=False)
+        since = daemon.clock()
+        await daemon.start()
+        latest: dict[str, Any] = {}
+        try:
+            async def all_three() -> bool:
+                await daemon.store.flush()
+                for sample in reversed(await daemon.store.generation_history("box", since=since)):
+                    latest[sample.model] = sample
+                return len(latest) == 3
+
+            await eventually(all_three, 15, "a sample of every model")
+        finally:
+            await daemon.stop()
+        return latest
+
+    first = await samples_with("false")
+    assert (first["llama3.2:3b"].ok, first["llama3.2:3b"].kind) == (True, SampleKind.GENERATION)
+    for model in ("gemma3:4b", "nomic-embed-text:latest"):
+        assert (first[model].skipped, first[model].error_class) == (True, ErrorClass.NOT_LOADED), model
+
+    # a second daemon on the same database: its status restored from the stored probes lists no model, so the
+    # canary waits for this run's first probe instead of asking an embedding model to chat
+    loaded = await samples_with("true")
+    embed = loaded["nomic-embed-text:latest"]
+    assert (embed.ok, embed.kind, embed.completion_tokens) == (True, SampleKind.EMBEDDING, None)
+    assert "/api/embed" in [r.path for r in ollama.requests if r.method == "POST"]
