@@ -4,20 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= monitord.yaml
 
-.PHONY: install run demo test lint typecheck docs bench clean
+.PHONY: runtime install run demo test lint typecheck docs bench clean
 
-install: $(VENV)/.installed
+runtime: $(VENV)/.runtime  ## the daemon's own dependencies only (what `make run` and `make demo` need)
+
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+install: $(VENV)/.installed  ## everything for development: the dev, speed and bench extras too (`make test`)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,speed,bench]'
-	touch $@
+	touch $@ $(VENV)/.runtime
 
-run: install  ## run the daemon on the sample config (SQLite file monitord.db here)
+run: runtime  ## run the daemon on the sample config (SQLite file monitord.db here)
 	$(BIN)/monitord run -c $(CONFIG)
 
-demo: install  ## simulated servers through a two-minute story, the status page and the alerts (no config needed)
+demo: runtime  ## simulated servers through a two-minute story, the status page and the alerts (no config needed)
 	$(BIN)/monitord demo
 
 test: install lint typecheck  ## lint, type-check and run the whole test suite
