@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -101,7 +103,11 @@ async def test_installed_monitord_checks_migrates_runs_and_stops(
         installed: Installed, db_url: str, provider_double: Any, tmp_path: Path) -> None:
     url = db_url
     double = await provider_double("ollama")
+    with socket.socket() as probe_port:
+        probe_port.bind(("127.0.0.1", 0))
+        port = probe_port.getsockname()[1]
     config = write_config(installed.conf_dir / "monitord.yaml", {"local": ("ollama", double.url)}, url)
+    config.write_text(config.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
 
     check = await _installed(installed, "check", "-c", str(config), cwd=tmp_path)
     out, err = await asyncio.wait_for(check.communicate(), timeout=60)
@@ -121,6 +127,10 @@ async def test_installed_monitord_checks_migrates_runs_and_stops(
                                env={"NOTIFY_SOCKET": str(notify.path)})
         await notify.wait_for("READY=1", timeout_s=60)
         await wait_for_rows(url, 2, timeout_s=60)
+        async with aiohttp.ClientSession() as http:  # the status page's files came with the wheel too
+            for path, kind in (("/", "text/html"), ("/ui/page.js", "javascript"), ("/ui/page.css", "text/css")):
+                async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+                    assert response.status == 200 and kind in response.content_type, path
         run.send_signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1")
         _, err = await asyncio.wait_for(run.communicate(), timeout=30)
