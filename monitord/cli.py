@@ -561,7 +561,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0 if answer.entries else 1
 
 
-RANK_PARTS = ("availability", "speed", "recency", "priority", "quality", "task_fit")
+RANK_PARTS = ("availability", "speed", "headroom", "recency", "priority", "quality", "task_fit")
 
 
 def rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str, Any] | None] | None = None) -> Table:
@@ -581,10 +581,12 @@ def rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str, Any]
                          overflow="fold" if column == "MODELS" else "ellipsis")
     for place, entry in enumerate(answer.entries, start=1):
         parts = [f"{entry.components.get(part, 0.0):.2f}" for part in RANK_PARTS]
-        weight = entry.components.get("weight", 1.0) * entry.components.get("status_factor", 1.0)
+        weight = (entry.components.get("weight", 1.0) * entry.components.get("status_factor", 1.0)
+                  * entry.components.get("warm", 1.0))
         models = ", ".join(entry.models[:3]) + (f" (+{len(entry.models) - 3})" if len(entry.models) > 3 else "")
         speed = generation_cells(speeds[entry.provider]) if shown else []
-        table.add_row(str(place), plain(entry.provider), plain(entry.type), status_cell(entry.status),
+        table.add_row(str(place), plain(entry.provider), plain(entry.type),
+                      status_load_cell(entry.status, entry.saturated),
                       f"{entry.score:.3f}", *parts, *speed, f"{weight:.2f}", plain(models or "-"))
     return table
 
@@ -592,7 +594,8 @@ def rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str, Any]
 def print_rank_table(answer: RankingAnswer, generation: Mapping[str, Mapping[str, Any] | None] | None = None) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(rank_table(answer, generation))
-    console.print("score = weight x status factor x weighted sum of the parts (weights by --quality)", style="dim")
+    console.print("score = weight x status factor x warm x weighted sum of the parts (weights by --quality); "
+                  "WEIGHT is the product of the first three", style="dim")
     if answer.excluded:
         console.print(f"excluded ({len(answer.excluded)}):")
         for name in sorted(answer.excluded):
