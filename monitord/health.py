@@ -271,8 +271,9 @@ class ProviderTracker:
         return self.state
 
     def _take_models(self, result: ProbeResult) -> None:
-        # A DOWN or LOADING answer without a list says nothing about models: keep the last known ones.
-        if not result.models and result.status not in _OK:
+        # A DOWN or LOADING answer without a list says nothing about models, nor does an up server whose list
+        # could not be read: keep the last known ones.
+        if not result.models_known or (not result.models and result.status not in _OK):
             return
         previous = {m.id: m for m in self._models}
         at = result.started_at

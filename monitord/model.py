@@ -306,6 +306,7 @@ class ProbeResult:
     last_attempt_ms: float | None = None  # the last attempt alone: what the final answer (or refusal) took
     capacity: Capacity | None = None  # None: the type publishes nothing, or it was not read
     identity: Identity | None = None
+    models_known: bool = True  # False: the server is up but its model list could not be read (keep the last one)
 
     @property
     def reachable(self) -> bool:

@@ -382,5 +382,6 @@ def _result(spec: ProviderSpec, started_at: datetime, started: float, status: St
         backoff_ms=last.backoff_s * 1000,
         last_attempt_ms=last.elapsed_ms(),
         capacity=observation.capacity if observation else None,
+        models_known=observation.models_known if observation else True,
         identity=identity,
     )

@@ -491,3 +491,12 @@ def test_reports_have_their_own_window_and_rate_budget() -> None:
     state = live.get("p")
     assert state is not None and (state.reports, state.reports_ok, state.report_ttft_p50_ms) == (2, 1, 900.0)
     assert live.fold_report(report(True, 4, provider="nobody"), at(4)) == [] and live.get("nobody") is None
+
+
+def test_an_unreadable_model_list_keeps_the_last_known_models() -> None:
+    tracker = ProviderTracker("p", "llamacpp", HealthPolicy())
+    tracker.fold(result(Status.UP, 0, models=(ModelInfo("m1"),)), at(0))
+    unknown = replace(result(Status.UP, 10), models_known=False, error="models unknown: /v1/models: HTTP 500")
+    assert tracker.fold(unknown, at(10)) is None
+    assert tracker.state.status is Status.UP and tracker.state.model_ids == ("m1",)
+    assert tracker.state.models[0].last_seen == at(0)  # not seen again, only not contradicted

@@ -96,6 +96,7 @@ class Observation:
     # False where the server's list can legitimately miss the serving model (mlx-lm, LM Studio JIT):
     # probe.py then does not call an empty list or a missing configured model "degraded".
     models_authoritative: bool = True
+    models_known: bool = True  # False: the list could not be read (models_or_unknown); the last known one stands
     capacity: Capacity | None = None  # None: the server publishes no load signal, or its route failed
     identity: Identity | None = None  # what the adapter's own answers say the server is
 
@@ -141,7 +142,7 @@ def models_or_unknown(exc: ProbeError, health: HttpResponse) -> Observation:
     (auth, 4xx), and when the "health" answer was an HTML page: a web page is no server's health answer."""
     if exc.error_class not in METADATA_FAILURES or health.body.lstrip()[:1] == b"<":
         raise exc
-    return Observation(models_authoritative=False, message=f"models unknown: {exc.message}")
+    return Observation(models_authoritative=False, models_known=False, message=f"models unknown: {exc.message}")
 
 
 def models_path(spec: ProviderSpec, defaults: TypeDefaults) -> str:
