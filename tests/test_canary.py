@@ -33,7 +33,8 @@ from tests.tools.polling import eventually
 
 VLLM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 OLLAMA_MODEL = "llama3.2:3b"  # the one the Ollama double holds in memory
-DEADLINE_S = 0.5  # short so stalls are seen quickly; doubles answer a normal token every 10 ms
+STALL_DEADLINE_S = 0.5  # stall tests: short so stalls are seen quickly (doubles send a token every 10 ms)
+DEADLINE_S = 5.0  # every other test: a loaded 2-core machine never pauses this long between two reads
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def spec_for(double: ProviderDouble, **canary: Any) -> ProviderSpec:
-    settings = {"enabled": True, "deadline_s": DEADLINE_S, "timeout_s": 5.0, "stream": True, **canary}
+    settings = {"enabled": True, "deadline_s": DEADLINE_S, "timeout_s": 10.0, "stream": True, **canary}
     return ProviderSpec(name=f"{double.provider_type}-1", type=double.provider_type, base_url=double.url,
                         timeout_s=2.0, max_retries=0, canary=CanarySpec(**settings))
 
@@ -85,8 +86,8 @@ async def test_a_streamed_canary_measures_ttft_and_decode_rate(provider_type: st
     assert (sample.kind, sample.streamed, sample.stream_complete) == (SampleKind.GENERATION, True, True)
     assert sample.ttft_ms is not None and 0 < sample.ttft_ms < sample.total_ms  # type: ignore[operator]
     assert sample.completion_tokens == 6 and sample.finish_reason is not None
-    # six tokens 20 ms apart: about 50 tokens/s; a loaded machine only stretches the gaps
-    assert sample.tokens_per_s is not None and 5 < sample.tokens_per_s < 75
+    # six tokens 20 ms apart: about 50 tokens/s (a loaded machine stretches gaps, or bunches two in one read)
+    assert sample.tokens_per_s is not None and 5 < sample.tokens_per_s < 500
     assert path in chat_posts(double)
 
 
@@ -117,17 +118,17 @@ async def test_stall_before_the_first_token_is_a_generation_timeout(provider_dou
                                                                     session: aiohttp.ClientSession) -> None:
     double = await provider_double("vllm", generation="stall_before_first")
 
-    sample = await canary(double, session)
+    sample = await canary(double, session, deadline_s=STALL_DEADLINE_S)
 
     assert (sample.ok, sample.error_class, sample.ttft_ms) == (False, ErrorClass.GENERATION_TIMEOUT, None)
-    assert sample.error == f"no first token within {DEADLINE_S:g}s" and not sample.skipped
+    assert sample.error == f"no first token within {STALL_DEADLINE_S:g}s" and not sample.skipped
     assert sample.server_busy is False  # nothing said the server was busy: this is a stall, not a queue
 
 
 async def test_health_answering_while_generation_hangs(provider_double: StartDouble,
                                                        session: aiohttp.ClientSession) -> None:
     double = await provider_double("vllm", generation="hang")
-    spec = spec_for(double)
+    spec = spec_for(double, deadline_s=STALL_DEADLINE_S)
 
     health, sample = await asyncio.gather(probe_provider(spec, ADAPTERS["vllm"], session),
                                           run_canary(spec, VLLM_MODEL, session))
@@ -140,7 +141,7 @@ async def test_stall_mid_stream_is_stream_stalled(provider_double: StartDouble,
                                                   session: aiohttp.ClientSession) -> None:
     double = await provider_double("ollama", generation="stall_mid_stream")
 
-    sample = await canary(double, session, OLLAMA_MODEL)
+    sample = await canary(double, session, OLLAMA_MODEL, deadline_s=STALL_DEADLINE_S)
 
     assert (sample.ok, sample.error_class) == (False, ErrorClass.STREAM_STALLED)
     assert sample.ttft_ms is not None and sample.error is not None and "no token for 0.5s" in sample.error
@@ -153,7 +154,7 @@ async def test_keep_alive_comments_do_not_hide_a_stall(provider_double: StartDou
     double = await provider_double("tabbyapi", generation="stall_before_first")
     served = (await probe_provider(spec_for(double), ADAPTERS["tabbyapi"], session)).models[0].id
 
-    sample = await canary(double, session, served)
+    sample = await canary(double, session, served, deadline_s=STALL_DEADLINE_S)
 
     assert sample.error_class is ErrorClass.GENERATION_TIMEOUT
 
