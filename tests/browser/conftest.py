@@ -89,7 +89,7 @@ async def running_daemon(tmp_path: Path, provider_double: StartDouble) -> AsyncI
             receiver = await stack.enter_async_context(WebhookReceiver())
             doubles = {"gpu": await provider_double("llamacpp"), "laptop": await provider_double("ollama"),
                        "story": await provider_double("koboldcpp"), "spare": await provider_double("vllm", "down")}
-            fast = "{timeout: 500ms, max_retries: 0, probe_interval: 200ms}"
+            fast = "{timeout: 2s, max_retries: 0, probe_interval: 200ms}"  # a loaded CI may take a while
             lines = ["providers:"]
             lines += [f'  {name}: {{type: {d.provider_type}, endpoint: "{d.url}", parameters: {fast}}}'
                       for name, d in doubles.items()]

@@ -52,7 +52,7 @@ async def test_overview_lists_every_provider_with_its_status(running_daemon: Sta
     await expect(page.locator('article[data-provider="spare"] .last-error')).to_contain_text("refused")
     await expect(page.locator('article[data-provider="gpu"] .models li').first).to_be_visible()
     await expect(page.locator('article[data-provider="gpu"] svg.uptime rect')).to_have_count(24)
-    await expect(page.locator("#alerts tbody tr").first).to_contain_text("provider.down")
+    await expect(page.locator("#alerts tbody tr", has_text="provider.down").filter(has_text="spare")).to_be_visible()
     await page.get_by_role("button", name="30d").focus()
     await page.keyboard.press("Enter")  # from the keyboard; focus stays on the button across the redraw
     await expect(page.locator('article[data-provider="gpu"] svg.uptime rect')).to_have_count(30)
@@ -158,7 +158,8 @@ async def test_screenshots_of_the_demo(open_page: OpenPage) -> None:
         opened = await open_page(f"{url}/", width=1280, height=900)
         page = opened.page
         await expect(page.locator('article.card[data-provider="story"]')).to_have_attribute("data-status", "down")
-        await expect(page.locator("#alerts tbody tr").first).to_contain_text("provider.down")
+        down = page.locator("#alerts tbody tr", has_text="provider.down").filter(has_text="story")
+        await expect(down).to_be_visible()
         box = page.locator('article.card[data-provider="box"]')
         await expect(box).to_have_attribute("data-status", "stalled")  # the canary caught it
         await expect(box.locator(".generation")).to_contain_text("TTFT")
