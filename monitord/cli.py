@@ -629,6 +629,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_async(run_demo(speed=args.speed, port=args.port, exit_after_story=args.exit_after_story))
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def cmd_alert(args: argparse.Namespace) -> int:
     config, _ = _load(args)
     logs.configure("error", "console")
@@ -641,7 +646,11 @@ def cmd_alert(args: argparse.Namespace) -> int:
         return 2
     from monitord.daemon import send_test_alert
 
-    rows = asyncio.run(send_test_alert(config, args.sink, timeout_s=args.timeout))
+    try:
+        rows = asyncio.run(send_test_alert(config, args.sink, timeout_s=args.timeout))
+    except Exception as exc:  # the database or the migrations: one line, never a traceback
+        print(f"monitord: alert test failed: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return 1
     table = Table(show_edge=False, header_style="bold")
     for column in ("WEBHOOK", "STATE", "ATTEMPTS", "HTTP", "ERROR"):
         table.add_column(column)

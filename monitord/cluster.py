@@ -175,7 +175,8 @@ class ClusterBeat:
 
     def __init__(self, cluster: Cluster, *, clock: Callable[[], datetime], window_s: Callable[[], float],
                  is_configured: Callable[[str], bool], fold_peer: Callable[[ProbeResult], object],
-                 refresh: Callable[[datetime], Awaitable[None]], probe_soon: Callable[[str, datetime], None]) -> None:
+                 refresh: Callable[[datetime], Awaitable[None]], probe_soon: Callable[[str, datetime], None],
+                 taken_over: Callable[[Collection[str]], Awaitable[None]] | None = None) -> None:
         self.cluster = cluster
         self.clock = clock
         self.window_s = window_s  # how far back peers' rows may still arrive: a probe, a flush, a beat
@@ -183,6 +184,7 @@ class ClusterBeat:
         self.fold_peer = fold_peer
         self.refresh = refresh
         self.probe_soon = probe_soon
+        self.taken_over = taken_over  # providers just acquired: continue their predecessor's alert state
         self.down = False
 
     async def run(self) -> None:
@@ -209,5 +211,7 @@ class ClusterBeat:
             if self.is_configured(result.provider):
                 self.fold_peer(result)
         await self.refresh(now)  # another instance may have added or ended a silence
+        if beat.acquired and self.taken_over is not None:
+            await self.taken_over(beat.acquired)
         for name in beat.acquired:
             self.probe_soon(name, now)

@@ -731,6 +731,9 @@ class RetentionConfig(_Section):
         description="Per-minute rollups (count, ok count, latency sum/min/max, p95 estimate) are kept this long.")
     hour_rollups_s: RetentionSeconds = Field(
         365 * 86400.0, alias="hour_rollups", description="Per-hour rollups are kept this long (365d is a year).")
+    alerts_s: RetentionSeconds = Field(
+        30 * 86400.0, alias="alerts",
+        description="Alert events and their delivery records are kept this long (pending ones until they end).")
     prune_interval_s: PositiveSeconds = Field(
         60.0, alias="prune_interval", description="Time between runs of the rollup and pruning job.")
     batch_size: int = Field(5000, ge=1, description="Most rows deleted per transaction (keeps locks short).")
@@ -832,11 +835,31 @@ class WebhookConfig(_Section):
     providers: Annotated[tuple[str, ...], BeforeValidator(_as_list)] = Field(
         (), description="Provider names or globs to alert on (empty: all).")
     timeout_s: TimeoutSeconds = Field(10.0, alias="timeout", description="Time allowed for one delivery.")
+    concurrency: int = Field(
+        8, ge=1, le=256,
+        description="Most requests in flight to this webhook at once (events of one provider still go in order).")
+    batch: bool = Field(
+        False, description="json format: send the events raised within alerts.group_wait as one request "
+                           "(`events` list) instead of one request each. Slack and Discord always group.")
 
     @field_validator("format", mode="before")
     @classmethod
     def _lower_format(cls, value: object) -> object:
         return _lower(value)
+
+    @property
+    def groups(self) -> bool:
+        """Several events per message: the chat formats always, json when `batch` is set."""
+        return self.format != "json" or self.batch
+
+    @model_validator(mode="after")
+    def _check(self) -> WebhookConfig:
+        parts = urlsplit(self.url)
+        auth = next((name for name in self.headers if name.lower() == "authorization"), None)
+        if auth is not None and (parts.username is not None or parts.password is not None):
+            raise _FieldProblems((("headers", auth), "conflicts with the user:password@ in url (both set the "
+                                                     "Authorization header): keep one of them"))
+        return self
 
     @field_serializer("url")
     def _dump_url(self, url: str) -> str:
@@ -874,6 +897,16 @@ class AlertsConfig(_Section):
         (), description="Alert destinations.")
     silences: Annotated[tuple[SilenceConfig, ...], BeforeValidator(_empty_if_null_list)] = Field(
         (), description="Maintenance windows.")
+    group_wait_s: NonNegativeSeconds = Field(
+        10.0, alias="group_wait",
+        description="Slack, Discord and `batch` webhooks wait this long after an event for others to send "
+                    "with it in one message (\"5 providers down: ...\"); 0 sends what is pending at once.")
+    repeat_interval_s: PositiveSeconds | None = Field(
+        None, alias="repeat_interval",
+        description="Remind receivers this often while a provider stays down, loading or degraded (default: off).")
+    alert_never_up: bool = Field(
+        False, description="Alert on a provider that has not been up since monitord first saw it (off: a "
+                           "server that was never there does not page, e.g. on the first start).")
 
     @model_validator(mode="before")
     @classmethod

@@ -23,7 +23,7 @@ import structlog
 from monitord import logs
 from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import make_test_event
-from monitord.alerts.service import AlertsService
+from monitord.alerts.service import AlertsService, alert_policy
 from monitord.api import ApiContext, ApiServer
 from monitord.canary import CanaryJob, CanaryRunner, canary_jobs, job_model
 from monitord.cluster import Cluster, ClusterBeat, default_instance_id
@@ -191,7 +191,8 @@ class Daemon:
         cluster = self._cluster
         self.alerts = AlertsService(self._store, self._session, self.live, lambda: self._specs,
                                     cfg.alerts.webhooks, cfg.alerts.silences, clock=self.clock,
-                                    leader=lambda: cluster is None or cluster.leader)
+                                    leader=lambda: cluster is None or cluster.leader,
+                                    policy=alert_policy(cfg.alerts), group_wait_s=cfg.alerts.group_wait_s)
         self.api = ApiContext(live=self.live, specs=lambda: self._specs, store=self._store,
                               ready=lambda: self.first_round_done, token=lambda: self.config.api.token,
                               clock=self.clock, alerts=self.alerts, rankings=self.rankings,
@@ -213,7 +214,8 @@ class Daemon:
             beat = ClusterBeat(self._cluster, clock=self.clock, window_s=self._peer_window_s,
                                is_configured=lambda name: name in self._specs,
                                fold_peer=lambda result: self.pipeline.record(result, local=False),
-                               refresh=self.alerts.load_stored_silences, probe_soon=self._probe_soon)
+                               refresh=self.alerts.load_stored_silences, probe_soon=self._probe_soon,
+                               taken_over=self.alerts.load_alert_state)
             await beat.beat()  # hold leases before the first probe is due
             self.supervisor.spawn("cluster.beat", beat.run())
         self.supervisor.spawn("store.retention", prune_periodically(
@@ -239,7 +241,7 @@ class Daemon:
     def _retention_schedule(self) -> tuple[float, RetentionPolicy]:
         kept = self.config.storage.retention
         return kept.prune_interval_s, RetentionPolicy(raw_s=kept.raw_s, minute_rollups_s=kept.minute_rollups_s,
-                                                      hour_rollups_s=kept.hour_rollups_s,
+                                                      hour_rollups_s=kept.hour_rollups_s, alerts_s=kept.alerts_s,
                                                       batch_size=kept.batch_size)
 
     async def _probe(self, spec: ProviderSpec) -> float | None:
@@ -357,8 +359,10 @@ class Daemon:
         for spec in specs:
             self.live.track(spec.name, spec.type)
         self.alerts.replace_config_silences(new.alerts.silences)
-        if new.alerts.webhooks != old.alerts.webhooks:
-            await self.alerts.replace_webhooks(new.alerts.webhooks)  # unsaved events move to the new dispatcher
+        self.alerts.rules.policy = alert_policy(new.alerts)
+        if new.alerts.webhooks != old.alerts.webhooks or new.alerts.group_wait_s != old.alerts.group_wait_s:
+            # unsaved events (waiting in the writer) go to the new webhooks
+            await self.alerts.replace_webhooks(new.alerts.webhooks, new.alerts.group_wait_s)
         self.store.configure_writer(**self._writer_settings(new))
         if diff.under("storage.retention"):
             self._retention_rescheduled.set()

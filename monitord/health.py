@@ -336,6 +336,7 @@ class ProviderTracker:
             last_error_at=at if failed else old.last_error_at,
             last_success_at=at if ok else old.last_success_at,
             last_failure_at=old.last_failure_at if ok else at,
+            failing_since=None if ok else (old.failing_since if old.failures_in_a_row else at),
             server_version=server_version or old.server_version,
             models=self._models,
             capacity=capacity,

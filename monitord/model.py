@@ -476,6 +476,7 @@ class ProviderState:
     last_error_at: datetime | None = None
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
+    failing_since: datetime | None = None  # start of the first probe of the current run of failures
     availability: float | None = None  # share of successful probes in the window; None: no sample
     samples: int = 0  # probes in the window
     samples_ok: int = 0  # successful probes in the window
@@ -940,3 +941,34 @@ class DeliveryState(enum.StrEnum):
     DELIVERED = "delivered"  # a 2xx came back
     FAILED = "failed"  # a permanent answer (4xx), or retrying gave up
     SILENCED = "silenced"  # recorded during a silence; never sent
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    """One webhook an event goes to, decided when the event is raised (filters, silences, grouping)."""
+
+    webhook: str
+    state: DeliveryState  # PENDING, or SILENCED (recorded, never sent)
+    wait_s: float = 0.0  # first attempt this long after the event is stored (a chat webhook's group_wait)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An event with its deliveries, as the store writes it: in the same transaction as the probe rows behind it."""
+
+    event: AlertEvent
+    deliveries: tuple[PlannedDelivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertState:
+    """What receivers were last told of one provider: stored, so a restart or a new cluster owner continues it.
+
+    An incident opens when a bad status is first told and closes with the provider.up that ends it; its events
+    take their ids from `incident_start`, so whoever raises them, receivers see one id per incident and kind.
+    """
+
+    provider: str
+    told: Status | None = None  # the status of the last event sent (UP also once first seen up, silently)
+    incident_start: datetime | None = None  # the first failed probe of the open incident (None: no incident)
+    reminders: int = 0  # reminders sent in the open incident (alerts.repeat_interval)

@@ -25,6 +25,7 @@ from monitord.health import HealthPolicy, ProviderTracker, update
 from monitord.model import (
     AlertEvent,
     AlertProvider,
+    AlertState,
     AlertType,
     ErrorClass,
     ModelInfo,
@@ -51,16 +52,17 @@ QUICK = HealthPolicy(failure_threshold=1, success_threshold=1)  # every verdict 
 class Run:
     """Feeds probe verdicts through health and the rules, one second apart, collecting the events."""
 
-    policy: AlertPolicy = field(default_factory=AlertPolicy)
+    policy: dict[str, Any] = field(default_factory=dict)  # AlertPolicy fields; failure_threshold is health's
     health: HealthPolicy = field(default_factory=HealthPolicy)
     silences: tuple[Silence, ...] = ()
     rules: AlertRules = field(init=False)
     tracker: ProviderTracker = field(init=False)
     clock: datetime = T0
     events: list[AlertEvent] = field(default_factory=list)
+    stored: list[AlertState] = field(default_factory=list)  # every AlertState the rules asked to store
 
     def __post_init__(self) -> None:
-        self.rules = AlertRules(self.policy)
+        self.rules = AlertRules(AlertPolicy(**{"failure_threshold": self.health.failure_threshold, **self.policy}))
         self.tracker = ProviderTracker(GPU.name, GPU.type, self.health)
 
     def probe(self, verdict: str, models: tuple[str, ...] = ("llama3",)) -> list[AlertEvent]:
@@ -71,8 +73,11 @@ class Run:
         result = ProbeResult(provider=GPU.name, provider_type=GPU.type, started_at=self.clock, status=status,
                              total_ms=5.0, error_class=error_class, error=error, models=listed)
         state, changes = update(self.tracker, result, self.clock)
-        events = self.rules.on_probe(state, changes, GPU, self.silences, self.clock)
+        decision = self.rules.on_probe(state, changes, GPU, self.silences, self.clock)
+        events = decision.events
         self.events += events
+        if decision.state is not None:
+            self.stored.append(decision.state)
         self.clock += timedelta(seconds=1)
         return events
 
@@ -93,9 +98,10 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("failures under the threshold are not an outage", "uu dd uu d u", {}, []),
     ("one alert for a long outage", "u dddddddddddd uu", {}, ["provider.down", "provider.up"]),
     ("recovery needs two good probes", "u ddd u", {}, ["provider.down"]),
-    ("found down on the first probe", "ddd", {}, ["provider.down"]),
-    ("found down first, then recovers", "d uu", {}, ["provider.down", "provider.up"]),
-    ("first status not alerted when asked", "d uu", {"alert_first_status": False}, []),
+    ("never up: no page by default", "ddd uu", {}, []),
+    ("never up, paged when asked", "ddd uu", {"alert_never_up": True}, ["provider.down", "provider.up"]),
+    ("a first probe's down still waits for the threshold", "dd", {"alert_never_up": True}, []),
+    ("never up, then up, then down pages", "ddd uu ddd", {}, ["provider.down"]),
     ("loading is reported at once and so is its end", "u l u", {}, ["provider.loading", "provider.up"]),
     ("degraded then fine", "u g u", {}, ["provider.degraded", "provider.up"]),
     ("down, loading while it restarts, up", "u ddd l u", {},
@@ -108,7 +114,7 @@ CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
 
 @pytest.mark.parametrize("verdicts, policy, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_status_transitions(verdicts: str, policy: dict[str, Any], expected: list[str]) -> None:
-    run = Run(policy=AlertPolicy(**policy))
+    run = Run(policy=policy)
     run.script(verdicts)
     assert run.types("provider.") == expected
 
@@ -136,7 +142,7 @@ def test_up_event_says_how_long_it_was_down() -> None:
     up = run.events[-1]
     assert up.type is AlertType.PROVIDER_UP
     assert (up.previous_status, up.status) == (Status.LOADING, Status.UP)
-    assert up.down_for_s == 2.0  # since it left UP, not since it started loading
+    assert up.down_for_s == 4.0  # since the first failed probe (t=1), not since it was declared down (t=3)
     assert up.error_class is None and up.error is None and up.failures_in_a_row == 0
 
 
@@ -159,13 +165,13 @@ FLAP_CASES: list[tuple[str, str, list[str]]] = [
 
 @pytest.mark.parametrize("verdicts, expected", [c[1:] for c in FLAP_CASES], ids=[c[0] for c in FLAP_CASES])
 def test_flapping(verdicts: str, expected: list[str]) -> None:
-    run = Run(policy=AlertPolicy(**FLAP), health=QUICK)
+    run = Run(policy=FLAP, health=QUICK)
     run.script(verdicts)
     assert run.types() == expected
 
 
 def test_flapping_event_counts_the_changes_and_the_settled_event_says_so() -> None:
-    run = Run(policy=AlertPolicy(**FLAP), health=QUICK)
+    run = Run(policy=FLAP, health=QUICK)
     run.script("u dudud dddddddddddd")
     flapping, settled = run.events[3], run.events[4]
     assert flapping.details == {"transitions": 4, "window_s": 60.0}
@@ -175,7 +181,7 @@ def test_flapping_event_counts_the_changes_and_the_settled_event_says_so() -> No
 
 
 def test_no_model_storm_while_flapping_between_up_and_empty() -> None:
-    run = Run(policy=AlertPolicy(**FLAP), health=QUICK)
+    run = Run(policy=FLAP, health=QUICK)
     run.script("u gugugugugugu")
     assert run.types().count("provider.flapping") == 1
     assert run.types().count("model.removed") <= 2  # only before the flap was recognised
@@ -244,16 +250,82 @@ def test_silenced_events_are_still_made_and_remembered() -> None:
 # -- restart -------------------------------------------------------------------------------------------------
 
 
+def restarted(before: Run, *, window_kept: bool) -> Run:
+    """A new daemon after `before`: the rules restored from the AlertStates `before` stored; health rebuilt from the
+    probes still in the window (the same tracker) or, after a stop longer than the window, from nothing."""
+    after = Run(clock=before.clock + (timedelta(0) if window_kept else timedelta(hours=2)))
+    after.rules.restore(before.stored[-1:])
+    if window_kept:
+        after.tracker = before.tracker
+    return after
+
+
 def test_recovery_after_a_restart_is_reported() -> None:
     before = Run()
     before.script("u ddd")
     assert before.types() == ["provider.down"]
-    # A new daemon: health rebuilt from the store (same tracker state here), the rules start empty.
-    after = Run()
-    after.tracker, after.clock = before.tracker, before.clock
+    after = restarted(before, window_kept=True)
     after.script("dd uu")
     assert after.types() == ["provider.up"]
-    assert after.events[0].down_for_s == 4.0  # from the rebuilt `since` (t=3) to the recovery (t=7)
+    assert after.events[0].down_for_s == 6.0  # from the first failed probe (t=1) to the recovery (t=7)
+    assert after.events[0].id != before.events[0].id
+
+
+@pytest.mark.parametrize("window_kept", [True, False], ids=["short stop", "stop longer than the window"])
+def test_restart_with_no_change_says_nothing(window_kept: bool) -> None:
+    for script, more in (("u ddd", "ddddd"), ("uu", "uuuu")):
+        before = Run()
+        before.script(script)
+        after = restarted(before, window_kept=window_kept)
+        assert after.script(more) == [], script
+
+
+def test_restart_after_a_long_stop_reports_a_recovery_that_happened_meanwhile() -> None:
+    before = Run()
+    before.script("u ddd")
+    after = restarted(before, window_kept=False)
+    [up] = after.script("uuu")
+    assert up.type is AlertType.PROVIDER_UP and up.previous_status is Status.DOWN
+    assert up.down_for_s == (after.events[0].at - (T0 + timedelta(seconds=1))).total_seconds()
+
+
+def test_a_provider_that_went_down_while_stopped_is_reported_once() -> None:
+    before = Run()
+    before.script("uu")
+    after = restarted(before, window_kept=False)
+    after.script("dddddd")  # the first probe sets DOWN at once; the alert still waits for three failures
+    assert after.types() == ["provider.down"]
+    assert after.events[0].failures_in_a_row == 3
+
+
+def test_one_incident_has_one_id_whoever_raises_it() -> None:
+    """Two instances (or a run and its successor) that see the same probes raise the same ids."""
+    first, second = Run(), Run()
+    first.script("u dddd uu")
+    second.script("u ddd")
+    second.clock += timedelta(seconds=30)  # evaluated later: the id does not depend on when
+    second.script("d uu")
+    assert first.types() == second.types() == ["provider.down", "provider.up"]
+    assert first.events[0].id == second.events[0].id
+
+
+def test_alert_state_is_stored_only_when_it_changes() -> None:
+    run = Run()
+    run.script("u u u ddd d d uu u")
+    assert [(s.told, s.incident_start) for s in run.stored] == [
+        (Status.UP, None), (Status.DOWN, T0 + timedelta(seconds=3)), (Status.UP, None)]
+
+
+def test_reminders_while_down() -> None:
+    run = Run(policy={"repeat_interval_s": 4.0})
+    run.script("u ddd " + "d" * 9 + " uu")  # failing from t=1 (down at t=3); reminders at t=5, 9, 13
+    assert run.types() == ["provider.down"] * 4 + ["provider.up"]
+    reminders = run.events[1:4]
+    assert [e.details["reminder"] for e in reminders] == [1, 2, 3]
+    assert len({e.id for e in run.events}) == 5
+    quiet = Run()  # default: no reminders
+    quiet.script("u ddd" + "d" * 9)
+    assert quiet.types() == ["provider.down"]
 
 
 def test_a_fresh_start_finding_a_provider_up_says_nothing() -> None:
@@ -263,7 +335,7 @@ def test_a_fresh_start_finding_a_provider_up_says_nothing() -> None:
 # -- ranking -------------------------------------------------------------------------------------------------
 
 CPU = AlertProvider("cpu-box", "ollama", "http://10.0.0.6:11434")
-BEST_CASES: list[tuple[str, list[tuple[float, AlertProvider | None]], list[tuple[float, str | None, str | None]]]] = [
+BEST_CASES: list[tuple[str, list[tuple[Any, ...]], list[tuple[float, str | None, str | None]]]] = [
     ("the first best is a baseline", [(0, GPU), (100, GPU)], []),
     ("a change that holds is reported once", [(0, GPU), (10, CPU), (40, CPU), (70, CPU), (200, CPU)],
      [(70, "cpu-box", "gpu-box")]),
@@ -271,15 +343,20 @@ BEST_CASES: list[tuple[str, list[tuple[float, AlertProvider | None]], list[tuple
     ("a swap back is a change too", [(0, GPU), (10, CPU), (70, CPU), (80, GPU), (140, GPU)],
      [(70, "cpu-box", "gpu-box"), (140, "gpu-box", "cpu-box")]),
     ("nobody eligible any more", [(0, GPU), (10, None), (70, None)], [(70, None, "gpu-box")]),
+    ("a best whose last probe failed is never named", [(0, GPU), (10, CPU, True), (70, CPU, True), (200, CPU, True)],
+     []),
+    ("its hold starts once its probe succeeds", [(0, GPU), (10, CPU, True), (70, CPU), (100, CPU), (130, CPU)],
+     [(130, "cpu-box", "gpu-box")]),
 ]
 
 
 @pytest.mark.parametrize("steps, expected", [c[1:] for c in BEST_CASES], ids=[c[0] for c in BEST_CASES])
-def test_best_provider_changes(steps: list[tuple[float, AlertProvider | None]],
-                               expected: list[tuple[float, str | None, str | None]]) -> None:
+def test_best_provider_changes(steps: list[tuple[Any, ...]], expected: list[tuple[float, str | None, str | None]]
+                               ) -> None:
     memory, got = BestMemory(), []
-    for at_s, best in steps:
-        events, memory = evaluate_best(memory, best, AlertPolicy(best_hold_s=60.0), (), T0 + timedelta(seconds=at_s))
+    for at_s, best, *failing in steps:
+        events, memory = evaluate_best(memory, best, AlertPolicy(best_hold_s=60.0), (), T0 + timedelta(seconds=at_s),
+                                       best_failing=bool(failing and failing[0]))
         got += [((e.at - T0).total_seconds(), e.provider.name if e.provider else None, e.details["previous_best"])
                 for e in events if e.type is AlertType.RANKING_BEST_CHANGED]
     assert got == expected
@@ -309,7 +386,7 @@ def test_alert_provider_redacts_credentials() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"flap_threshold": 1}, {"flap_window_s": 0}, {"flap_quiet_s": -1},
-                                 {"best_hold_s": -1}])
+                                 {"best_hold_s": -1}, {"failure_threshold": 0}, {"repeat_interval_s": 0}])
 def test_policy_rejects_nonsense(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         AlertPolicy(**bad)

@@ -22,7 +22,7 @@ from monitord.store.schema import metadata
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC = Path(sys.executable).parent / "alembic"
 TABLES = {"providers", "probes", "provider_models", "alert_events", "alert_deliveries", "probe_rollups",
-          "generation_samples", "generation_rollups",
+          "generation_samples", "generation_rollups", "alert_state",
           "retention_marks", "cluster_instances", "cluster_leases", "silences"}
 
 

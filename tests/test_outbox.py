@@ -187,6 +187,38 @@ async def test_a_webhook_gets_its_events_in_order(store: Store) -> None:
     assert second.event_id == event(n=1).id
 
 
+async def test_a_failing_provider_holds_back_only_its_own_events(store: Store) -> None:
+    other = AlertProvider("cpu-box", "ollama", "http://10.0.0.6:11434")
+    outbox = Outbox(store, [webhook("a")])
+    await outbox.put(event(n=0), T0)
+    await outbox.put(event(n=1), T0 + timedelta(seconds=1))
+    await outbox.put(event(n=2, provider=other), T0 + timedelta(seconds=2))
+    now = T0 + timedelta(minutes=1)
+    claimed = await store.outbox.claim("me", now, lease_s=30, limit=10, webhooks=["a"])
+    assert [c.event_id for c in claimed] == [event(n=0).id, event(n=2).id]  # each provider's oldest
+    await store.outbox.retry(event(n=0).id, "a", "me", now + timedelta(hours=1), 503, "HTTP 503")
+    await store.outbox.delivered(event(n=2).id, "a", now, 200)
+    assert await store.outbox.claim("me", now, lease_s=30, limit=10, webhooks=["a"]) == []  # n=1 waits for n=0
+
+
+async def test_a_grouping_webhook_claims_every_new_event_once_one_is_due(store: Store) -> None:
+    other = AlertProvider("cpu-box", "ollama", "http://10.0.0.6:11434")
+    outbox = Outbox(store, [webhook("chat", format="slack")], group_wait_s=10.0)
+    await outbox.put(event(n=0), T0)
+    await outbox.put(event(n=1), T0 + timedelta(seconds=3))  # the same provider: goes in the same message, after
+    await outbox.put(event(n=2, provider=other), T0 + timedelta(seconds=8))
+    claim = store.outbox.claim
+    assert await claim("me", T0 + timedelta(seconds=9), lease_s=30, limit=100, webhooks=["chat"], group=True) == []
+    group = await claim("me", T0 + timedelta(seconds=10), lease_s=30, limit=100, webhooks=["chat"], group=True)
+    assert [c.event_id for c in group] == [event(n=0).id, event(n=1).id, event(n=2).id]
+    await outbox.put(event(n=3), T0 + timedelta(seconds=11))  # n=0 is in flight: n=3 must wait for it
+    later = T0 + timedelta(seconds=30)
+    assert await claim("me", later, lease_s=30, limit=100, webhooks=["chat"], group=True) == []
+    await store.outbox.delivered([c.event_id for c in group], "chat", later, 200)
+    [last] = await claim("me", later, lease_s=30, limit=100, webhooks=["chat"], group=True)
+    assert last.event_id == event(n=3).id
+
+
 async def test_a_lost_claim_cannot_reschedule_but_a_2xx_always_counts(store: Store) -> None:
     outbox = Outbox(store, [webhook("a")])
     await outbox.put(event(), T0)
@@ -362,21 +394,25 @@ async def test_logs_name_the_webhook_never_its_url_or_secrets(receiver: WebhookR
     assert all(entry.get("webhook") == "ops" for entry in logs if entry["event"].startswith("alert.delivery"))
 
 
-async def test_events_wait_in_memory_while_the_outbox_is_unavailable(
+async def test_events_wait_in_the_writer_while_the_outbox_is_unavailable(
         sqlite_url: str, receiver: WebhookReceiver, session: aiohttp.ClientSession) -> None:
-    store = await Store.open(sqlite_url)  # not migrated yet: every outbox query fails, as in an outage
+    """Emitted events go through the store's writer: buffered (with the probe rows) while the database fails."""
+    store = await Store.open(sqlite_url, flush_interval_s=0.02)  # not migrated yet: every query fails, as in an outage
+    await store.start()
     dispatcher = Dispatcher(store, session, [webhook("ops", receiver.url)], retry=FAST, poll_interval_s=0.02)
     try:
         with capture_logs() as logs:
             await dispatcher.start()
             dispatcher.emit([event()])
+            await eventually(lambda: _logged(logs, "store.write_failed"))
             await eventually(lambda: _logged(logs, "alert.outbox_unavailable"))
             assert receiver.requests == []  # nothing is sent before it is stored
+            assert store.alerts_pending == 1
             await migrate.upgrade(sqlite_url)
-            await receiver.wait_for(1)
+            await receiver.wait_for(1, timeout_s=40.0)  # the writer's backoff
             await eventually(lambda: _logged(logs, "alert.outbox_available"))
             await eventually(lambda: _state_is(dispatcher, event().id, "ops", DeliveryState.DELIVERED))
-        assert not _logged_now(logs, "alert.dropped")
+        assert not _logged_now(logs, "alert.lost")
     finally:
         await dispatcher.stop()
         await store.close()

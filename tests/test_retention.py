@@ -15,7 +15,17 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text
 
-from monitord.model import ErrorClass, ProbeResult, Status
+from monitord.model import (
+    AlertEvent,
+    AlertProvider,
+    AlertType,
+    DeliveryState,
+    ErrorClass,
+    OutboxEntry,
+    PlannedDelivery,
+    ProbeResult,
+    Status,
+)
 from monitord.store import RetentionPolicy, Store, dialects, histogram, migrate, queries
 from monitord.store.retention import HOUR_S, MINUTE_S, RAW_PRUNED, Rollup, floor_time, mark_name
 from monitord.store.schema import probe_rollups, probes
@@ -281,6 +291,20 @@ async def test_rollups_expire_too(store: Store, db_url: str) -> None:
     report = await retention.run_once(T0 + 9 * DAY)
     assert report.deleted == {"probes": 120, "rollup_60": 120, "rollup_3600": 2}
     assert await count_rows(db_url, probe_rollups) == 0 and await count_rows(db_url, probes) == 0
+
+
+async def test_alert_events_are_pruned_unless_still_pending(store: Store) -> None:
+    def entry(n: int, *webhooks: str) -> OutboxEntry:
+        event = AlertEvent(id=f"00000000-0000-4000-8000-{n:012d}", type=AlertType.PROVIDER_DOWN, at=T0,
+                           provider=AlertProvider("gpu", "vllm", "http://10.0.0.5:8000"))
+        return OutboxEntry(event, tuple(PlannedDelivery(name, DeliveryState.PENDING) for name in webhooks))
+
+    assert await store.outbox.put([entry(1, "ops"), entry(2, "ops"), entry(3)], T0) == 3
+    assert await store.outbox.delivered(entry(1).event.id, "ops", T0, 200)
+    retention = store.retention(RetentionPolicy(alerts_s=30 * 86400, batch_size=500))
+    assert (await retention.run_once(T0 + 29 * DAY)).alert_events == 0
+    assert (await retention.run_once(T0 + 31 * DAY)).alert_events == 2  # delivered, and no webhook
+    assert [row.id for row in await store.outbox.recent()] == [entry(2).event.id]  # pending: kept until it ends
 
 
 @pytest.mark.postgres

@@ -12,7 +12,7 @@ import html
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,7 +23,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from monitord import __version__
-from monitord.alerts.formats import FORMATS, FormatOptions, Rendered
+from monitord.alerts.formats import FORMATS, GROUP_FORMATS, FormatOptions, Rendered, group_id
 from monitord.alerts.signing import sign
 from monitord.model import AlertEvent, Secret
 
@@ -32,6 +32,7 @@ DELIVERY_HEADER = "X-Monitord-Delivery"
 TIMESTAMP_HEADER = "X-Monitord-Timestamp"
 SIGNATURE_HEADER = "X-Monitord-Signature"
 USER_AGENT = f"monitord/{__version__}"
+BATCH_EVENT = "batch"  # X-Monitord-Event of a message that carries several events
 # Configured headers may not replace these: receivers rely on them.
 _OWN_HEADERS = frozenset(h.lower() for h in (EVENT_HEADER, DELIVERY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER,
                                              "Content-Type", "Content-Length", "Host"))
@@ -123,7 +124,8 @@ def classify_status(status: int) -> Outcome:
     return Outcome.FAILED  # other 4xx, and 1xx/3xx: redirects are not followed with a signed body
 
 
-def request_headers(target: WebhookTarget, event: AlertEvent, rendered: Rendered, timestamp_s: int) -> CIMultiDict[str]:
+def request_headers(target: WebhookTarget, event_type: str, delivery_id: str, rendered: Rendered,
+                    timestamp_s: int) -> CIMultiDict[str]:
     """Configured headers, then ours (which win): event, delivery id, timestamp, signature when a secret is set."""
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in target.headers.items():
@@ -132,8 +134,8 @@ def request_headers(target: WebhookTarget, event: AlertEvent, rendered: Rendered
     headers.setdefault("User-Agent", USER_AGENT)
     timestamp = str(timestamp_s)
     headers["Content-Type"] = rendered.content_type
-    headers[EVENT_HEADER] = event.type.value
-    headers[DELIVERY_HEADER] = event.id
+    headers[EVENT_HEADER] = event_type
+    headers[DELIVERY_HEADER] = delivery_id
     headers[TIMESTAMP_HEADER] = timestamp
     if target.secret:
         headers[SIGNATURE_HEADER] = sign(target.secret.reveal(), timestamp, rendered.body)
@@ -150,7 +152,28 @@ async def deliver(session: aiohttp.ClientSession, target: WebhookTarget, event: 
     if render is None:
         return DeliveryResult(Outcome.FAILED, error=f"unknown format {target.format!r}")
     rendered = render(event, options or FormatOptions())
-    headers = request_headers(target, event, rendered, int(now.timestamp()))
+    return await _post(session, target, rendered, event.type.value, event.id, now)
+
+
+async def deliver_group(session: aiohttp.ClientSession, target: WebhookTarget, events: Sequence[AlertEvent], *,
+                        now: datetime, options: FormatOptions | None = None) -> DeliveryResult:
+    """Several events in one message (a chat summary, or a json `batch`); one event is sent as by deliver().
+
+    X-Monitord-Delivery is the group's id (the same events give the same id on a retry); X-Monitord-Event is
+    `batch`.
+    """
+    if len(events) == 1:
+        return await deliver(session, target, events[0], now=now, options=options)
+    render = GROUP_FORMATS.get(target.format)
+    if render is None:
+        return DeliveryResult(Outcome.FAILED, error=f"unknown format {target.format!r}")
+    rendered = render(events, options or FormatOptions())
+    return await _post(session, target, rendered, BATCH_EVENT, group_id(events), now)
+
+
+async def _post(session: aiohttp.ClientSession, target: WebhookTarget, rendered: Rendered, event_type: str,
+                delivery_id: str, now: datetime) -> DeliveryResult:
+    headers = request_headers(target, event_type, delivery_id, rendered, int(now.timestamp()))
     started = time.perf_counter()
     try:
         async with session.post(target.url, data=rendered.body, headers=headers, allow_redirects=False,
@@ -172,6 +195,10 @@ async def deliver(session: aiohttp.ClientSession, target: WebhookTarget, event: 
         return _failure(Outcome.RETRY, f"cannot connect: {reason.lower()}", started)
     except (aiohttp.ClientError, OSError) as exc:  # reset, disconnected, malformed answer
         return _failure(Outcome.RETRY, f"connection error: {type(exc).__name__}", started)
+    except Exception as exc:  # the request could not even be built (e.g. aiohttp refusing URL credentials
+        # together with an Authorization header): retrying the same request cannot help. Never the message: it
+        # may quote the URL.
+        return _failure(Outcome.FAILED, f"request refused by the HTTP client: {type(exc).__name__}", started)
     elapsed_ms = (time.perf_counter() - started) * 1000
     outcome = classify_status(status)
     if outcome is Outcome.DELIVERED:

@@ -6,7 +6,9 @@ Pure: no I/O, no clock. Only alerts/delivery.py sends; a new format is one funct
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,6 +53,7 @@ class Rendered:
 
 
 Render = Callable[[AlertEvent, FormatOptions], Rendered]
+RenderGroup = Callable[[Sequence[AlertEvent], FormatOptions], Rendered]  # several events, one message
 
 
 class Severity(enum.StrEnum):
@@ -301,8 +304,113 @@ def render_discord(event: AlertEvent, options: FormatOptions) -> Rendered:
     return Rendered(JSON_CONTENT_TYPE, orjson.dumps(payload))
 
 
+# -- groups: several events in one message ------------------------------------------------------------------
+
+GROUP_LINES_MAX = 25  # events listed one per line; the rest are counted ("... and 175 more")
+_GROUP_NAMES_MAX = 5  # provider names in the title
+_GROUP_NAMESPACE = uuid.UUID("6f1c2d0e-8f43-5b7a-9c1e-3d2b4a5f6e70")
+_GROUP_PHRASES: Mapping[AlertType, tuple[str, str]] = {  # (one, several)
+    AlertType.PROVIDER_DOWN: ("provider down", "providers down"),
+    AlertType.PROVIDER_UP: ("provider recovered", "providers recovered"),
+    AlertType.PROVIDER_DEGRADED: ("provider degraded", "providers degraded"),
+    AlertType.PROVIDER_LOADING: ("provider loading", "providers loading"),
+    AlertType.PROVIDER_FLAPPING: ("provider flapping", "providers flapping"),
+    AlertType.MODEL_ADDED: ("model change (added)", "model changes (added)"),
+    AlertType.MODEL_REMOVED: ("model change (removed)", "model changes (removed)"),
+    AlertType.RANKING_BEST_CHANGED: ("best provider change", "best provider changes"),
+    AlertType.TEST: ("test alert", "test alerts"),
+}
+
+
+def group_id(events: Sequence[AlertEvent]) -> str:
+    """The delivery id of a grouped message: the same events give the same id, so a retry keeps it."""
+    return str(uuid.uuid5(_GROUP_NAMESPACE, ",".join(sorted(e.id for e in events))))
+
+
+def group_title(events: Sequence[AlertEvent]) -> str:
+    """`5 providers down: a, b, c, d, e; 1 provider recovered: f`, the largest kind first."""
+    by_type: dict[AlertType, list[str]] = {}
+    for event in events:
+        by_type.setdefault(event.type, []).append(event.provider.name if event.provider else "-")
+    counts = Counter({kind: len(names) for kind, names in by_type.items()})
+    parts = []
+    for kind, count in counts.most_common():
+        one, several = _GROUP_PHRASES[kind]
+        names = list(dict.fromkeys(by_type[kind]))
+        shown = ", ".join(names[:_GROUP_NAMES_MAX]) + (", ..." if len(names) > _GROUP_NAMES_MAX else "")
+        parts.append(f"{count} {one if count == 1 else several}: {shown}")
+    return "; ".join(parts)
+
+
+def group_severity(events: Sequence[AlertEvent]) -> Severity:
+    order = (Severity.CRITICAL, Severity.WARNING, Severity.OK, Severity.INFO)
+    return min((severity_of(e) for e in events), key=order.index)
+
+
+def _group_lines(events: Sequence[AlertEvent]) -> list[str]:
+    lines = [f"{describe(event).title} ({utc_text(event.at)})" for event in events[:GROUP_LINES_MAX]]
+    if len(events) > GROUP_LINES_MAX:
+        lines.append(f"... and {len(events) - GROUP_LINES_MAX} more")
+    return lines
+
+
+def render_json_batch(events: Sequence[AlertEvent], options: FormatOptions) -> Rendered:
+    """`batch: true`: {"version", "id" (the group's delivery id), "summary", "source", "events": [each as json]}."""
+    bodies = [orjson.loads(render_json(event, options).body) for event in events]
+    body = {"version": bodies[0]["version"] if bodies else 1, "id": group_id(events), "type": "batch",
+            "summary": group_title(events), "source": options.source, "events": bodies}
+    return Rendered(JSON_CONTENT_TYPE, orjson.dumps(body))
+
+
+def render_slack_group(events: Sequence[AlertEvent], options: FormatOptions) -> Rendered:
+    """One Slack message for several events: the summary as header, one line per event."""
+    if len(events) == 1:
+        return render_slack(events[0], options)
+    severity = group_severity(events)
+    title = group_title(events)
+    text = "\n".join(f"• {slack_escape(line)}" for line in _group_lines(events))
+    context = f"{slack_escape(options.source)} · {len(events)} events"
+    if options.link_url:
+        context += f" · <{options.link_url}|status>"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": clip(title, SLACK_HEADER_MAX)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, SLACK_TEXT_MAX)}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(context, SLACK_TEXT_MAX)}]},
+    ]
+    fallback = clip(f"[{severity.value}] {slack_escape(title)}", SLACK_FALLBACK_MAX)
+    payload = {"text": fallback,
+               "attachments": [{"color": f"#{_COLOR[severity]:06x}", "fallback": fallback, "blocks": blocks}]}
+    return Rendered(JSON_CONTENT_TYPE, orjson.dumps(payload))
+
+
+def render_discord_group(events: Sequence[AlertEvent], options: FormatOptions) -> Rendered:
+    """One Discord message for several events: the summary as title, one line per event as description."""
+    if len(events) == 1:
+        return render_discord(events[0], options)
+    severity = group_severity(events)
+    description = "\n".join(f"- {discord_escape(line)}" for line in _group_lines(events))
+    embed: dict[str, Any] = {
+        "title": clip(group_title(events), DISCORD_TITLE_MAX),
+        "description": clip(description, DISCORD_DESCRIPTION_MAX),
+        "color": _COLOR[severity],
+        "footer": {"text": clip(f"{options.source} · {len(events)} events", DISCORD_FOOTER_MAX)},
+        "timestamp": events[-1].at.isoformat(),
+    }
+    if options.link_url:
+        embed["url"] = options.link_url
+    payload: dict[str, Any] = {"embeds": [embed], "allowed_mentions": {"parse": []}}
+    if not any(word in options.source.lower() for word in _DISCORD_RESERVED_NAMES):
+        payload["username"] = clip(options.source, DISCORD_USERNAME_MAX)
+    return Rendered(JSON_CONTENT_TYPE, orjson.dumps(payload))
+
+
 FORMATS: Mapping[str, Render] = {
     "json": render_json,
     "slack": render_slack,
     "discord": render_discord,
+}
+GROUP_FORMATS: Mapping[str, RenderGroup] = {  # the same names as FORMATS
+    "json": render_json_batch,
+    "slack": render_slack_group,
+    "discord": render_discord_group,
 }

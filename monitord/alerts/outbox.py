@@ -1,8 +1,10 @@
 """The durable alert outbox and its dispatcher: nothing is sent before it is stored, nothing leaves before a 2xx.
 
-Outbox decides which webhooks get an event (their `events` and `providers` filters, silences); Dispatcher claims
-due deliveries, sends each through delivery.deliver, and records the answer: delivered, retry at a backed-off
-time, or failed. Pending deliveries survive a restart and are sent by the next run, with the same delivery id.
+Outbox decides which webhooks get an event (their `events` and `providers` filters, silences, grouping); events
+reach the database through the store's writer, in the transaction of the probe rows behind them. Dispatcher claims
+due deliveries, sends them through alerts.delivery (several at a time per webhook, grouped for chat formats), and
+records the answer: delivered, retry at a backed-off time, or failed. Pending deliveries survive a restart and are
+sent by the next run, with the same delivery id.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import random
 import socket
 import time
 import uuid
-from collections import deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,10 +26,10 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from monitord.alerts.delivery import DeliveryResult, Outcome, RetryPolicy, WebhookTarget, deliver
-from monitord.alerts.formats import FormatOptions
-from monitord.model import AlertEvent, AlertType, DeliveryState
-from monitord.store import ClaimedDelivery, DeliveryRow, Store
+from monitord.alerts.delivery import DeliveryResult, Outcome, RetryPolicy, WebhookTarget, deliver, deliver_group
+from monitord.alerts.formats import FormatOptions, group_id
+from monitord.model import AlertEvent, AlertState, AlertType, DeliveryState, OutboxEntry, PlannedDelivery
+from monitord.store import ClaimedDelivery, DeliveryRow, PendingFigures, Store
 
 log = structlog.get_logger("monitord.alerts")
 
@@ -41,6 +43,10 @@ class Webhook(WebhookTarget, Protocol):
     def events(self) -> tuple[str, ...]: ...
     @property
     def providers(self) -> tuple[str, ...]: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def groups(self) -> bool: ...
 
 
 def utcnow() -> datetime:
@@ -91,25 +97,30 @@ class AlertRecord:
 
 
 class Outbox:
-    """Stores events with one delivery row per webhook that wants them, and reads them back."""
+    """Decides which webhooks get an event (filters, silences, grouping), stores it, and reads events back."""
 
-    def __init__(self, store: Store, webhooks: Sequence[Webhook]) -> None:
+    def __init__(self, store: Store, webhooks: Sequence[Webhook], *, group_wait_s: float = 0.0) -> None:
         self._store = store
         self.webhooks: Mapping[str, Webhook] = {hook.name: hook for hook in webhooks}
+        self.group_wait_s = group_wait_s
 
-    async def put(self, event: AlertEvent, now: datetime, *, only: str | None = None) -> bool:
-        """Store `event` and its deliveries (silenced events: recorded, never sent). False if already stored.
+    def entry(self, event: AlertEvent, *, only: str | None = None) -> OutboxEntry:
+        """The event with one planned delivery per webhook that wants it (silenced: recorded, never sent).
 
+        A webhook that groups waits group_wait_s before the first attempt, so events raised meanwhile join it.
         `only` restricts the deliveries to one webhook (`monitord alert test --sink NAME`).
         """
         if only is not None and only not in self.webhooks:
             raise KeyError(f"no webhook is named {only!r}")
         state = DeliveryState.SILENCED if event.silenced_by else DeliveryState.PENDING
-        deliveries = [(name, state) for name, hook in self.webhooks.items()
-                      if (only is None or name == only) and wants(hook, event)]
-        row = {"id": event.id, "type": event.type.value, "provider": event.provider.name if event.provider else None,
-               "at": event.at, "silenced": event.silenced_by is not None, "payload": event.to_dict()}
-        return await self._store.outbox.put(row, deliveries, now)
+        return OutboxEntry(event, tuple(
+            PlannedDelivery(name, state, self.group_wait_s if hook.groups and event.type is not AlertType.TEST
+                            else 0.0)
+            for name, hook in self.webhooks.items() if (only is None or name == only) and wants(hook, event)))
+
+    async def put(self, event: AlertEvent, now: datetime, *, only: str | None = None) -> bool:
+        """Store `event` and its deliveries now. False if an event with that id is already stored."""
+        return await self._store.outbox.put([self.entry(event, only=only)], now) == 1
 
     async def recent(self, *, limit: int = 100, since: datetime | None = None, provider: str | None = None,
                      event_type: str | None = None) -> list[AlertRecord]:
@@ -123,64 +134,70 @@ class Outbox:
         return ()
 
 
+GROUP_LIMIT = 500  # events in one grouped message at most (a chat message lists 25 and counts the rest)
+FIGURES_EVERY_S = 5.0  # how often the loop refreshes the outbox figures /metrics shows
+
+
 class Dispatcher:
     """Sends the outbox. The daemon calls start() and stop(); rules' events go in through emit().
 
     One dispatcher per process; several processes may share a PostgreSQL database (claims never overlap).
-    Only the oldest pending delivery of each webhook is sent at a time, so a webhook receives its events in order
-    and a dead one gets one request per backoff step, not one per queued event.
+    Each webhook has up to `concurrency` requests in flight; a provider's events go in order (the next waits for
+    the one before to end), so a failing event holds back its own provider only, never the whole webhook.
+    Webhooks that group (Slack, Discord, json with `batch`) send every pending event in one message.
     """
 
     def __init__(self, store: Store, session: aiohttp.ClientSession, webhooks: Sequence[Webhook], *,
                  options: FormatOptions | None = None, retry: RetryPolicy | None = None,
-                 clock: Callable[[], datetime] = utcnow, poll_interval_s: float = 1.0, batch_size: int = 16,
-                 max_unsaved: int = 10_000, rand: Callable[[], float] = random.random) -> None:
-        self.outbox = Outbox(store, webhooks)
+                 clock: Callable[[], datetime] = utcnow, poll_interval_s: float = 1.0, group_wait_s: float = 0.0,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.outbox = Outbox(store, webhooks, group_wait_s=group_wait_s)
         self._store = store
         self._session = session
         self._options = options or FormatOptions()
         self._retry = retry or RetryPolicy()
         self._clock = clock
         self._poll_interval_s = poll_interval_s
-        self._batch_size = batch_size
         self._rand = rand
         self.claimer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         timeouts = [hook.timeout_s for hook in webhooks] or [0.0]
         self._lease_s = max(timeouts) + LEASE_MARGIN_S
-        self._unsaved: deque[AlertEvent] = deque()
-        self._max_unsaved = max_unsaved
+        self._in_flight: dict[str, int] = dict.fromkeys(self.outbox.webhooks, 0)
+        self._sends: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._save_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._store_down = False
-        self.delivered_total = 0
-        self.retried_total = 0
-        self.failed_total = 0
-        self.dropped_total = 0  # events lost because the database stayed away and the buffer filled
+        self._figures_at = 0.0
+        self.figures: list[PendingFigures] = []  # refreshed by the loop every FIGURES_EVERY_S (for /metrics)
+        self.results: Counter[tuple[str, str]] = Counter()  # (webhook, delivered|retry|failed) -> deliveries
+
+    @property
+    def delivered_total(self) -> int:
+        return sum(n for (_, result), n in self.results.items() if result == Outcome.DELIVERED.value)
 
     # -- the daemon's side ---------------------------------------------------------------------------------------
 
-    def emit(self, events: Iterable[AlertEvent]) -> None:
-        """Queue events for storing; never blocks or raises. Stored by the dispatcher before any send."""
-        for event in events:
-            if len(self._unsaved) >= self._max_unsaved:
-                self._unsaved.popleft()
-                self.dropped_total += 1
-                log.error("alert.dropped", reason="outbox unavailable and buffer full", limit=self._max_unsaved)
-            self._unsaved.append(event)
+    def emit(self, events: Iterable[AlertEvent], states: Iterable[AlertState] = ()) -> None:
+        """Hand events (and the alert states behind them) to the store's writer; never blocks or raises.
+
+        They commit with the next batch, which carries the probe rows enqueued before them, and the dispatcher
+        wakes once they are stored: nothing is sent before it is stored, and nothing waits here for a send.
+        """
+        self._store.enqueue_alerts([self.outbox.entry(event) for event in events], states)
+
+    def wake(self) -> None:
         self._wake.set()
 
     @property
     def unsaved(self) -> int:
-        """Events emitted and not stored yet (the database is away, or the loop has not run)."""
-        return len(self._unsaved)
+        """Events emitted and not stored yet: they wait in the store's writer (the database is away, or the next
+        batch has not run)."""
+        return self._store.alerts_unsaved
 
-    def take_unsaved(self) -> list[AlertEvent]:
-        """Hand over the events emitted but not stored yet (after stop(), when webhooks are swapped)."""
-        taken = list(self._unsaved)
-        self._unsaved.clear()
-        return taken
+    def replan(self) -> None:
+        """Events still waiting in the writer go to this dispatcher's webhooks (a reload swapped them)."""
+        self._store.replan_alerts(self.outbox.entry)
 
     async def put(self, event: AlertEvent, *, only: str | None = None) -> bool:
         """Store one event now (raises if the database is away) and send it soon. For `alert test`."""
@@ -199,36 +216,35 @@ class Dispatcher:
             abandoned = 0
         if abandoned:
             log.warning("alert.deliveries_abandoned", count=abandoned)
+        self._store.on_alerts_written(self.wake)
         self._task = asyncio.create_task(self._run(), name="monitord.alerts.dispatcher")
 
     async def stop(self, grace_s: float = 2.0) -> None:
-        """Store what was emitted, let sends in flight finish for up to `grace_s`, give back the claims."""
+        """Let sends in flight finish for up to `grace_s`, then give back the claims (retried by the next run)."""
         self._stopping = True
         self._wake.set()
         task, self._task = self._task, None
         if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=grace_s)
-            if not done:
-                task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._sends:
+            _, late = await asyncio.wait(set(self._sends), timeout=grace_s)
+            for send in late:
+                send.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         try:
-            await self._save_emitted()
             released = await self._store.outbox.release(self.claimer)
         except Exception as exc:  # the database being away at stop is reported, not raised
-            log.error("alert.outbox_unavailable", phase="stop", error=type(exc).__name__, unsaved=len(self._unsaved))
+            log.error("alert.outbox_unavailable", phase="stop", error=type(exc).__name__)
             return
         if released:
             log.info("alert.claims_released", count=released)
 
     async def run_once(self) -> int:
-        """Store emitted events, then claim due deliveries and send them. Returns how many were attempted."""
-        await self._save_emitted()
-        now = self._clock()
-        claimed = await self._store.outbox.claim(self.claimer, now, lease_s=self._lease_s, limit=self._batch_size,
-                                                 webhooks=list(self.outbox.webhooks))
-        if claimed:
-            await asyncio.gather(*(self._send(delivery) for delivery in claimed))
-        return len(claimed)
+        """Claim due deliveries and send them, waiting for the sends. Returns how many deliveries were attempted."""
+        sends, claimed = await self._fill()
+        if sends:
+            await asyncio.gather(*sends, return_exceptions=True)
+        return claimed
 
     async def drain(self, event_id: str, timeout_s: float) -> tuple[DeliveryRow, ...]:
         """Send until no delivery of `event_id` is due any more or `timeout_s` passes; the deliveries as they end.
@@ -251,10 +267,11 @@ class Dispatcher:
     async def _run(self) -> None:
         failures = 0
         while not self._stopping:
-            self._wake.clear()  # before the work: an emit() during it wakes the next wait
+            self._wake.clear()  # before the work: a commit or a finished send during it wakes the next wait
             try:
-                attempted = await self.run_once()
-                wait_s = 0.0 if attempted else await self._idle_s()
+                _, claimed = await self._fill()
+                await self._refresh_figures()
+                wait_s = 0.0 if claimed else await self._idle_s()
                 if self._store_down:
                     self._store_down = False
                     log.info("alert.outbox_available")
@@ -264,56 +281,94 @@ class Dispatcher:
                 wait_s = min(self._poll_interval_s * 2 ** min(failures, 5), 30.0)
                 if not self._store_down:
                     self._store_down = True
-                    log.error("alert.outbox_unavailable", error=type(exc).__name__, retry_in_s=wait_s,
-                              unsaved=len(self._unsaved))
+                    log.error("alert.outbox_unavailable", error=type(exc).__name__, retry_in_s=wait_s)
             if wait_s > 0 and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait_s)
 
+    async def _fill(self) -> tuple[list[asyncio.Task[None]], int]:
+        """Claim what each webhook has room for and start sending it; the sends started and deliveries claimed."""
+        sends: list[asyncio.Task[None]] = []
+        claimed_total = 0
+        for name, hook in self.outbox.webhooks.items():
+            room = hook.concurrency - self._in_flight[name]
+            if room <= 0 or self._stopping:
+                continue
+            claimed = await self._store.outbox.claim(
+                self.claimer, self._clock(), lease_s=self._lease_s, webhooks=[name],
+                limit=GROUP_LIMIT if hook.groups else room, group=hook.groups)
+            if not claimed:
+                continue
+            claimed_total += len(claimed)
+            batches = [claimed] if hook.groups else [[one] for one in claimed]
+            for batch in batches:
+                sends.append(self._spawn(hook, batch))
+        return sends, claimed_total
+
+    def _spawn(self, hook: Webhook, batch: list[ClaimedDelivery]) -> asyncio.Task[None]:
+        self._in_flight[hook.name] += 1
+        task = asyncio.create_task(self._send(hook, batch), name=f"monitord.alerts.send.{hook.name}")
+        self._sends.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._sends.discard(finished)
+            self._in_flight[hook.name] -= 1
+            self._wake.set()
+
+        task.add_done_callback(done)
+        return task
+
     async def _idle_s(self) -> float:
         """How long to sleep: until the next due delivery, at most poll_interval_s (others may add work)."""
-        if self._unsaved:
-            return 0.0
         next_due = await self._store.outbox.next_due(list(self.outbox.webhooks))
         if next_due is None:
             return self._poll_interval_s
         return min(self._poll_interval_s, max((next_due - self._clock()).total_seconds(), 0.01))
 
-    async def _save_emitted(self) -> None:
-        # One saver at a time: the loop, stop() and run_once() may overlap, and popping after another saver
-        # already popped would drop an event that was never stored.
-        async with self._save_lock:
-            while self._unsaved:
-                await self.outbox.put(self._unsaved[0], self._clock())
-                self._unsaved.popleft()  # only once stored: an outage keeps it queued
+    async def _refresh_figures(self) -> None:
+        if time.monotonic() - self._figures_at >= FIGURES_EVERY_S:
+            self._figures_at = time.monotonic()
+            self.figures = await self._store.outbox.pending_figures()
 
-    async def _send(self, claimed: ClaimedDelivery) -> None:
-        webhook = self.outbox.webhooks[claimed.webhook]
-        event = AlertEvent.from_dict(claimed.payload)
-        result = await deliver(self._session, webhook, event, now=self._clock(), options=self._options)
+    async def _send(self, webhook: Webhook, claimed: list[ClaimedDelivery]) -> None:
+        try:
+            await self._attempt(webhook, claimed)
+        except Exception as exc:  # the database went away while recording: the lease ends, the next run retries
+            log.error("alert.outbox_unavailable", phase="record", webhook=webhook.name, error=type(exc).__name__)
+
+    async def _attempt(self, webhook: Webhook, claimed: list[ClaimedDelivery]) -> None:
+        events = [AlertEvent.from_dict(one.payload) for one in claimed]
+        if len(events) == 1:
+            result = await deliver(self._session, webhook, events[0], now=self._clock(), options=self._options)
+        else:
+            result = await deliver_group(self._session, webhook, events, now=self._clock(), options=self._options)
         now = self._clock()
-        attempts = claimed.attempts + 1
-        bound = log.bind(webhook=webhook.name, event_id=event.id, event_type=event.type.value,
-                         provider=event.provider.name if event.provider else None, attempts=attempts,
-                         http_status=result.http_status)
+        ids = [event.id for event in events]
+        attempts = max(one.attempts for one in claimed) + 1
+        first = events[0]
+        bound = log.bind(webhook=webhook.name, event_id=first.id if len(events) == 1 else group_id(events),
+                         event_type=first.type.value if len(events) == 1 else "batch", events=len(events),
+                         provider=first.provider.name if first.provider and len(events) == 1 else None,
+                         attempts=attempts, http_status=result.http_status)
         outbox = self._store.outbox
+        created_at = min(one.created_at for one in claimed)
         if result.outcome is Outcome.DELIVERED:
-            await outbox.delivered(event.id, webhook.name, now, result.http_status or 0)
-            self.delivered_total += 1
-            bound.info("alert.delivered", after_s=round((now - claimed.created_at).total_seconds(), 3),
+            await outbox.delivered(ids, webhook.name, now, result.http_status or 0)
+            self.results[(webhook.name, Outcome.DELIVERED.value)] += len(ids)
+            bound.info("alert.delivered", after_s=round((now - created_at).total_seconds(), 3),
                        elapsed_ms=round(result.elapsed_ms, 1))
             return
-        age_s = (now - claimed.created_at).total_seconds()
+        age_s = (now - created_at).total_seconds()
         if result.outcome is Outcome.RETRY and age_s < self._retry.give_up_after_s:
             delay_s = self._retry.delay_s(attempts, result.retry_after_s, rand=self._rand)
-            await outbox.retry(event.id, webhook.name, self.claimer, now + timedelta(seconds=delay_s),
+            await outbox.retry(ids, webhook.name, self.claimer, now + timedelta(seconds=delay_s),
                                result.http_status, result.error)
-            self.retried_total += 1
+            self.results[(webhook.name, Outcome.RETRY.value)] += len(ids)
             bound.warning("alert.delivery_retry", error=result.error, retry_in_s=round(delay_s, 3))
             return
         error = _final_error(result, attempts)
-        await outbox.failed(event.id, webhook.name, result.http_status, error)
-        self.failed_total += 1
+        await outbox.failed(ids, webhook.name, result.http_status, error)
+        self.results[(webhook.name, Outcome.FAILED.value)] += len(ids)
         bound.error("alert.delivery_failed", error=error)
 
 

@@ -7,7 +7,7 @@ webhooks and config silences. Events raised here go to the dispatcher, which sto
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,14 +16,20 @@ import structlog
 
 from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider
-from monitord.config import SilenceConfig, WebhookConfig
+from monitord.config import AlertsConfig, SilenceConfig, WebhookConfig
 from monitord.health import LiveState
-from monitord.model import AlertEvent, GenerationSample, ProbeResult, ProviderSpec, Silence
+from monitord.model import AlertEvent, AlertState, GenerationSample, ProbeResult, ProviderSpec, Silence, Status
 from monitord.pipeline import Recorded
 from monitord.ranking_service import BestUpdate
 from monitord.store import Store
 
 log = structlog.get_logger("monitord.alerts")
+
+
+def alert_policy(alerts: AlertsConfig) -> AlertPolicy:
+    """The rules' policy from the `alerts` section (health's failure_threshold also holds back a first probe)."""
+    return AlertPolicy(failure_threshold=alerts.failure_threshold, alert_never_up=alerts.alert_never_up,
+                       repeat_interval_s=alerts.repeat_interval_s)
 
 
 def config_silences(silences: Sequence[SilenceConfig]) -> list[Silence]:
@@ -37,7 +43,8 @@ class AlertsService:
     def __init__(self, store: Store, session: aiohttp.ClientSession, live: LiveState,
                  specs: Callable[[], Mapping[str, ProviderSpec]], webhooks: Sequence[WebhookConfig],
                  silences: Sequence[SilenceConfig], *, clock: Callable[[], datetime],
-                 leader: Callable[[], bool] = lambda: True, policy: AlertPolicy | None = None) -> None:
+                 leader: Callable[[], bool] = lambda: True, policy: AlertPolicy | None = None,
+                 group_wait_s: float = 0.0) -> None:
         self.store = store
         self.session = session
         self.live = live
@@ -46,11 +53,21 @@ class AlertsService:
         self.leader = leader  # whether this instance sends the cluster-wide events (best provider)
         self.rules = AlertRules(policy or AlertPolicy())
         self._silences: list[Silence] = config_silences(silences)  # API-made ones are added
-        self.dispatcher = Dispatcher(store, session, webhooks)
+        self.group_wait_s = group_wait_s
+        self.dispatcher = Dispatcher(store, session, webhooks, group_wait_s=group_wait_s)
 
     async def start(self) -> None:
+        await self.load_alert_state()
         await self.load_stored_silences(self.clock())
         await self.dispatcher.start()
+
+    async def load_alert_state(self, providers: Collection[str] | None = None) -> None:
+        """What receivers were told, as stored: a restart, or a cluster instance taking providers over, continues
+        it (an open incident is neither announced again nor its recovery missed)."""
+        try:
+            self.rules.restore(await self.store.outbox.states(providers))
+        except Exception as exc:  # the database is away: the rules start from scratch (never-up rule applies)
+            log.warning("alerts.state_load_failed", error=type(exc).__name__)
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
@@ -60,14 +77,15 @@ class AlertsService:
     def on_probe(self, recorded: Recorded[ProbeResult]) -> None:
         """Pipeline sink. Every instance of a cluster folds every result, so all keep the same alert memory (a
         takeover neither repeats nor misses an alert); only the instance that probed emits, since a few events
-        carry the evaluation time in their id."""
+        carry the evaluation time in their id. The events and the provider's new AlertState go to the store's
+        writer after the probe row (the pipeline's store sink runs first), so they commit together."""
         name = recorded.observation.provider
         state, spec = self.live.get(name), self.specs().get(name)
         if state is None or spec is None:
             return
-        events = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
+        decision = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
         if recorded.local:
-            self.emit(events)
+            self.emit(decision.events, [decision.state] if decision.state is not None else [])
 
     def on_sample(self, recorded: Recorded[GenerationSample]) -> None:
         """Pipeline sink: a canary's verdict (stalled, recovered) is told like a probe's."""
@@ -75,23 +93,28 @@ class AlertsService:
         state, spec = self.live.get(name), self.specs().get(name)
         if state is None or spec is None or not recorded.changes:
             return
-        events = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
+        decision = self.rules.on_probe(state, recorded.changes, alert_provider(spec), self._silences, recorded.at)
         if recorded.local:
-            self.emit(events)
+            self.emit(decision.events, [decision.state] if decision.state is not None else [])
 
     def on_best(self, update: BestUpdate) -> None:
         """Ranking-service listener: the rules see every look (they wait for a new best to hold)."""
         spec = self.specs().get(update.current.provider) if update.current is not None else None
-        events = self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock())
+        state = self.live.get(update.current.provider) if update.current is not None else None
+        # The window may still favour a provider whose last probe failed: never announce that one.
+        failing = state is not None and state.last_result_status not in (Status.UP, Status.DEGRADED)
+        events = self.rules.on_ranking(alert_provider(spec) if spec else None, self._silences, self.clock(),
+                                       best_failing=failing)
         if self.leader():  # these ids carry the time: one instance sends
             self.emit(events)
 
-    def emit(self, events: Sequence[AlertEvent]) -> None:
+    def emit(self, events: Sequence[AlertEvent], states: Sequence[AlertState] = ()) -> None:
         for event in events:
             name = event.provider.name if event.provider else None
-            log.info("alert.raised", type=event.type.value, provider=name, silenced=bool(event.silenced_by))
-        if events:
-            self.dispatcher.emit(events)
+            log.info("alert.raised", type=event.type.value, provider=name, silenced=bool(event.silenced_by),
+                     event_id=event.id)
+        if events or states:
+            self.dispatcher.emit(events, states)
 
     def forget(self, provider: str) -> None:
         self.rules.forget(provider)
@@ -102,12 +125,14 @@ class AlertsService:
         api_made = [s for s in self._silences if s.created_by != "config"]
         self._silences = config_silences(silences) + api_made
 
-    async def replace_webhooks(self, webhooks: Sequence[WebhookConfig]) -> None:
-        """A new dispatcher for new webhooks; events the old one had not stored yet go to the new one."""
-        old = self.dispatcher
-        await old.stop()
-        self.dispatcher = Dispatcher(self.store, self.session, webhooks)
-        self.dispatcher.emit(old.take_unsaved())
+    async def replace_webhooks(self, webhooks: Sequence[WebhookConfig], group_wait_s: float | None = None) -> None:
+        """A new dispatcher for new webhooks. Nothing is lost: events not stored yet wait in the store's writer,
+        not in the dispatcher, and the old one gives back its claims."""
+        if group_wait_s is not None:
+            self.group_wait_s = group_wait_s
+        await self.dispatcher.stop()
+        self.dispatcher = Dispatcher(self.store, self.session, webhooks, group_wait_s=self.group_wait_s)
+        self.dispatcher.replan()
         await self.dispatcher.start()
 
     # -- the API's AlertsBackend -------------------------------------------------------------------------------

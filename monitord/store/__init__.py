@@ -7,18 +7,18 @@ One class for SQLite and PostgreSQL; it connects and reads and writes, but never
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from monitord.model import GenerationSample, ProbeResult, ProviderSpec
+from monitord.model import AlertEvent, AlertState, GenerationSample, OutboxEntry, ProbeResult, ProviderSpec
 from monitord.store import dialects, generation, queries, rows
 from monitord.store.generation import GenerationBucket, StoredSample
 from monitord.store.leases import LeaseStore
-from monitord.store.outbox import ClaimedDelivery, DeliveryRow, EventRow, OutboxStore
+from monitord.store.outbox import ClaimedDelivery, DeliveryRow, EventRow, OutboxStore, PendingFigures
 from monitord.store.queries import Bucket, ProbeSample, StoredModel
 from monitord.store.retention import Retention, RetentionPolicy, RetentionReport
 from monitord.store.schema import providers
@@ -35,8 +35,8 @@ from monitord.store.writer import (
 from monitord.text import redact_url
 
 __all__ = ["Bucket", "ClaimedDelivery", "DeliveryRow", "EventRow", "GenerationBucket", "LeaseStore", "OutboxStore",
-           "ProbeSample", "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth", "StoredModel",
-           "StoredSample"]
+           "PendingFigures", "ProbeSample", "Retention", "RetentionPolicy", "RetentionReport", "Store", "StoreHealth",
+           "StoredModel", "StoredSample"]
 
 DISPOSE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0  # readiness asks often; a database slower than this to say "1" counts as away
@@ -153,6 +153,29 @@ class Store:
     def enqueue(self, result: ProbeResult | GenerationSample) -> None:
         """Queue one probe result or canary sample for writing. Non-blocking; never raises."""
         self._writer.enqueue(result)
+
+    def enqueue_alerts(self, entries: Iterable[OutboxEntry], states: Iterable[AlertState] = ()) -> None:
+        """Queue alert events and states: committed with the next batch, which carries every probe result
+        enqueued before them (so an alert is never durable later than its probe). Non-blocking; never raises."""
+        self._writer.enqueue_alerts(entries, states)
+
+    def on_alerts_written(self, callback: Callable[[], None] | None) -> None:
+        """Called after each batch that stored alert events (the dispatcher wakes up on it)."""
+        self._writer.on_alerts_written = callback
+
+    @property
+    def alerts_unsaved(self) -> int:
+        """Alert events buffered and not yet committed."""
+        return self._writer.alerts_unsaved
+
+    def replan_alerts(self, plan: Callable[[AlertEvent], OutboxEntry]) -> None:
+        """Plan the deliveries of the alert events still buffered again (a reload swapped the webhooks)."""
+        self._writer.replan_alerts(plan)
+
+    @property
+    def alerts_pending(self) -> int:
+        """Alert events and states buffered and not yet committed."""
+        return self._writer.alerts_pending
 
     async def flush(self) -> None:
         """Write everything buffered now; if the database is away the rows stay buffered (see `pending`)."""

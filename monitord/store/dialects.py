@@ -199,6 +199,12 @@ def upsert(
                                       where=condition)
 
 
+def insert_ignore(dialect_name: str, table: Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING: a row whose key is already there is left as it is (and not RETURNed)."""
+    insert = postgresql.insert if dialect_name == POSTGRESQL else sqlite.insert
+    return insert(table).on_conflict_do_nothing()
+
+
 def epoch_bucket(dialect_name: str, ts: ColumnElement[Any], step_s: int) -> ColumnElement[int]:
     """floor(unix seconds of `ts` / step_s): the index of the step_s-wide bucket a timestamp falls in."""
     if dialect_name == POSTGRESQL:

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from monitord.model import Status
 from monitord.store import dialects, histogram
+from monitord.store.outbox import OutboxStore
 from monitord.store.schema import generation_rollups, generation_samples, probe_rollups, probes, retention_marks
 
 log = structlog.get_logger("monitord.store")
@@ -52,12 +53,13 @@ class RetentionPolicy:
     raw_s: float = 7 * DAY_S
     minute_rollups_s: float = 30 * DAY_S
     hour_rollups_s: float = 365 * DAY_S
+    alerts_s: float = 30 * DAY_S  # alert events and their deliveries (pending ones are kept until they end)
     batch_size: int = 5000  # rows per delete transaction
     settle_s: float = 120.0  # a minute is rolled up once this far in the past (rows land a flush or a probe late)
     lookback_s: float = 900.0  # rolled-up minutes are checked again this far back for rows that landed later
 
     def __post_init__(self) -> None:
-        if min(self.raw_s, self.minute_rollups_s, self.hour_rollups_s) < HOUR_S:
+        if min(self.raw_s, self.minute_rollups_s, self.hour_rollups_s, self.alerts_s) < HOUR_S:
             raise ValueError("retention periods must be at least one hour")
         if self.batch_size < 1 or self.settle_s < 0 or self.lookback_s < 0:
             raise ValueError("need batch_size >= 1, settle_s >= 0 and lookback_s >= 0")
@@ -79,6 +81,7 @@ class RetentionReport:
     series: Mapping[str, SeriesReport] = field(default_factory=dict)
     elapsed_s: float = 0.0
     skipped: bool = False
+    alert_events: int = 0  # alert events (with their deliveries) past storage.retention.alerts
 
     @property
     def rolled_up(self) -> Mapping[int, int]:
@@ -320,9 +323,12 @@ class Retention:
                 return RetentionReport(skipped=True)
             try:
                 reports = {series.name: await self._run_series(series, now) for series in self.series}
+                alerts = await OutboxStore(self._engine).prune(now - timedelta(seconds=self.policy.alerts_s))
             finally:
                 await _unlock(lock_conn)
-        report = RetentionReport(reports, time.monotonic() - started)
+        report = RetentionReport(reports, time.monotonic() - started, alert_events=alerts)
+        if alerts:
+            log.info("store.retention_done", series="alert_events", deleted={"alert_events": alerts})
         for name, done in reports.items():
             if any(done.rolled_up.values()) or any(done.deleted.values()):
                 log.info("store.retention_done", series=name,

@@ -155,9 +155,23 @@ alert_deliveries = Table(
     Column("delivered_at", UtcDateTime, nullable=True),
     Column("claimed_by", Text, nullable=True),  # the dispatcher sending it now, until claimed_until
     Column("claimed_until", UtcDateTime, nullable=True),
+    # The event's provider ('' for none): a webhook gets the events of one provider in order, others meanwhile.
+    Column("provider", Text, nullable=False, server_default=""),
     # Due deliveries, oldest first per webhook.
     Index(None, "state", "next_attempt_at"),
     Index(None, "webhook", "state", "created_at"),
+)
+
+# What receivers were last told of each provider (model.AlertState): a restart or a new cluster owner continues
+# from here instead of guessing from the probes that are left. Written with the probe rows behind each change.
+alert_state = Table(
+    "alert_state",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("told", String(16), nullable=True),
+    Column("incident_start", UtcDateTime, nullable=True),
+    Column("reminders", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 

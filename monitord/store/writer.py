@@ -1,5 +1,6 @@
 """The one batched writer: probe rows (with model sightings and server versions) and generation canary samples,
-in Core batches.
+in Core batches, with the alert events and alert states those probes caused in the same transaction (an alert is
+durable no later than its probe).
 
 Buffers while the database is away (bounded, oldest dropped and counted) and never raises to callers.
 """
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -19,8 +21,9 @@ from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from monitord.model import GenerationSample, ProbeResult
+from monitord.model import AlertEvent, AlertState, GenerationSample, OutboxEntry, ProbeResult
 from monitord.store import dialects, rows
+from monitord.store.outbox import write_entries
 from monitord.store.schema import generation_samples, probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
@@ -115,6 +118,11 @@ class Writer:
         # (provider, model id) -> (details, first_seen, last_seen) as last written: most probes list the same
         # models again, and re-upserting them every batch halved the write rate (BENCHMARKS.md, ingestion).
         self._models_written: dict[tuple[str, str], tuple[Any, datetime, datetime]] = {}
+        # Alert events and states waiting for the next batch; never dropped for room (there are few of them).
+        self._alerts: list[OutboxEntry] = []
+        self._alert_states: dict[str, AlertState] = {}
+        self.on_alerts_written: Callable[[], None] | None = None  # the dispatcher's wake-up
+        self.alerts_lost_total = 0
 
     @property
     def pending(self) -> int:
@@ -137,6 +145,20 @@ class Writer:
         self._buffer_limit, self._write_timeout_s = buffer_limit, write_timeout_s
         self._max_models, self._forget_models_after_s = max_models_per_provider, forget_models_after_s
         self._batch_ready.set()
+
+    @property
+    def alerts_pending(self) -> int:
+        """Alert events and states buffered and not yet committed."""
+        return len(self._alerts) + len(self._alert_states)
+
+    @property
+    def alerts_unsaved(self) -> int:
+        """Alert events buffered and not yet committed."""
+        return len(self._alerts)
+
+    def replan_alerts(self, plan: Callable[[AlertEvent], OutboxEntry]) -> None:
+        """Plan the deliveries of the events still buffered again (a reload swapped the webhooks)."""
+        self._alerts = [plan(entry.event) for entry in self._alerts]
 
     @property
     def failing(self) -> bool:
@@ -162,6 +184,23 @@ class Writer:
         if len(self._buffer) >= self._batch_size:
             self._batch_ready.set()
 
+    def enqueue_alerts(self, entries: Iterable[OutboxEntry], states: Iterable[AlertState] = ()) -> None:
+        """Buffer alert events and states for the next batch, which is due at once. Non-blocking; never raises.
+
+        Called right after the probe results behind them were enqueued, so they commit with those rows or
+        earlier, never later.
+        """
+        entries, states = list(entries), list(states)
+        if self._closed:
+            self.alerts_lost_total += len(entries)
+            self._log.error("alert.lost", events=len(entries), reason="closed")
+            return
+        self._alerts += entries
+        for state in states:
+            self._alert_states[state.provider] = state
+        if entries or states:
+            self._batch_ready.set()
+
     def start(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="monitord.store.writer")
@@ -181,13 +220,17 @@ class Writer:
             lost = self.pending
             self._buffer.clear()
             self._drop(lost, reason="closed_with_database_unreachable")
+        if self._alerts:
+            self.alerts_lost_total += len(self._alerts)
+            self._log.error("alert.lost", events=len(self._alerts), reason="closed_with_database_unreachable")
+            self._alerts.clear()
 
     async def flush(self) -> bool:
         """Write what is buffered now. Returns False (rows kept) if a batch failed; never raises.
 
         Rows enqueued while it runs may wait for the next flush, so a busy producer cannot keep it going.
         """
-        batches = -(-len(self._buffer) // self._batch_size)
+        batches = max(-(-len(self._buffer) // self._batch_size), 1 if self.alerts_pending else 0)
         for _ in range(batches):
             if not await self._write_one_batch():
                 return False
@@ -207,7 +250,7 @@ class Writer:
 
     async def _write_one_batch(self) -> bool:
         async with self._write_lock:
-            if not self._buffer:
+            if not self._buffer and not self.alerts_pending:
                 return True
             count = min(self._batch_size, len(self._buffer))
             self._in_flight = [self._buffer.popleft() for _ in range(count)]
@@ -216,15 +259,23 @@ class Writer:
             samples = [row for row in batch if type(row) is GenerationSample]
             results = [row for row in batch if type(row) is ProbeResult] if samples else cast(list[ProbeResult], batch)
             model_rows = self._changed_models(results)
+            alerts, self._alerts = self._alerts, []
+            states, self._alert_states = self._alert_states, {}
             try:
-                await self._commit(results, model_rows, samples)
+                await self._commit(results, model_rows, samples, alerts, list(states.values()))
             except _POISON_ERRORS as exc:
                 self._in_flight = []
-                self._log.error("store.batch_rejected", rows=len(batch), error=describe_error(exc))
-                self._drop(len(batch), reason="rejected")
+                if batch:  # the probe rows are the poison (or may be): alerts get a batch of their own next
+                    self._log.error("store.batch_rejected", rows=len(batch), error=describe_error(exc))
+                    self._drop(len(batch), reason="rejected")
+                    self._requeue_alerts(alerts, states)
+                else:
+                    self.alerts_lost_total += len(alerts)
+                    self._log.error("alert.rejected", events=len(alerts), error=describe_error(exc))
                 return True
             except Exception as exc:  # the database is away: keep the rows, retry later
                 self._requeue(batch)
+                self._requeue_alerts(alerts, states)
                 self.health.failed(describe_error(exc))
                 self._failures_in_a_row += 1
                 self._log.warning(
@@ -237,6 +288,7 @@ class Writer:
                 return False
             except BaseException:  # cancelled mid-write: the transaction rolled back, so the rows go back
                 self._requeue(batch)
+                self._requeue_alerts(alerts, states)
                 raise
             self._in_flight = []
             self._remember_models(model_rows)
@@ -246,10 +298,12 @@ class Writer:
             if self._failures_in_a_row:
                 self._log.info("store.write_recovered", failures_in_a_row=self._failures_in_a_row)
                 self._failures_in_a_row = 0
+            if alerts and self.on_alerts_written is not None:
+                self.on_alerts_written()
             return True
 
     async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
-                      samples: list[GenerationSample]) -> None:
+                      samples: list[GenerationSample], alerts: list[OutboxEntry], states: list[AlertState]) -> None:
         """One transaction, bounded by the write timeout whatever the database or the network does.
 
         A silent peer (half-open TCP) never answers, not even a rollback or a goodbye: when the time is up the
@@ -274,6 +328,8 @@ class Writer:
                     async with conn.begin():
                         await _write(conn, batch, model_rows, samples)
                         forgotten = await self._bound_models(conn, model_rows, batch)
+                        if alerts or states:
+                            await write_entries(conn, alerts, states, datetime.now(UTC))
                 finally:
                     watchdog.cancel()
             for key in forgotten:
@@ -308,6 +364,10 @@ class Writer:
         if forgotten:
             self._log.info("store.models_forgotten", rows=len(forgotten), providers=len({p for p, _ in forgotten}))
         return forgotten
+
+    def _requeue_alerts(self, alerts: list[OutboxEntry], states: dict[str, AlertState]) -> None:
+        self._alerts[:0] = alerts
+        self._alert_states = {**states, **self._alert_states}  # a state set meanwhile is newer
 
     def _changed_models(self, batch: list[ProbeResult]) -> list[dict[str, Any]]:
         """The model rows worth an upsert: new, changed details, an earlier first sighting, or a last sighting
