@@ -193,7 +193,7 @@ def test_stalled_alerts_and_its_recovery() -> None:
         changes = live.fold(probe(t_s), at(t_s)) if step == "U" else live.fold_sample(sample(step, t_s), at(t_s))
         state = live.get("p")
         assert state is not None
-        events += rules.on_probe(state, changes, provider, (), at(t_s))
+        events += rules.on_probe(state, changes, provider, (), at(t_s)).events
 
     assert [e.type for e in events] == [AlertType.PROVIDER_STALLED, AlertType.PROVIDER_UP]
     stalled, recovered = events

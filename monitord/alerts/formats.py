@@ -315,6 +315,7 @@ _GROUP_PHRASES: Mapping[AlertType, tuple[str, str]] = {  # (one, several)
     AlertType.PROVIDER_DEGRADED: ("provider degraded", "providers degraded"),
     AlertType.PROVIDER_LOADING: ("provider loading", "providers loading"),
     AlertType.PROVIDER_FLAPPING: ("provider flapping", "providers flapping"),
+    AlertType.PROVIDER_STALLED: ("provider stalled", "providers stalled"),
     AlertType.MODEL_ADDED: ("model change (added)", "model changes (added)"),
     AlertType.MODEL_REMOVED: ("model change (removed)", "model changes (removed)"),
     AlertType.RANKING_BEST_CHANGED: ("best provider change", "best provider changes"),
