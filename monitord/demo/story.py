@@ -82,6 +82,7 @@ def demo_config(urls: dict[str, str], db_path: str, listen: str, webhook_url: st
         "alerts:",
         "  failure_threshold: 2",
         "  success_threshold: 2",
+        "  alert_never_up: true",  # gpu is loading from its first probe: the story wants that alert
         "  webhooks:",
         f'    - {{name: demo-printer, url: "{webhook_url}"}}',
     ]
