@@ -5,6 +5,7 @@
         receiver.rate_limit("2", times=1)            # 429 with Retry-After: 2
         receiver.reject(400)                         # every request from now on gets 400
         receiver.slow(1.0)                           # answer after 1 s (planned replies keep their turn)
+        receiver.answer_when(lambda body, headers: b'"gpu"' in body, Reply(500))   # by content, before any plan
         await receiver.down(); await receiver.up()   # connection refused, then back on the same port
         got = await receiver.wait_for(2)             # the first two requests, or TimeoutError
 
@@ -18,7 +19,7 @@ import contextlib
 import socket
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,9 @@ class WebhookReceiver:
         self._host = host
         self._port = 0
         self._plan: deque[Reply] = deque()
+        self._rules: list[tuple[Callable[[bytes, Mapping[str, str]], bool], Reply]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it was answering at once
         self._runner: web.AppRunner | None = None
         self._arrived = asyncio.Condition()
         self._released = asyncio.Event()  # set on down/stop: slow handlers answer at once
@@ -150,6 +154,10 @@ class WebhookReceiver:
         """Every answer from now on comes after `delay_s` (or at once when the receiver goes down)."""
         self.default = Reply(self.default.status, self.default.body, self.default.headers, delay_s)
 
+    def answer_when(self, matches: Callable[[bytes, Mapping[str, str]], bool], reply: Reply) -> None:
+        """Requests whose (raw body, lower-cased headers) match get `reply`, ahead of planned and default replies."""
+        self._rules.append((matches, reply))
+
     def answer(self, reply: Reply) -> None:
         """The default answer from now on (e.g. Reply(204, b"") like Discord)."""
         self.default = reply
@@ -166,16 +174,22 @@ class WebhookReceiver:
         return self.requests[:count]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        reply = self._plan.popleft() if self._plan else self.default
         body = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
+        ruled = next((reply for matches, reply in self._rules if matches(body, headers)), None)
+        reply = ruled or (self._plan.popleft() if self._plan else self.default)
         self.requests.append(ReceivedRequest(request.method, request.path, headers, body, time.monotonic(),
                                              reply.status))
         async with self._arrived:
             self._arrived.notify_all()
-        if reply.delay_s:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), reply.delay_s)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.delay_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._released.wait(), reply.delay_s)
+        finally:
+            self.in_flight -= 1
         return web.Response(status=reply.status, body=reply.body or None, headers=dict(reply.headers))
 
 
