@@ -43,10 +43,12 @@ RELOADABLE: frozenset[str] = PROVIDER_KEYS | frozenset({
     "storage.batch_size", "storage.flush_interval", "storage.buffer_limit", "storage.write_timeout",  # the writer
     "storage.forget_models_after", "monitor.max_models",  # the writer's model rows (and max_models the specs)
     "storage.retention.raw", "storage.retention.minute_rollups", "storage.retention.hour_rollups",
-    "storage.retention.prune_interval", "storage.retention.batch_size",  # the retention job's next run
+    "storage.retention.prune_interval", "storage.retention.batch_size", "storage.retention.alerts",  # next run
     "api.token",  # the auth middleware reads the token in force on every request
     "alerts.webhooks", *("alerts.webhooks[]." + k for k in (
-        "name", "url", "format", "secret", "headers", "events", "providers", "timeout")),  # a new dispatcher
+        "name", "url", "format", "secret", "headers", "events", "providers", "timeout", "concurrency", "batch")),
+    "alerts.group_wait",  # a new dispatcher (events still in the writer are planned for it)
+    "alerts.alert_never_up", "alerts.repeat_interval",  # the rules' policy, from the next probe
     "alerts.silences", *("alerts.silences[]." + k for k in ("provider", "start", "end", "reason")),
     "logging.level", "logging.format",
 })

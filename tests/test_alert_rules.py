@@ -120,7 +120,7 @@ def test_status_transitions(verdicts: str, policy: dict[str, Any], expected: lis
 
 
 def test_degraded_for_an_empty_listing_also_reports_the_models_it_lost() -> None:
-    run = Run(AlertPolicy(model_events_every_s=0))
+    run = Run(policy={"model_events_every_s": 0})
     run.script("u g u")
     assert run.types() == ["provider.degraded", "model.removed", "provider.up", "model.added"]
 
@@ -191,7 +191,7 @@ def test_no_model_storm_while_flapping_between_up_and_empty() -> None:
 
 
 def test_model_listing_changes() -> None:
-    run = Run(AlertPolicy(model_events_every_s=0))
+    run = Run(policy={"model_events_every_s": 0})
     assert run.probe("u", ("a", "b")) == []  # the first listing is the baseline
     assert run.probe("u", ("a", "b")) == []
     [added] = run.probe("u", ("a", "b", "c"))
@@ -204,7 +204,7 @@ def test_model_listing_changes() -> None:
 
 
 def test_model_events_are_rate_limited_and_carry_the_net_change() -> None:
-    run = Run(AlertPolicy(model_events_every_s=10))  # probes come one second apart
+    run = Run(policy={"model_events_every_s": 10})  # probes come one second apart
     assert run.probe("u", ("a",)) == []  # baseline
     [added] = run.probe("u", ("a", "b"))  # t=1: the first change is told at once
     assert added.models == ("b",)
