@@ -398,7 +398,7 @@ def test_a_model_list_that_cannot_be_read_announces_no_model_change() -> None:
     unknown = ProbeResult(provider=GPU.name, provider_type=GPU.type, started_at=run.clock, status=Status.UP,
                           total_ms=5.0, models_known=False, error="models unknown: /v1/models: HTTP 500")
     state, changes = update(run.tracker, unknown, run.clock)
-    assert run.rules.on_probe(state, changes, GPU, run.silences, run.clock) == []
+    assert run.rules.on_probe(state, changes, GPU, run.silences, run.clock).events == []
     run.clock += timedelta(seconds=1)
     run.probe("u")
     assert run.types("model.") == []
