@@ -86,8 +86,7 @@ FAULTS = [
     Fault("429-retry-after", lambda: servers.answer(429, RATE_LIMITED.encode(), headers=[("Retry-After", "30")]),
           Status.DOWN, ErrorClass.RATE_LIMITED, "HTTP 429 Rate limit reached"),
     Fault("503-loading-llamacpp", lambda: servers.answer(503, LLAMACPP_LOADING.encode()), Status.LOADING,
-          ErrorClass.LOADING, "Loading model", provider_type="llamacpp",
-          connections_per_probe=2),  # no `Server: llama.cpp` header here: the probe asks `/` who answered
+          ErrorClass.LOADING, "Loading model", provider_type="llamacpp"),  # loading: no identifying `/`
     # aiohttp resends an idempotent request once when the connection drops before an answer.
     Fault("accept-then-close", servers.accept_and_close, Status.DOWN, ErrorClass.CONNECTION,
           connections_per_probe=2),
