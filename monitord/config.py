@@ -836,7 +836,7 @@ class WebhookConfig(_Section):
         (), description="Provider names or globs to alert on (empty: all).")
     timeout_s: TimeoutSeconds = Field(10.0, alias="timeout", description="Time allowed for one delivery.")
     concurrency: int = Field(
-        8, ge=1, le=256,
+        10, ge=1, le=256,
         description="Most requests in flight to this webhook at once (events of one provider still go in order).")
     batch: bool = Field(
         False, description="json format: send the events raised within alerts.group_wait as one request "

@@ -961,6 +961,16 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookFigures:
+    """One webhook's deliveries for /metrics: attempt outcomes since start, and the outbox waiting for it."""
+
+    webhook: str
+    results: Mapping[str, int]  # delivered | retry | failed -> deliveries with that outcome
+    pending: int  # deliveries stored and not yet delivered or failed
+    oldest_pending: datetime | None  # when the oldest of them was stored
+
+
+@dataclass(frozen=True, slots=True)
 class AlertState:
     """What receivers were last told of one provider: stored, so a restart or a new cluster owner continues it.
 

@@ -7,6 +7,7 @@ webhooks and config silences. Events raised here go to the dispatcher, which sto
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,17 @@ from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import AlertPolicy, AlertRules, alert_provider
 from monitord.config import AlertsConfig, SilenceConfig, WebhookConfig
 from monitord.health import LiveState
-from monitord.model import AlertEvent, AlertState, GenerationSample, ProbeResult, ProviderSpec, Silence, Status
+from monitord.model import (
+    AlertEvent,
+    AlertState,
+    DeliveryState,
+    GenerationSample,
+    ProbeResult,
+    ProviderSpec,
+    Silence,
+    Status,
+    WebhookFigures,
+)
 from monitord.pipeline import Recorded
 from monitord.ranking_service import BestUpdate
 from monitord.store import Store
@@ -55,6 +66,7 @@ class AlertsService:
         self._silences: list[Silence] = config_silences(silences)  # API-made ones are added
         self.group_wait_s = group_wait_s
         self.dispatcher = Dispatcher(store, session, webhooks, group_wait_s=group_wait_s)
+        self._results_before: Counter[tuple[str, str]] = Counter()  # of dispatchers a reload replaced
 
     async def start(self) -> None:
         await self.load_alert_state()
@@ -131,11 +143,27 @@ class AlertsService:
         if group_wait_s is not None:
             self.group_wait_s = group_wait_s
         await self.dispatcher.stop()
+        self._results_before += self.dispatcher.results
         self.dispatcher = Dispatcher(self.store, self.session, webhooks, group_wait_s=self.group_wait_s)
         self.dispatcher.replan()
         await self.dispatcher.start()
 
     # -- the API's AlertsBackend -------------------------------------------------------------------------------
+
+    def webhook_figures(self) -> list[WebhookFigures]:
+        """/metrics: each configured webhook's delivery outcomes since start and its part of the outbox."""
+        results = self._results_before + self.dispatcher.results
+        stored = {figures.webhook: figures for figures in self.dispatcher.figures}
+        out = []
+        for name in self.dispatcher.outbox.webhooks:
+            mine = {result: n for (webhook, result), n in results.items() if webhook == name}
+            figures = stored.get(name)
+            pending = figures.counts.get(DeliveryState.PENDING.value, 0) if figures else 0
+            out.append(WebhookFigures(name, mine, pending, figures.oldest_pending if figures else None))
+        return out
+
+    def unsaved_alerts(self) -> int:
+        return self.store.alerts_unsaved
 
     async def recent_alerts(self, *, limit: int, since: datetime | None, provider: str | None,
                             event_type: str | None) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from monitord.api.events import EventHub
-from monitord.api.metrics import Metrics, StateCollector
+from monitord.api.metrics import AlertCollector, Metrics, StateCollector
 from monitord.generation import GenerationState
 from monitord.health import LiveState
 from monitord.model import (
@@ -23,6 +23,7 @@ from monitord.model import (
     Secret,
     Silence,
     StatusChange,
+    WebhookFigures,
 )
 from monitord.pipeline import Recorded
 from monitord.ranking import Ranker
@@ -44,6 +45,10 @@ class AlertsBackend(Protocol):
     async def add_silence(self, silence: Silence) -> None: ...
 
     async def remove_silence(self, silence_id: str) -> bool: ...
+
+    def webhook_figures(self) -> Sequence[WebhookFigures]: ...
+
+    def unsaved_alerts(self) -> int: ...
 
 
 def _utcnow() -> datetime:
@@ -84,6 +89,9 @@ class ApiContext:
         self.rankings.subscribe(self._on_best)
         self.metrics.register(StateCollector(self.live, self.specs, self.ranking.ranking, self.store, self.ready,
                                              lambda: self.events.subscribers, self.probe_ages, self.stale_probes))
+        if self.alerts is not None:
+            self.metrics.register(AlertCollector(self.alerts.webhook_figures, self.alerts.unsaved_alerts,
+                                                 self.clock))
 
     @property
     def ranking_service(self) -> RankingService:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -25,7 +26,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from monitord.health import LiveState
-from monitord.model import Capacity, GenerationSample, OutcomeReport, ProbeResult, ProviderSpec, Ranking, Status
+from monitord.model import (
+    Capacity,
+    GenerationSample,
+    OutcomeReport,
+    ProbeResult,
+    ProviderSpec,
+    Ranking,
+    Status,
+    WebhookFigures,
+)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PROBE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -270,6 +280,38 @@ class _CapacityGauges:
     def families(self) -> tuple[Any, ...]:
         return (self.saturated, self.slots, self.slots_busy, self.queue, self.kv_cache, self.running, self.resident,
                 self.tokens)
+
+
+class AlertCollector:
+    """Scrape-time view of alert delivery: outcomes per webhook, what waits in the outbox and for how long.
+
+    The outbox figures are the dispatcher's, refreshed every few seconds (a scrape never queries the database).
+    """
+
+    def __init__(self, figures: Callable[[], Sequence[WebhookFigures]], unsaved: Callable[[], int],
+                 clock: Callable[[], datetime]) -> None:
+        self.figures = figures
+        self.unsaved = unsaved
+        self.clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        results = CounterMetricFamily("monitord_alert_deliveries", "Delivery attempts by webhook and outcome "
+                                      "(delivered, retry, failed); a grouped message counts each event in it.",
+                                      labels=["webhook", "result"])
+        pending = GaugeMetricFamily("monitord_alert_outbox_pending", "Deliveries stored and not yet delivered "
+                                    "or failed, by webhook.", labels=["webhook"])
+        oldest = GaugeMetricFamily("monitord_alert_outbox_oldest_pending_seconds", "Age of the oldest pending "
+                                   "delivery, by webhook (0 when none is pending).", labels=["webhook"])
+        now = self.clock()
+        for figures in self.figures():
+            for result in ("delivered", "retry", "failed"):
+                results.add_metric([figures.webhook, result], float(figures.results.get(result, 0)))
+            pending.add_metric([figures.webhook], float(figures.pending))
+            age_s = (now - figures.oldest_pending).total_seconds() if figures.oldest_pending else 0.0
+            oldest.add_metric([figures.webhook], max(age_s, 0.0))
+        yield from (results, pending, oldest)
+        yield _gauge("monitord_alert_unsaved", "Alert events raised and not yet stored (they commit with the "
+                     "probe rows behind them; they pile up while the database is away).", float(self.unsaved()))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

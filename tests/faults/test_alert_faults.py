@@ -212,6 +212,23 @@ async def test_an_event_the_receiver_refuses_holds_back_only_its_provider(sqlite
             await eventually(lambda: sum(not r.delivered for r in receiver.requests) >= 2, timeout_s=10.0,
                              what="p00 retried on its own schedule")
             assert {name for _, name, _ in sent(receiver)} == set(names) - {"p00"}
+            async with aiohttp.ClientSession() as http:
+                await eventually(lambda: _metrics_show_p00_waiting(http, running), timeout_s=15.0,
+                                 what="/metrics showing the delivery results and the waiting event")
+
+
+async def _metrics_show_p00_waiting(http: aiohttp.ClientSession, running: Daemon) -> bool:
+    async with http.get(f"http://127.0.0.1:{running.api_port}/metrics") as reply:
+        text = await reply.text()
+
+    def value(line_start: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(line_start)]
+        return float(found[0].rsplit(" ", 1)[1]) if found else -1.0
+
+    return (value('monitord_alert_deliveries_total{result="delivered",webhook="ops"}') == 19
+            and value('monitord_alert_deliveries_total{result="retry",webhook="ops"}') >= 1
+            and value('monitord_alert_outbox_pending{webhook="ops"}') == 1
+            and value('monitord_alert_outbox_oldest_pending_seconds{webhook="ops"}') > 0)
 
 
 # -- 5: bounded concurrency per webhook -----------------------------------------------------------------------
@@ -219,7 +236,7 @@ async def test_an_event_the_receiver_refuses_holds_back_only_its_provider(sqlite
 
 async def test_200_events_to_a_1s_receiver_go_concurrently_none_lost_none_doubled(
         store: Store, session: aiohttp.ClientSession) -> None:
-    """The timing target (200 in < 30 s) is measured by `python -m bench alerts`; here: all arrive, once each,
+    """The timing target (200 in < 30 s) is measured by `python -m bench delivery`; here: all arrive, once each,
     with several requests in flight but never more than the webhook's concurrency."""
     async with WebhookReceiver() as receiver:
         receiver.slow(1.0)
