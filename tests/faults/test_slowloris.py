@@ -14,6 +14,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.faults.monitord_process import MonitordProcess
 
 IDLE_CONNECTIONS = 300
 FILE_LIMIT = 256
+SpawnLimited = Callable[[Path], Awaitable[MonitordProcess]]
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "monitord.service"
 
 
@@ -39,16 +41,27 @@ def config(path: Path, db_url: str, endpoint: str) -> Path:
     return path
 
 
-async def spawn_limited(path: Path) -> MonitordProcess:
+@pytest.fixture
+async def spawn_limited() -> AsyncIterator[Callable[[Path], Awaitable[MonitordProcess]]]:
+    """Factory: `monitord run -c PATH` under the low file limit; whatever still runs at teardown is killed."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         pytest.skip("no prlimit (util-linux) to run monitord under a low file limit")
-    proc = await asyncio.create_subprocess_exec(
-        prlimit, f"--nofile={FILE_LIMIT}:{FILE_LIMIT}", sys.executable, "-m", "monitord", "run", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    process = MonitordProcess(proc)
-    await process.started()
-    return process
+    started: list[MonitordProcess] = []
+
+    async def spawn(path: Path) -> MonitordProcess:
+        proc = await asyncio.create_subprocess_exec(
+            prlimit, f"--nofile={FILE_LIMIT}:{FILE_LIMIT}", sys.executable, "-m", "monitord", "run", "-c",
+            str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        process = MonitordProcess(proc)
+        started.append(process)
+        await process.started()
+        return process
+
+    yield spawn
+    for process in started:
+        if process.proc.returncode is None:
+            await process.kill()
 
 
 def idle_connection(port: int) -> socket.socket:
@@ -57,7 +70,8 @@ def idle_connection(port: int) -> socket.socket:
     return sock
 
 
-async def test_idle_connections_do_not_starve_the_api(tmp_path: Path, sqlite_url: str, provider_double: Any) -> None:
+async def test_idle_connections_do_not_starve_the_api(tmp_path: Path, sqlite_url: str, provider_double: Any,
+                                                      spawn_limited: SpawnLimited) -> None:
     double = await provider_double("vllm")
     process = await spawn_limited(config(tmp_path / "monitord.yaml", sqlite_url, double.url))
     port = int(process.api_url.rsplit(":", 1)[1])
@@ -77,7 +91,8 @@ async def test_idle_connections_do_not_starve_the_api(tmp_path: Path, sqlite_url
     assert not [line for line in process.other_lines if "Traceback" in line], process.other_lines[-20:]
 
 
-async def test_a_trickled_request_head_is_cut_off(tmp_path: Path, sqlite_url: str, provider_double: Any) -> None:
+async def test_a_trickled_request_head_is_cut_off(tmp_path: Path, sqlite_url: str, provider_double: Any,
+                                                  spawn_limited: SpawnLimited) -> None:
     double = await provider_double("vllm")
     process = await spawn_limited(config(tmp_path / "monitord.yaml", sqlite_url, double.url))
     port = int(process.api_url.rsplit(":", 1)[1])
