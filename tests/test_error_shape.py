@@ -36,6 +36,8 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/select", {"json": {"quality_preference": "cheap"}}, 400, "invalid_criteria"),
     ("POST", "/v1/select", {"data": b" " * (64 * 1024 + 1)}, 413, "body_too_large"),
     ("POST", "/v1/select", {"json": {"task_type": "rerank"}}, 503, "no_provider"),
+    ("POST", "/v1/report", {"json": {"provider": "alpha", "outcome": "fine"}}, 400, "invalid_report"),
+    ("POST", "/v1/report", {"json": {"provider": "omega", "outcome": "ok"}}, 404, "provider_not_found"),
     # the api_factory world has no alerts backend; tests/test_api_alerts.py covers the wired daemon
     ("GET", "/v1/alerts", {}, 503, "alerts_unavailable"),
     ("POST", "/v1/silences", {"json": {"provider": "x"}}, 503, "alerts_unavailable"),

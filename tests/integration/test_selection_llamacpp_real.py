@@ -73,13 +73,18 @@ async def test_a_saturated_server_loses_the_selection_and_wins_it_back_when_it_f
         await eventually(selects(client, "first"), 5 + SLACK_S, "the higher priority server selected while both idle")
         stop = asyncio.Event()
 
+        # its own connections, one per request: llama-server may close a kept-alive stream, and a worker that
+        # died on that would leave the slot free
+        load = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
         async def long_streamed_generations() -> None:
             work = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 480,
                     "ignore_eos": True, "stream": True}
             while not stop.is_set():
-                async with session.post(servers["first"].url + "/v1/chat/completions", json=work) as resp:
-                    async for _ in resp.content.iter_any():
-                        pass
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with load.post(servers["first"].url + "/v1/chat/completions", json=work) as resp:
+                        async for _ in resp.content.iter_any():
+                            pass
 
         workers = [asyncio.ensure_future(long_streamed_generations()) for _ in range(3)]
         try:
@@ -94,6 +99,7 @@ async def test_a_saturated_server_loses_the_selection_and_wins_it_back_when_it_f
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
+            await load.close()
         back_s = await eventually(selects(client, "first"), 2 * interval_s + SLACK_S,
                                   "the selection coming back once the slot is free", every_s=0.05)
         print(f"moved off the saturated server after {moved_s:.2f}s, back {back_s:.2f}s after it freed "
