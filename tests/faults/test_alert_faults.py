@@ -355,3 +355,62 @@ async def test_a_request_the_http_client_refuses_is_a_failed_delivery_not_a_cras
 
 def _secret(value: str) -> Secret:
     return Secret(value)
+
+
+# -- 2: a cluster failover in the middle of an outage ---------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+async def test_a_failover_during_an_outage_raises_one_id_per_provider(tmp_path: Path, postgres_url: str,
+                                                                      provider_double: Any) -> None:
+    """Two `monitord run` instances share 20 providers; all go down, and one instance is SIGKILLed as the first
+    alerts arrive. The survivor takes its providers over and continues their alert state: one provider.down id
+    per provider (a request in flight at the kill may arrive twice, under the same id)."""
+    from tests.e2e.test_cluster import holders, start, wait_until
+
+    shared = await provider_double("vllm")
+    names = [f"p{i:02d}" for i in range(20)]
+    async with WebhookReceiver() as receiver:
+        paths = []
+        for index in range(2):
+            doc = yaml.safe_load(config(postgres_url, dict.fromkeys(names, shared.url),
+                                        [hook("ops", receiver, timeout="2s")]))
+            doc["monitor"]["interval"] = "1s"
+            doc["alerts"].update(failure_threshold=2, success_threshold=1)
+            doc["storage"]["flush_interval"] = "100ms"
+            doc["cluster"] = {"enabled": True, "instance_id": f"i{index + 1}", "lease": "600ms"}
+            path = tmp_path / f"monitord-{index + 1}.yaml"
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            paths.append(path)
+        instances = [await start(index, path) for index, path in enumerate(paths)]
+        try:
+            await wait_until(lambda: all(i.api_port for i in instances), 30, "both started")
+            await wait_until(lambda: set(holders(postgres_url)) == set(names)
+                             and len(set(holders(postgres_url).values())) == 2, 15, "leases on both")
+            await wait_until(lambda: _all_up(postgres_url, names), 15, "every provider probed up")
+            await shared.set("down")
+            await wait_until(lambda: len(receiver.requests) >= 1, 15, "the first alerts")
+            victim = instances[1]
+            victim.proc.kill()
+            await victim.stop()
+            await wait_until(lambda: {r.json()["provider"]["name"] for r in receiver.requests} >= set(names), 30,
+                             "a provider.down for every provider")
+            await asyncio.sleep(QUIET_S * 2)  # a second id would arrive within it
+        finally:
+            for instance in instances:
+                await instance.stop()
+    ids: dict[str, set[str]] = {}
+    for request in receiver.requests:
+        body = request.json()
+        assert body["type"] == "provider.down", body
+        ids.setdefault(body["provider"]["name"], set()).add(body["id"])
+    assert sorted(ids) == names
+    assert {name: len(found) for name, found in ids.items() if len(found) != 1} == {}
+
+
+def _all_up(url: str, names: list[str]) -> bool:
+    from tests.e2e.test_cluster import query
+
+    rows = query(url, "SELECT DISTINCT ON (provider) provider, status FROM probes ORDER BY provider, ts DESC")
+    return {name for name, status in rows if status == "up"} >= set(names)
