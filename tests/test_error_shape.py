@@ -99,5 +99,9 @@ def test_every_code_raised_is_documented() -> None:
     seen = {case[4] for case in CASES} | {"unauthorized", "not_ready", "internal_error", "store_unavailable",
                                           "shutting_down", "too_many_subscribers", "bad_request",
                                           # raised against the real daemon in tests/test_api_alerts.py
-                                          "invalid_silence", "silence_not_found", "silence_in_config"}
+                                          "invalid_silence", "silence_not_found", "silence_in_config",
+                                          # tests/faults/test_limit_faults.py (a thousand silences, then one more)
+                                          "too_many_silences",
+                                          # tests/test_report.py
+                                          "invalid_report"}
     assert seen == set(ERROR_CODES)
