@@ -15,7 +15,6 @@ subscribers as a `BestUpdate` (`changed` when the best provider is another one t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from datetime import datetime
 
 import structlog
 
+from monitord.aio import wait_event
 from monitord.generation import GenerationState
 from monitord.health import LiveState
 from monitord.model import (
@@ -238,8 +238,7 @@ class RankingService:
         """Look whenever the live state changed (at most every check_interval_s) and every tick_s. Until cancelled."""
         self._best = self._quiet_best()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.tick_s)
+            await wait_event(self._changed, self.tick_s)
             self._changed.clear()
             self.look()
             await asyncio.sleep(self.check_interval_s)

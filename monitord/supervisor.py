@@ -16,6 +16,9 @@ import structlog
 
 log = structlog.get_logger("monitord.supervisor")
 
+STOP_TIMEOUT_S = 10.0
+RECANCEL_EVERY_S = 0.5  # a loop that lost a cancel (see monitord.aio) gets another this often
+
 
 class Supervisor:
     def __init__(self, on_failure: Callable[[str], None]) -> None:
@@ -45,9 +48,17 @@ class Supervisor:
         self.failed.append(name)
         self.on_failure(name)
 
-    async def stop(self) -> None:
-        """Cancel every task and wait for them to end."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Cancel every task and wait for them to end, cancelling again any that swallowed the cancel; a stop is
+        bounded: a task still running after `timeout_s` is logged as `task.stuck` and left behind."""
+        pending = set(self._tasks)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while pending:
+            for task in pending:
+                task.cancel()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                for task in pending:
+                    log.error("task.stuck", task=self._tasks.get(task, ("?", False))[0])
+                return
+            _, pending = await asyncio.wait(pending, timeout=min(remaining, RECANCEL_EVERY_S))

@@ -10,7 +10,6 @@ sent by the next run, with the same delivery id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import socket
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
+from monitord.aio import wait_event
 from monitord.alerts.delivery import DeliveryResult, Outcome, RetryPolicy, WebhookTarget, deliver, deliver_group
 from monitord.alerts.formats import FormatOptions, group_id
 from monitord.model import AlertEvent, AlertState, AlertType, DeliveryState, OutboxEntry, PlannedDelivery
@@ -283,8 +283,7 @@ class Dispatcher:
                     self._store_down = True
                     log.error("alert.outbox_unavailable", error=type(exc).__name__, retry_in_s=wait_s)
             if wait_s > 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                await wait_event(self._wake, wait_s)
 
     async def _fill(self) -> tuple[list[asyncio.Task[None]], int]:
         """Claim what each webhook has room for and start sending it; the sends started and deliveries claimed."""

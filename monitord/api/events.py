@@ -22,6 +22,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from monitord.aio import get_within
 from monitord.api.errors import ApiError
 from monitord.model import GenerationStats, RankedProvider, StatusChange
 
@@ -183,7 +184,7 @@ async def _frames(subscription: Subscription, heartbeat_s: float) -> AsyncIterat
     queue = subscription.queue
     while True:
         try:
-            item = await asyncio.wait_for(queue.get(), heartbeat_s)
+            item = await get_within(queue, heartbeat_s)
         except TimeoutError:
             yield b": keep-alive\n\n"
             continue

@@ -11,7 +11,6 @@ merged into hours. Each delete is one short transaction of at most `batch_size` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ import structlog
 from sqlalchemy import Table, and_, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from monitord.aio import wait_event
 from monitord.model import Status
 from monitord.store import dialects, histogram
 from monitord.store.outbox import OutboxStore
@@ -576,8 +576,7 @@ async def prune_periodically(retention_for: Callable[[RetentionPolicy], Retentio
     while True:
         interval_s, policy = schedule()
         wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), interval_s)
+        await wait_event(wake, interval_s)
         if wake.is_set():
             continue
         try:

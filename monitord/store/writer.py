@@ -8,7 +8,6 @@ Buffers while the database is away (bounded, oldest dropped and counted) and nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from monitord.aio import wait_event
 from monitord.model import AlertEvent, AlertState, GenerationSample, OutboxEntry, ProbeResult
 from monitord.store import dialects, rows
 from monitord.store.outbox import write_entries
@@ -238,15 +238,13 @@ class Writer:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._batch_ready.wait(), self._flush_interval_s)
+            await wait_event(self._batch_ready, self._flush_interval_s)
             self._batch_ready.clear()
             if await self.flush():
                 continue
             # Back off without listening to "batch ready": a full buffer must not hammer a dead database.
             backoff_s = min(MAX_BACKOFF_S, self._flush_interval_s * 2 ** min(self._failures_in_a_row, 16))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff_s)
+            await wait_event(self._stopping, backoff_s)
 
     async def _write_one_batch(self) -> bool:
         async with self._write_lock:
