@@ -228,8 +228,12 @@ class Writer:
     async def flush(self) -> bool:
         """Write what is buffered now. Returns False (rows kept) if a batch failed; never raises.
 
-        Rows enqueued while it runs may wait for the next flush, so a busy producer cannot keep it going.
+        Rows enqueued while it runs may wait for the next flush, so a busy producer cannot keep it going. A batch the
+        writer task has in flight is waited for, so rows enqueued before the call are committed when it returns.
         """
+        if self._in_flight:
+            async with self._write_lock:
+                pass
         batches = max(-(-len(self._buffer) // self._batch_size), 1 if self.alerts_pending else 0)
         for _ in range(batches):
             if not await self._write_one_batch():
