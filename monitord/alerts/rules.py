@@ -79,10 +79,6 @@ class ProviderMemory:
     models: frozenset[str] | None = None  # the last listing told (None: no listing yet, so no model events)
     models_told_at: datetime | None = None  # when model events were last sent
 
-    @classmethod
-    def restored(cls, stored: AlertState) -> ProviderMemory:
-        return cls(told=stored.told, incident_start=stored.incident_start, reminders=stored.reminders)
-
     def stored(self, provider: str) -> AlertState:
         return AlertState(provider, self.told, self.incident_start, self.reminders)
 
