@@ -160,7 +160,7 @@ async def test_sigkill_while_a_slow_delivery_is_in_flight_loses_no_later_event(
         receiver.slow(3.0)
         path = tmp_path / "monitord.yaml"
         path.write_text(config(sqlite_url, {"a": first_down.url, "b": second_down.url},
-                               [hook("ops", receiver, timeout="5s")]))
+                               [hook("ops", receiver, timeout="5s", concurrency=1)]))  # b waits behind a
         first = await monitord_run(path)
         await first.wait_for("daemon.started")
         await eventually(lambda: _newest_status(db_file, "a") == _newest_status(db_file, "b") == "up",
