@@ -87,7 +87,8 @@ def alerting_config(db_url: str, hook_url: str, dead_endpoint: str) -> dict[str,
         "monitor": {"jitter": "0s"},
         "storage": {"url": db_url, "flush_interval": "50ms"},
         "api": {"listen": "127.0.0.1:0"},
-        "alerts": {"failure_threshold": 1, "success_threshold": 1,
+        # the provider is dead from its first probe: only alert_never_up makes it page (and so reach the receiver)
+        "alerts": {"failure_threshold": 1, "success_threshold": 1, "alert_never_up": True,
                    "webhooks": [{"name": "ops", "url": hook_url, "timeout": "2s"}]},
     }
 
