@@ -9,8 +9,8 @@ from aiohttp import web
 
 from monitord.api.context import CONTEXT
 from monitord.api.errors import ApiError
-from monitord.api.history import DEFAULT_LIMIT, MAX_LIMIT, STEPS_S, read_store
-from monitord.api.replies import check_params, int_param, json_reply, single, time_param
+from monitord.api.history import STEPS_S, history_window, read_store
+from monitord.api.replies import json_reply, single
 from monitord.model import MS_DIGITS, RATE_DIGITS
 from monitord.store import GenerationBucket, StoredSample
 
@@ -19,18 +19,11 @@ PARAMS = ("since", "until", "limit", "step", "model")
 
 async def provider_generation(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    name = request.match_info["name"]
-    query = request.query
-    check_params(query, PARAMS)
-    if name not in ctx.specs():
-        raise ApiError(404, "provider_not_found", f"no provider is named {name!r}")
-    since, until = time_param(query, "since"), time_param(query, "until")
-    limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    step, model = single(query, "step"), single(query, "model")
+    window = history_window(request, PARAMS)
+    name, since, until, limit, step = window.provider, window.since, window.until, window.limit, window.step
+    model = single(request.query, "model")
     if model is not None and not model.strip():
         raise ApiError(400, "invalid_parameter", "model: must not be empty")
-    if since is not None and until is not None and since >= until:
-        raise ApiError(400, "invalid_parameter", "since must be before until")
     if step is None:
         samples = await read_store(ctx.store.generation_history(name, since=since, until=until, model=model,
                                                                  limit=limit))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,18 +26,36 @@ PARAMS = ("since", "until", "limit", "step")
 T = TypeVar("T")
 
 
-async def provider_history(request: web.Request) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The part of a history query every history route shares: which provider, which span, how many, what step."""
+
+    provider: str
+    since: datetime | None
+    until: datetime | None
+    limit: int
+    step: str | None
+
+
+def history_window(request: web.Request, params: tuple[str, ...]) -> Window:
+    """Read and check the shared history parameters (unknown ones, a provider not configured, a reversed span)."""
     ctx = request.app[CONTEXT]
     name = request.match_info["name"]
     query = request.query
-    check_params(query, PARAMS)
+    check_params(query, params)
     if name not in ctx.specs():
         raise ApiError(404, "provider_not_found", f"no provider is named {name!r}")
     since, until = time_param(query, "since"), time_param(query, "until")
     limit = int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    step = single(query, "step")
     if since is not None and until is not None and since >= until:
         raise ApiError(400, "invalid_parameter", "since must be before until")
+    return Window(name, since, until, limit, single(query, "step"))
+
+
+async def provider_history(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    window = history_window(request, PARAMS)
+    name, since, until, limit, step = window.provider, window.since, window.until, window.limit, window.step
     if step is None:
         samples = await read_store(ctx.store.history(name, since=since, until=until, limit=limit))
         return json_reply({
