@@ -97,7 +97,8 @@ async def running_daemon(tmp_path: Path, provider_double: StartDouble) -> AsyncI
                       f'storage: {{url: "sqlite+aiosqlite:///{tmp_path / "page.db"}", flush_interval: 50ms}}',
                       "api:", '  listen: "127.0.0.1:0"']
             lines += [f'  token: "{token}"'] if token else []
-            lines += ["alerts:", "  failure_threshold: 1", "  success_threshold: 1",
+            # spare is refused from its first probe: alert_never_up lets it page, so the page has an alert to show
+            lines += ["alerts:", "  failure_threshold: 1", "  success_threshold: 1", "  alert_never_up: true",
                       f'  webhooks: [{{name: ops, url: "{receiver.url}"}}]']
             daemon = Daemon(parse_config("\n".join(lines) + "\n"), install_signal_handlers=False)
             await daemon.start()
