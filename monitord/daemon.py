@@ -25,6 +25,7 @@ from monitord.alerts.outbox import Dispatcher
 from monitord.alerts.rules import make_test_event
 from monitord.alerts.service import AlertsService, alert_policy
 from monitord.api import ApiContext, ApiServer
+from monitord.api.metrics import SchedulerCollector
 from monitord.canary import CanaryJob, CanaryRunner, canary_jobs, job_model
 from monitord.cluster import Cluster, ClusterBeat, default_instance_id
 from monitord.config import Config, ConfigError, load_config
@@ -228,6 +229,8 @@ class Daemon:
         self._canary_scheduler = ProbeScheduler(self._canary, concurrency=cfg.monitor.canary.concurrency)
         self._canary_scheduler.sync(canary_jobs(specs))
         self._canary_scheduler.start()
+        self.api.metrics.register(SchedulerCollector(
+            lambda: {"probe": self._scheduler, "canary": self._canary_scheduler}))
         log.info("daemon.started", providers=len(specs), enabled=sum(s.enabled for s in specs),
                  storage=self._store.dialect, restored=len(recent), api_port=self.api_port)
         for warning in cfg.warnings():

@@ -314,6 +314,45 @@ class AlertCollector:
                      "probe rows behind them; they pile up while the database is away).", float(self.unsaved()))
 
 
+class SchedulerFigures(Protocol):
+    """What a scheduler keeps about its own pace (monitord.scheduler.ProbeScheduler)."""
+
+    @property
+    def lateness_ms(self) -> Sequence[float]: ...  # run time minus due time, the most recent runs
+
+    @property
+    def skipped_total(self) -> int: ...  # runs dropped because the job's previous run was still going
+
+
+class SchedulerCollector:
+    """Scrape-time view of each scheduler's pace: lateness quantiles over its recent runs and skipped runs.
+
+    Lateness is what a probe's due time slipped (a busy loop, the concurrency cap); skipped runs mean a provider's
+    previous probe outlived its interval. Both say that probing no longer keeps the configured pace.
+    """
+
+    QUANTILES = (0.5, 0.99)
+
+    def __init__(self, schedulers: Callable[[], Mapping[str, SchedulerFigures | None]]) -> None:
+        self.schedulers = schedulers
+
+    def collect(self) -> Iterator[Any]:
+        lateness = GaugeMetricFamily("monitord_scheduler_lateness_seconds", "How late runs started against their "
+                                     "due time, by scheduler (probe, canary), over its last 10,000 runs.",
+                                     labels=["scheduler", "quantile"])
+        skipped = CounterMetricFamily("monitord_scheduler_skipped_runs", "Runs skipped because the same job's "
+                                      "previous run was still going, by scheduler.", labels=["scheduler"])
+        for name, scheduler in self.schedulers().items():
+            if scheduler is None:
+                continue
+            recent = sorted(scheduler.lateness_ms)
+            for quantile in self.QUANTILES:
+                value = recent[min(int(quantile * len(recent)), len(recent) - 1)] / 1000 if recent else 0.0
+                lateness.add_metric([name, str(quantile)], max(value, 0.0))
+            skipped.add_metric([name], float(scheduler.skipped_total))
+        yield from (lateness, skipped)
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 

@@ -81,3 +81,9 @@ async def test_stale_probes_make_readyz_503_and_show_in_metrics(sqlite_url: str,
         async with http.get(f"{api}/metrics") as reply:
             scraped = await reply.text()
         assert "monitord_probes_stale" in scraped and "monitord_provider_probe_age_seconds{" in scraped
+        # probes outlive their 200 ms interval (one at a time, 1 s each): the scheduler skips runs and says so
+        figures = {line.split(" ")[0]: float(line.split(" ")[1]) for line in scraped.splitlines()
+                   if line.startswith("monitord_scheduler_")}
+        assert figures['monitord_scheduler_skipped_runs_total{scheduler="probe"}'] > 0, figures
+        assert figures['monitord_scheduler_lateness_seconds{quantile="0.99",scheduler="probe"}'] >= 0, figures
+        assert figures['monitord_scheduler_lateness_seconds{quantile="0.5",scheduler="canary"}'] == 0, figures
