@@ -16,7 +16,7 @@ from typing import Any
 
 import bench
 from bench import plot
-from bench.common import Table, machine, record, run_async
+from bench.common import Table, machine, record, run_async, targets_table
 
 RunFn = Callable[[bool], Coroutine[Any, Any, list[Table]]]
 
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             print(table.text(), flush=True)
         print(f"({b.name} took {time.perf_counter() - started:.0f} s)\n", flush=True)
         tables += produced
+    targets = [target for table in tables for target in table.targets]
+    if targets:
+        print(targets_table(targets).text(), flush=True)
     if tables and not args.quick and not args.no_record:
         images = plot.draw(tables)
         record(tables, host, images=images, missing=failed)

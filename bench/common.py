@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import os
 import platform
+import re
 import resource
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,15 +29,37 @@ POSTGRES_TIMEOUT_S = 3.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One goal of an issue and what this run measured against it.
+
+    met is None when the run could not measure it honestly (a shared core, a noisy machine, a part missing):
+    `note` says why, and the summary shows "not measured" rather than rounding it into a pass or a miss.
+    """
+
+    figure: str  # what is measured, with its conditions: "GET /v1/ranking req/s vs a trivial handler, 1,000 ..."
+    goal: str  # the bound as the issue states it: ">= 0.9x"
+    measured: str  # the figure, "min / median / max" where runs repeat (spread_text)
+    met: bool | None
+    note: str = ""  # how it was taken, or why it is not trustworthy (busy_note)
+
+    @property
+    def result(self) -> str:
+        return "not measured" if self.met is None else "met" if self.met else "NOT met"
+
+
 @dataclass
 class Table:
-    """One benchmark's result: formatted rows for people, `figures` (JSON-able) for plots and the smoke test."""
+    """One benchmark's result: formatted rows for people, `figures` (JSON-able) for plots and the smoke test,
+    and the issue `targets` it measured (collected into each run's summary and BENCHMARKS.md's latest-targets
+    block)."""
 
     title: str
     columns: tuple[str, ...]
     rows: list[tuple[str, ...]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
 
     def add(self, *cells: object) -> None:
         if len(cells) != len(self.columns):
@@ -92,6 +116,27 @@ def verdict(value: float | None, *, at_most: float | None = None, at_least: floa
         return "n/a"
     ok = (at_most is None or value <= at_most) and (at_least is None or value >= at_least)
     return "met" if ok else "NOT met"
+
+
+def spread_text(values: Sequence[float], unit: str = "", format_value: Callable[[object], str] = fmt) -> str:
+    """'min / median / max' of repeated runs (with `unit` after each), or the one value; '-' for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{format_value(values[0])}{unit}"
+    low, middle, high = min(values), statistics.median(values), max(values)
+    figures = " / ".join(f"{format_value(v)}{unit}" for v in (low, middle, high))
+    return f"{figures} (min / median / max of {len(values)})"
+
+
+def busy_note(threshold_per_core: float = 0.5) -> str:
+    """A note for a Target when other work loads the machine now (1-minute load average over threshold x cores),
+    else ''. Ratios against a baseline in the same run survive some load; absolute figures do not."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load <= threshold_per_core * cores:
+        return ""
+    return f"machine busy: load average {load:.1f} on {cores} cores while measuring"
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -245,19 +290,78 @@ move by 2x with load. How each figure is taken is described in the benchmark's m
 """
 
 
+TARGETS_BEGIN = "<!-- targets:begin (written by `python -m bench`; the latest measurement of every target) -->"
+TARGETS_END = "<!-- targets:end -->"
+_TARGET_COLUMNS = ("figure", "goal", "measured", "result", "note", "run")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def targets_table(targets: Sequence[Target], title: str = "Targets of this run") -> Table:
+    table = Table(title, _TARGET_COLUMNS[:-1])
+    for target in targets:
+        table.add(target.figure, target.goal, target.measured, target.result, target.note or "-")
+    return table
+
+
+def _summary_rows(text: str) -> dict[str, tuple[str, ...]]:
+    """The rows of the latest-targets block, by figure (cells as written, pipes still escaped)."""
+    begin, end = text.find(TARGETS_BEGIN), text.find(TARGETS_END)
+    if begin < 0 or end < begin:
+        return {}
+    rows: dict[str, tuple[str, ...]] = {}
+    for line in text[begin:end].splitlines():
+        if not line.startswith("| ") or line.startswith("| figure |"):
+            continue
+        cells = tuple(cell.strip() for cell in _CELL_SPLIT.split(line.strip().strip("|")))
+        if len(cells) == len(_TARGET_COLUMNS):
+            rows[cells[0]] = cells
+    return rows
+
+
+def _summary_block(rows: dict[str, tuple[str, ...]]) -> str:
+    lines = [TARGETS_BEGIN, "## Summary: every target, latest measurement", "",
+             "| " + " | ".join(_TARGET_COLUMNS) + " |", "|" + "|".join(" --- " for _ in _TARGET_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows.values()]
+    lines.append(TARGETS_END)
+    return "\n".join(lines)
+
+
+def _with_summary(text: str, targets: Sequence[Target], stamp: str) -> str:
+    """`text` with the latest-targets block updated: this run's targets replace the rows of the same figure."""
+    rows = _summary_rows(text)
+    for target in targets:
+        cells = (target.figure, target.goal, target.measured, target.result, target.note or "-", stamp)
+        rows[target.figure.replace("|", "\\|")] = tuple(cell.replace("|", "\\|") for cell in cells)
+    block = _summary_block(rows)
+    begin, end = text.find(TARGETS_BEGIN), text.find(TARGETS_END)
+    if begin >= 0 and end > begin:
+        return text[:begin] + block + text[end + len(TARGETS_END):]
+    first_section = text.find("\n## ")
+    if first_section < 0:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
+    return text[:first_section + 1] + block + "\n\n" + text[first_section + 1:]
+
+
 def record(tables: Sequence[Table], machine_info: Machine, *, images: Sequence[Path] = (),
            missing: Sequence[str] = (), path: Path = BENCHMARKS_MD, when: datetime | None = None) -> None:
     """Append a dated section with `tables` (and links to `images`) to BENCHMARKS.md; `missing` names the
-    benchmarks that failed in this run, with why, so a gap is never silent."""
+    benchmarks that failed in this run, with why, so a gap is never silent. The section opens with every target
+    the tables measured, and the block at the top of the file keeps the latest measurement of each target."""
     stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"## {stamp}: {machine_info.line()}", ""]
+    load_end = os.getloadavg()[0]
+    parts = [f"## {stamp}: {machine_info.line()}; load average {load_end:.1f} at the end", ""]
     if missing:
         parts += [f"Not measured in this run: {'; '.join(missing)}.", ""]
+    targets = [target for table in tables for target in table.targets]
+    if targets:
+        parts.append(targets_table(targets).markdown())
     for image in images:
         relative = image.resolve().relative_to(path.resolve().parent)
         parts += [f"![{image.stem.replace('_', ' ')}]({relative.as_posix()})", ""]
     parts += [table.markdown() for table in tables]
     existing = path.read_text(encoding="utf-8") if path.exists() else BENCHMARKS_HEADER
+    if targets:
+        existing = _with_summary(existing, targets, stamp)
     path.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(parts).rstrip("\n") + "\n", encoding="utf-8")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench import probes
 from bench.__main__ import discover
-from bench.common import Machine, Table, record
+from bench.common import Machine, Table, Target, record, spread_text
 
 MACHINE = Machine(cores=2, cpu=None, python="3.11.7", sqlite="3.40.1", postgres=None, loop="asyncio", load_1m=0.5)
 
@@ -65,3 +65,29 @@ def test_probe_cost_plot_is_a_png(tmp_path: Path) -> None:
               for n in (100, 1_000)]
     path = plot.probe_cost(points, tmp_path / "cost.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_targets_open_the_section_and_the_summary_keeps_the_latest_of_each(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    first = Table("API", ("n",), targets=[
+        Target("ranking req/s vs trivial", ">= 0.9x", spread_text([0.8, 0.85, 0.95], "x"), False),
+        Target("select CPU vs trivial", "<= 5x", "3.1x", True, note="machine busy | load 3"),
+    ])
+    first.add(1)
+    record([first], MACHINE, path=target, when=datetime(2026, 1, 2, tzinfo=UTC))
+    second = Table("API", ("n",), targets=[Target("ranking req/s vs trivial", ">= 0.9x", "0.93x", True)])
+    second.add(2)
+    record([second], MACHINE, path=target, when=datetime(2026, 1, 3, tzinfo=UTC))
+    text = target.read_text()
+    summary = text[text.index("<!-- targets:begin"):text.index("<!-- targets:end -->")]
+    assert text.index("<!-- targets:begin") < text.index("## 2026-01-02")  # at the top, before the runs
+    assert "| ranking req/s vs trivial | >= 0.9x | 0.93x | met | - | 2026-01-03 00:00 UTC |" in summary
+    assert "0.85x" not in summary and summary.count("ranking req/s") == 1
+    assert "| select CPU vs trivial | <= 5x | 3.1x | met | machine busy \\| load 3 | 2026-01-02 00:00 UTC |" in summary
+    run = text[text.index("## 2026-01-02"):text.index("## 2026-01-03")]
+    assert "### Targets of this run" in run and "0.80x / 0.85x / 0.95x (min / median / max of 3) | NOT met" in run
+
+
+def test_a_target_that_could_not_be_measured_says_so() -> None:
+    assert Target("x", "< 1", "-", None, note="shared core").result == "not measured"
+    assert spread_text([]) == "-" and spread_text([2.0], " ms") == "2.00 ms"
