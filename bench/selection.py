@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import REPO_ROOT, Table, percentile
+from bench.common import REPO_ROOT, Table, Target, busy_note, percentile
 from monitord.client import MonitordClient
 
 ORDER = 70
@@ -360,11 +360,19 @@ def _table(scenario: str, runs: list[PolicyRun], length_s: float, quick: bool) -
         ratio = (best.ttft(0.95) or 0.0) / rr_p95
         if scenario == "mixed":
             met = ratio <= 0.5 and best.served >= baseline.served
+            table.targets.append(Target("selection on a mixed fleet: TTFT p95 of the best monitord policy vs "
+                                        "round-robin", "<= 0.5x, at least as many served",
+                                        f"{ratio:.2f}x ({best.name}), {best.served} vs {baseline.served} served",
+                                        met, busy_note()))
             table.notes.append(f"best monitord policy: {best.name}, p95 {ratio:.2f}x round-robin's with "
                                f"{best.served} served against {baseline.served} (target <= 0.5x with at least as "
                                f"many served: {'met' if met else 'missed'})")
         else:
             worst = max(monitord_runs, key=lambda r: r.ttft(0.95) or 0.0)
+            worst_ratio = (worst.ttft(0.95) or 0.0) / rr_p95
+            table.targets.append(Target("selection on an equal fleet: TTFT p95 of the worst monitord policy vs "
+                                        "round-robin", "<= 1.0x (none worse)", f"{worst_ratio:.2f}x ({worst.name})",
+                                        worst_ratio <= 1.0, busy_note()))
             table.notes.append(f"equal fleet: worst monitord policy {worst.name} at "
                                f"{(worst.ttft(0.95) or 0.0) / rr_p95:.2f}x round-robin's p95 (target: none worse)")
     table.notes.append(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; TTFT "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import Table
+from bench.common import Table, Target, busy_note
 from monitord import logs
 from monitord.config import parse_config
 from monitord.daemon import Daemon
@@ -102,6 +102,11 @@ api: {{listen: "127.0.0.1:0"}}
                        "live status; the next canary after the freeze comes 0-1 interval later, then waits the "
                        "deadline, hence interval + deadline at worst.")
     table.figures = {"stalled_s": found, "unselected_s": gone}
+    found_p99 = _percentile(found, 0.99) if found else None
+    table.targets.append(Target(f"stall detection p99, {trials} engines frozen at once", f"<= {bound_s:g} s, all found",
+                                f"{found_p99:.2f} s, {len(found)}/{trials} found" if found_p99 is not None
+                                else f"0/{trials} found", found_p99 is not None and found_p99 <= bound_s
+                                and len(found) == trials, busy_note()))
     return [table]
 
 
