@@ -24,10 +24,13 @@ import bisect
 import heapq
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from fnmatch import translate
+
+import orjson
 
 from monitord.model import (
     CAPABILITY_ALIASES,
@@ -430,7 +433,7 @@ class Ranker:
             prepared = prepared_for(name)
             if (prepared is None or prepared.state is not state or prepared.spec is not spec
                     or prepared.generation is not measured):
-                prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured)
+                prepared = self.prepared(name, state, spec, measured)
             key = prepared.fit_key(query)
             fit = prepared.fits.get(key) or prepared.fit(query, key)
             reasons = fit.reasons
@@ -451,47 +454,82 @@ class Ranker:
 
     def _score(self, candidates: list[tuple[_Prepared, _Fit]], query: _Query, now: datetime,
                limit: int | None) -> tuple[RankedProvider, ...]:
-        latencies = [p.latency_ms for p, _ in candidates if p.latency_ms is not None]
-        floor_ms = self.policy.latency_floor_ms
-        best_ms = min(latencies) + floor_ms if latencies else floor_ms
-        speed = _SpeedScale([fit.speed for _, fit in candidates if fit.speed is not None], self.policy.ttft_floor_ms,
-                            SPEED_TTFT_SHARE[query.preference])
-        reported = [p.report_ms for p, _ in candidates if p.report_ms is not None]
-        ttft_floor_ms = self.policy.ttft_floor_ms
-        best_report_ms = min(reported) + ttft_floor_ms if reported else ttft_floor_ms
-        report_w = self.policy.report_weight
-        probe_w = 1.0 - report_w
+        scale = _Scale.of(candidates, self.policy, query.preference)
         now_s = now.timestamp()
-        tau_s = self.policy.recovery_tau_s
-        exp = math.exp
-        w = query.weights
-        w_availability, w_speed, w_recency = w["availability"], w["speed"], w["recency"]
-        w_priority, w_quality, w_task_fit, w_headroom = w["priority"], w["quality"], w["task_fit"], w["headroom"]
         # Sort keys end with the candidate's index: names are unique, so nothing past the name is compared.
         keyed: list[tuple[int, bool, float, int, str, int]] = []
-        parts: list[tuple[float, float, float, float, float]] = []
+        parts: list[_Parts] = []
         for index, (prepared, fit) in enumerate(candidates):
-            latency_ms = prepared.latency_ms
-            latency = best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
-            fast = speed.part(fit.speed) if fit.speed is not None else latency  # control plane: the fallback
-            report_ms = prepared.report_ms
-            # the TTFT real requests saw, against the fastest reported provider; the measured speed where none
-            reported_speed = best_report_ms / (report_ms + ttft_floor_ms) if report_ms is not None else fast
-            failed_s = prepared.last_failure_s
-            recency = 1.0 if failed_s is None else 1.0 - exp(-max(0.0, now_s - failed_s) / tau_s)
-            availability = probe_w * prepared.availability + report_w * prepared.reported_availability
-            total = (w_availability * availability + w_speed * (probe_w * fast + report_w * reported_speed)
-                     + w_recency * recency + w_priority * prepared.priority_part + w_quality * fit.quality
-                     + w_task_fit * fit.task_fit + w_headroom * prepared.headroom)
-            warm = warm_factor(prepared.resident, fit.model)
-            keyed.append((prepared.tier, prepared.saturated, -prepared.weight * prepared.status_factor * warm * total,
-                          -prepared.priority, prepared.spec.name, index))
-            parts.append((fast, reported_speed, latency, recency, warm))
+            scored = _parts(prepared, fit, scale, query.weights, self.policy, now_s)
+            keyed.append((prepared.tier, prepared.saturated, -scored[0], -prepared.priority, prepared.spec.name, index))
+            parts.append(scored)
         if limit is not None and limit < len(keyed):
             keyed = heapq.nsmallest(max(0, limit), keyed)
         else:
             keyed.sort()
-        return tuple(_entry(-k[2], *candidates[k[5]], *parts[k[5]], now) for k in keyed)
+        return tuple(_entry(*candidates[k[5]], parts[k[5]], now) for k in keyed)
+
+    def prepared(self, name: str, state: ProviderState | None, spec: ProviderSpec,
+                 measured: Mapping[str, GenerationStats]) -> _Prepared:
+        """The criteria-independent preparation of one provider, kept while its inputs stay the same objects."""
+        prepared = self._prepared.get(name)
+        if (prepared is None or prepared.state is not state or prepared.spec is not spec
+                or prepared.generation is not measured):
+            prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured)
+        return prepared
+
+
+# score, speed, reported_speed, latency, recency, warm
+_Parts = tuple[float, float, float, float, float, float]
+
+
+class _Scale:
+    """The fleet-relative figures every score is measured against: the best control-plane latency, canary TTFT
+    and tokens/s, and reported TTFT among the candidates (each with its floor added where it has one)."""
+
+    __slots__ = ("best_ms", "best_report_ms", "floor_ms", "speed", "ttft_floor_ms")
+
+    def __init__(self, policy: RankingPolicy, preference: QualityPreference, least_latency_ms: float | None,
+                 least_ttft_ms: float | None, most_tps: float | None, least_report_ms: float | None) -> None:
+        self.floor_ms = policy.latency_floor_ms
+        self.best_ms = least_latency_ms + self.floor_ms if least_latency_ms is not None else self.floor_ms
+        self.ttft_floor_ms = policy.ttft_floor_ms
+        self.best_report_ms = (least_report_ms + self.ttft_floor_ms if least_report_ms is not None
+                               else self.ttft_floor_ms)
+        self.speed = _SpeedScale(least_ttft_ms, most_tps, policy.ttft_floor_ms, SPEED_TTFT_SHARE[preference])
+
+    @classmethod
+    def of(cls, candidates: list[tuple[_Prepared, _Fit]], policy: RankingPolicy,
+           preference: QualityPreference) -> _Scale:
+        latencies = [p.latency_ms for p, _ in candidates if p.latency_ms is not None]
+        measured = [fit.speed for _, fit in candidates if fit.speed is not None]
+        ttfts = [ms for stats in measured if (ms := _first_answer_ms(stats)) is not None]
+        rates = [stats.tokens_per_s_p50 for stats in measured if stats.tokens_per_s_p50]
+        reported = [p.report_ms for p, _ in candidates if p.report_ms is not None]
+        return cls(policy, preference, min(latencies, default=None), min(ttfts, default=None),
+                   max(rates, default=None), min(reported, default=None))
+
+
+def _parts(prepared: _Prepared, fit: _Fit, scale: _Scale, w: Mapping[str, float], policy: RankingPolicy,
+           now_s: float) -> _Parts:
+    """One candidate's score and the parts of it that depend on the fleet (`scale`) or on the time (`now_s`)."""
+    floor_ms = scale.floor_ms
+    latency_ms = prepared.latency_ms
+    latency = scale.best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
+    fast = scale.speed.part(fit.speed) if fit.speed is not None else latency  # control plane: the fallback
+    report_ms = prepared.report_ms
+    # the TTFT real requests saw, against the fastest reported provider; the measured speed where none
+    reported_speed = scale.best_report_ms / (report_ms + scale.ttft_floor_ms) if report_ms is not None else fast
+    failed_s = prepared.last_failure_s
+    recency = 1.0 if failed_s is None else 1.0 - math.exp(-max(0.0, now_s - failed_s) / policy.recovery_tau_s)
+    report_w = policy.report_weight
+    probe_w = 1.0 - report_w
+    availability = probe_w * prepared.availability + report_w * prepared.reported_availability
+    total = (w["availability"] * availability + w["speed"] * (probe_w * fast + report_w * reported_speed)
+             + w["recency"] * recency + w["priority"] * prepared.priority_part + w["quality"] * fit.quality
+             + w["task_fit"] * fit.task_fit + w["headroom"] * prepared.headroom)
+    warm = warm_factor(prepared.resident, fit.model)
+    return prepared.weight * prepared.status_factor * warm * total, fast, reported_speed, latency, recency, warm
 
 
 class _SpeedScale:
@@ -500,12 +538,11 @@ class _SpeedScale:
 
     __slots__ = ("best_tps", "best_ttft_ms", "floor_ms", "ttft_share")
 
-    def __init__(self, measured: list[GenerationStats], floor_ms: float, ttft_share: float) -> None:
-        ttfts = [ms for stats in measured if (ms := _first_answer_ms(stats)) is not None]
-        rates = [stats.tokens_per_s_p50 for stats in measured if stats.tokens_per_s_p50]
+    def __init__(self, least_ttft_ms: float | None, most_tps: float | None, floor_ms: float,
+                 ttft_share: float) -> None:
         self.floor_ms = floor_ms
-        self.best_ttft_ms = min(ttfts) + floor_ms if ttfts else floor_ms
-        self.best_tps = max(rates) if rates else None
+        self.best_ttft_ms = least_ttft_ms + floor_ms if least_ttft_ms is not None else floor_ms
+        self.best_tps = most_tps
         self.ttft_share = ttft_share
 
     def part(self, stats: GenerationStats) -> float:
@@ -561,8 +598,8 @@ def _evidence(prepared: _Prepared, fit: _Fit, now: datetime) -> dict[str, Eviden
     }
 
 
-def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, reported_speed: float, latency: float,
-           recency: float, warm: float, now: datetime) -> RankedProvider:
+def _entry(prepared: _Prepared, fit: _Fit, parts: _Parts, now: datetime) -> RankedProvider:
+    score, speed, reported_speed, latency, recency, warm = parts
     urls = prepared.urls
     return RankedProvider(
         provider=prepared.spec.name, type=prepared.spec.type, score=score, status=prepared.status,
@@ -577,6 +614,290 @@ def _entry(score: float, prepared: _Prepared, fit: _Fit, speed: float, reported_
         endpoint=urls.endpoint, api_base=urls.api_base, chat_url=urls.chat_url, model=fit.model,
         evidence=_evidence(prepared, fit, now), suspect=prepared.suspect, saturated=prepared.saturated,
     )
+
+
+# --- the default ranking, kept up to date entry by entry ---------------------------------------------------------
+
+RECENCY_SETTLED_TAUS = 7.0  # past 7 tau since its last failure, recency is within e^-7 (< 0.001) of 1: left alone
+
+
+class _Extreme:
+    """One fleet figure (the least, or the most, of a value over the candidates) kept as values change: only a
+    change at or past the current extreme looks at all the values again (`settle`)."""
+
+    __slots__ = ("best", "largest", "unsettled", "values")
+
+    def __init__(self, *, largest: bool = False) -> None:
+        self.values: dict[str, float] = {}
+        self.best: float | None = None
+        self.largest = largest
+        self.unsettled = False
+
+    def set(self, name: str, value: float | None) -> None:
+        old = self.values.get(name)
+        if value is None:
+            if old is None:
+                return
+            del self.values[name]
+        elif old == value:
+            return
+        else:
+            self.values[name] = value
+        best = self.best
+        if best is None or old == best or (value is not None and (value > best if self.largest else value < best)):
+            self.unsettled = True
+
+    def settle(self) -> bool:
+        """Recompute the extreme if a change may have moved it; whether it moved."""
+        if not self.unsettled:
+            return False
+        self.unsettled = False
+        values = self.values.values()
+        best = (max(values) if self.largest else min(values)) if values else None
+        moved = best != self.best
+        self.best = best
+        return moved
+
+
+class _Slot:
+    """One eligible provider in the Standing: its preparation, fit, score parts, sort key and, once asked for,
+    its entry and rendered JSON."""
+
+    __slots__ = ("entry", "fit", "fragment", "key", "parts", "prepared", "rendered_s", "scored_s")
+
+    def __init__(self, prepared: _Prepared, fit: _Fit) -> None:
+        self.prepared = prepared
+        self.fit = fit
+        self.key: tuple[int, bool, float, int, str] | None = None
+        self.parts: _Parts = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self.entry: RankedProvider | None = None
+        self.fragment: bytes | None = None
+        self.rendered_s = 0.0
+        self.scored_s = 0.0
+
+
+class Standing:
+    """The ranking for one fixed set of criteria (the default one), kept up to date incrementally.
+
+    `rank()` prepares, fits and scores every provider and builds an entry for each; done once a second for 1,000s
+    of providers that is the daemon's largest cost. A Standing does that work only for the providers that changed:
+
+    - `update(..., changed=names)` re-prepares, re-fits and re-scores just `names` (the ones whose state, spec or
+      canary statistics object is new; `changed=None` checks every provider's inputs by identity, e.g. after a
+      reload). Each eligible provider keeps its sort key in one sorted list (bisect), so a change moves one key.
+    - Scores are relative to fleet figures (the least latency, canary TTFT and reported TTFT, the most tokens/s
+      among the candidates: `_Scale`). Each is kept by `_Extreme`, which recomputes it only when a change touches
+      the current extreme; when one really moves, every candidate is re-scored (a rescore is cheap floats; the
+      entries and JSON are rebuilt lazily, only where asked for). An extreme moves when the fastest provider's own
+      figure moves, i.e. about once per probe interval, not per second.
+    - Recency (1 - exp(-age / tau)) moves with time: a provider whose last failure is within RECENCY_SETTLED_TAUS
+      tau is re-scored at least every `stale_s`; past that recency is within e^-7 of 1 and is left alone. So a
+      score can lag the exact one by at most weight x status_factor x warm x w_recency x max(stale_s / tau, e^-7)
+      (0.1 x 5 / 300 = 0.0017 with the defaults), and two providers closer than that may sit in either order.
+    - Entries (`RankedProvider`) and their JSON fragments are built when first asked for after a change, with
+      evidence ages as of then; one older than `stale_s` is rebuilt, so ages lag generated_at by at most stale_s.
+      `body()` splices the fragments in order (bytes joins, no per-entry work).
+
+    What the rest of the fleet costs per update is nothing: the work is in proportion to the changed providers,
+    the recovering ones due for a recency refresh, and (rarely) a moved extreme.
+    """
+
+    def __init__(self, ranker: Ranker, criteria: Criteria | None = None, *, stale_s: float = 5.0) -> None:
+        self.ranker = ranker
+        self.policy = ranker.policy
+        self.criteria = criteria if criteria is not None else Criteria()
+        self.stale_s = stale_s
+        self._query = _Query(self.criteria)
+        self._slots: dict[str, _Slot] = {}
+        self._excluded: dict[str, tuple[str, ...]] = {}
+        self._order: list[tuple[int, bool, float, int, str]] = []
+        self._latency = _Extreme()
+        self._ttft = _Extreme()
+        self._tps = _Extreme(largest=True)
+        self._report = _Extreme()
+        self._scale = _Scale(self.policy, self._query.preference, None, None, None, None)
+        self._rescore_due: deque[tuple[float, str]] = deque()  # (scored at, name): recovering providers
+        self._render_due: deque[tuple[float, str]] = deque()  # (rendered at, name): built entries
+        self.now = datetime.fromtimestamp(0, UTC)
+        self.version = 0  # grows whenever the order, a score, an entry or the exclusions may have changed
+        self._rankings: dict[int | None, Ranking] = {}
+        self._body: tuple[int, float, bytes] | None = None  # (version, generated at, bytes)
+        self._excluded_json: bytes | None = None
+        self._specs: Mapping[str, ProviderSpec] | None = None
+        self.updates = self.rescored = 0  # counts, for tests and benchmarks: the work done
+
+    def update(self, states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec],
+               generation: Mapping[str, Mapping[str, GenerationStats]], now: datetime,
+               changed: Iterable[str] | None = None) -> None:
+        """Take the changes of `changed` (None: check every provider), then re-score what time or a moved fleet
+        figure makes due. `now` becomes generated_at."""
+        self.now = now
+        now_s = now.timestamp()
+        self.updates += 1
+        touched: dict[str, _Slot] = {}
+        if changed is None or specs is not self._specs:
+            names: Iterable[str] = list(specs)
+            for name in [name for name in (*self._slots, *self._excluded) if name not in specs]:
+                self._drop(name)
+                touched[name] = _GONE
+            self._specs = specs
+        else:
+            names = changed
+        for name in names:
+            taken = self._take(name, states, specs, generation)
+            if taken is not None:
+                touched[name] = taken
+        cutoff_s = now_s - self.stale_s
+        due = self._rescore_due
+        while due and due[0][0] <= cutoff_s:
+            scored_s, name = due.popleft()
+            slot = self._slots.get(name)
+            if slot is not None and slot.scored_s == scored_s:
+                touched[name] = slot
+        moved = self._latency.settle() | self._ttft.settle() | self._tps.settle() | self._report.settle()
+        if moved:
+            self._scale = _Scale(self.policy, self._query.preference, self._latency.best, self._ttft.best,
+                                 self._tps.best, self._report.best)
+        for slot in (self._slots if moved else touched).values():
+            if slot is not _GONE:
+                self._rescore(slot, now_s)
+        if touched or moved:
+            self.version += 1
+        self._rankings.clear()  # generated_at moved (and entries past stale_s are due for new evidence ages)
+
+    def _take(self, name: str, states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec],
+              generation: Mapping[str, Mapping[str, GenerationStats]]) -> _Slot | None:
+        """Re-prepare and re-fit `name` if its inputs are new objects: its slot to re-score, _GONE when it left
+        the order, None when nothing changed."""
+        query = self._query
+        spec = specs.get(name)
+        allowed = self.criteria.providers
+        if spec is None or (allowed is not None and name not in allowed):
+            return _GONE if self._drop(name) else None
+        measured = generation.get(name, _NO_GENERATION)
+        slot = self._slots.get(name)
+        state = states.get(name)
+        if slot is not None:
+            held = slot.prepared
+            if held.state is state and held.spec is spec and held.generation is measured:
+                return None
+        prepared = self.ranker.prepared(name, state, spec, measured)
+        key = prepared.fit_key(query)
+        fit = prepared.fits.get(key) or prepared.fit(query, key)
+        reasons = fit.reasons
+        if query.max_queue is not None and prepared.queue is not None and prepared.queue > query.max_queue:
+            reasons = (*reasons, f"queue of {prepared.queue} waiting request(s) is over max_queue {query.max_queue}")
+        if reasons:
+            if self._excluded.get(name) == reasons:
+                return None
+            self._drop(name)
+            self._excluded[name] = reasons
+            self._excluded_json = None
+            return _GONE
+        if self._excluded.pop(name, None) is not None:
+            self._excluded_json = None
+        if slot is None:
+            slot = self._slots[name] = _Slot(prepared, fit)
+        else:
+            slot.prepared, slot.fit = prepared, fit
+        self._figures(name, slot)
+        return slot
+
+    def _figures(self, name: str, slot: _Slot) -> None:
+        prepared, stats = slot.prepared, slot.fit.speed
+        self._latency.set(name, prepared.latency_ms)
+        self._report.set(name, prepared.report_ms)
+        self._ttft.set(name, _first_answer_ms(stats) if stats is not None else None)
+        self._tps.set(name, (stats.tokens_per_s_p50 or None) if stats is not None else None)
+
+    def _drop(self, name: str) -> bool:
+        """Take `name` out of the order and the fleet figures (and out of the exclusions); whether it was in."""
+        slot = self._slots.pop(name, None)
+        if self._excluded.pop(name, None) is not None:
+            self._excluded_json = None
+            found = True
+        else:
+            found = False
+        if slot is None:
+            return found
+        if slot.key is not None:
+            self._unorder(slot.key)
+        for extreme in (self._latency, self._ttft, self._tps, self._report):
+            extreme.set(name, None)
+        return True
+
+    def _unorder(self, key: tuple[int, bool, float, int, str]) -> None:
+        order = self._order
+        index = bisect.bisect_left(order, key)
+        del order[index]
+
+    def _rescore(self, slot: _Slot, now_s: float) -> None:
+        prepared = slot.prepared
+        parts = _parts(prepared, slot.fit, self._scale, self._query.weights, self.policy, now_s)
+        key = (prepared.tier, prepared.saturated, -parts[0], -prepared.priority, prepared.spec.name)
+        if key != slot.key:
+            if slot.key is not None:
+                self._unorder(slot.key)
+            bisect.insort(self._order, key)
+            slot.key = key
+        slot.parts = parts
+        slot.entry = slot.fragment = None
+        slot.scored_s = now_s
+        self.rescored += 1
+        failed_s = prepared.last_failure_s
+        if failed_s is not None and now_s - failed_s < RECENCY_SETTLED_TAUS * self.policy.recovery_tau_s:
+            self._rescore_due.append((now_s, prepared.spec.name))
+
+    def _entry(self, slot: _Slot) -> RankedProvider:
+        entry = slot.entry
+        if entry is None or slot.rendered_s < self.now.timestamp() - self.stale_s:
+            entry = slot.entry = _entry(slot.prepared, slot.fit, slot.parts, self.now)
+            slot.fragment = None
+            slot.rendered_s = self.now.timestamp()
+        return entry
+
+    def ranking(self, limit: int | None = None) -> Ranking:
+        """The ranking as of the last update (entries built where needed); `limit` caps the entries."""
+        if limit is not None and limit >= len(self._order):
+            limit = None
+        found = self._rankings.get(limit)
+        if found is None:
+            slots = self._slots
+            keys = self._order if limit is None else self._order[:max(0, limit)]
+            found = self._rankings[limit] = Ranking(
+                generated_at=self.now, criteria=self.criteria,
+                entries=tuple(self._entry(slots[key[4]]) for key in keys), excluded=dict(self._excluded))
+        return found
+
+    def body(self) -> bytes:
+        """The JSON of `ranking()` (as GET /v1/ranking serves it), spliced from each entry's rendered fragment."""
+        now_s = self.now.timestamp()
+        held = self._body
+        if held is not None and held[0] == self.version and held[1] == now_s:
+            return held[2]
+        slots = self._slots
+        fragments = []
+        for key in self._order:
+            slot = slots[key[4]]
+            fragment = slot.fragment
+            if fragment is None or slot.rendered_s < now_s - self.stale_s:
+                fragment = slot.fragment = orjson.dumps(self._entry(slot))
+            fragments.append(fragment)
+        if self._excluded_json is None:
+            self._excluded_json = orjson.dumps(dict(sorted(self._excluded.items())))
+        body = b"".join((
+            b'{"generated_at":', orjson.dumps(self.now.isoformat()), b',"criteria":',
+            orjson.dumps(self.criteria.to_dict()), b',"ranking":[', b",".join(fragments), b'],"excluded":',
+            self._excluded_json, b"}"))
+        self._body = (self.version, now_s, body)
+        return body
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+_GONE = _Slot.__new__(_Slot)  # marks a provider that left the order in `Standing.update`'s touched set
+
 
 
 def rank(states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec], criteria: Criteria,

@@ -2,9 +2,16 @@
 
 `RankingCache` keeps rankings and rendered answers while the live state stays (nearly) the same: a generation
 ends at once when a provider's status or model list changes (`invalidate`) or the provider specs change (reload);
-other probe results (a latency, a window's availability) end it at most every refresh_s, so 1,000 providers
-probed every 30 s cost a few re-rankings a second rather than one per result; and every generation ends after
-max_age_s, since recency and generated_at move with time even when nothing is probed.
+other probe results (a latency, a window's availability) end it at most every refresh_s; and every generation ends
+after max_age_s, since recency and generated_at move with time even when nothing is probed.
+
+The default ranking (the best-provider watch, GET /v1/ranking without parameters, /metrics) is not recomputed per
+generation: a `Standing` keeps it, and each generation hands it only the providers the pipeline reported since
+the last one (`note`), so its cost follows the results, not the fleet (see monitord.ranking.Standing for how
+fleet-relative figures and recency stay right). Changes nobody reported (LiveState or GenerationState changed
+more often than `note` was called, a reload, the canary windows aged by `expire`) fall back to checking every
+provider's inputs by identity, which is cheap next to scoring. Other criteria are ranked on request, once per
+generation.
 
 `RankingService.watch()` is the one best-provider watcher: it looks at the head of the default ranking when the
 live state changed (coalesced over check_interval_s) and at least every tick_s, and hands every look to its
@@ -15,6 +22,7 @@ subscribers as a `BestUpdate` (`changed` when the best provider is another one t
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -36,13 +44,14 @@ from monitord.model import (
     Ranking,
 )
 from monitord.pipeline import Recorded
-from monitord.ranking import Ranker, headroom
+from monitord.ranking import Ranker, Standing, headroom
 
 log = structlog.get_logger("monitord.ranking")
 
 FALLBACKS_IN_EVENTS = 3  # how many fallbacks a best-provider update names (the head of the default ranking)
 
 DEFAULT_CRITERIA = Criteria()
+GZIP_IN_THREAD_BYTES = 64 * 1024  # smaller bodies compress in well under a millisecond: not worth a thread
 
 
 class RankingCache:
@@ -68,6 +77,16 @@ class RankingCache:
         self._specs: Mapping[str, ProviderSpec] | None = None  # held so its identity stays meaningful
         self._born_s = 0.0
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
+        self.standing = Standing(ranker, DEFAULT_CRITERIA, stale_s=max_age_s)
+        self._noted: set[str] = set()  # providers reported since the standing's last update
+        self._seen_versions = (-1, -1)  # the versions at the standing's last update
+        self._expired_s = float("-inf")
+        self._gzip: tuple[bytes, bytes | asyncio.Future[bytes]] | None = None  # the default body's, by identity
+
+    def note(self, provider: str) -> None:
+        """The pipeline reported a result of `provider`: its entry of the default ranking is due at the next
+        generation."""
+        self._noted.add(provider)
 
     def invalidate(self) -> None:
         """Something callers must see at once changed (a status, a model list): end the generation now."""
@@ -91,15 +110,34 @@ class RankingCache:
                 or (self._versions() != self._version and age_s >= self.refresh_s)):
             self._stale = False
             self._entries.clear()
-            self.generation.expire(now)  # canary samples leave their window with time, not only with new ones
+            if now_s - self._expired_s >= self.max_age_s or now_s < self._expired_s:
+                # canary samples leave their window with time, not only with new ones
+                self.generation.expire(now)
+                self._expired_s = now_s
+            self._update_standing(specs, now)
             self._version = self._versions()
             self._specs = specs
             self._born_s = now_s
         return specs, now
 
+    def _update_standing(self, specs: Mapping[str, ProviderSpec], now: datetime) -> None:
+        versions = self._versions()
+        seen_live, seen_generation = self._seen_versions
+        noted = self._noted
+        # every fold moves a version by one and is reported by one `note`: more moves than notes means changes
+        # nobody reported, so every provider is checked
+        told = specs is self._specs and seen_live >= 0 and max(
+            versions[0] - seen_live, versions[1] - seen_generation) <= len(noted)
+        self.standing.update(self.live.all(), specs, self.generation.all(), now, noted if told else None)
+        self._noted = set()
+        self._seen_versions = versions
+
     def ranking(self, criteria: Criteria = DEFAULT_CRITERIA, *, limit: int | None = None) -> Ranking:
-        """The ranking for `criteria` in this generation, computed at most once per generation."""
+        """The ranking for `criteria` in this generation, computed at most once per generation (the default one
+        is the Standing's)."""
         specs, now = self._current()
+        if criteria == DEFAULT_CRITERIA:
+            return self.standing.ranking(limit)
         key = ("ranking", criteria, limit)
         found = self._entries.get(key)
         if isinstance(found, Ranking):
@@ -108,6 +146,29 @@ class RankingCache:
                                   generation=self.generation.all())
         self._remember(key, result)
         return result
+
+    def default_body(self) -> tuple[bytes, str]:
+        """The default ranking's JSON (spliced by the Standing) and its entity tag."""
+        self._current()
+        body = self.standing.body()
+        return body, f'"r{self.standing.version}-{self._born_s:.3f}"'
+
+    async def default_gzip(self, body: bytes, level: int) -> bytes:
+        """`body` gzipped, once per body: in a worker thread (zlib lets go of the GIL), so a 1 MB ranking does not
+        block the loop for the ~5 ms it takes; requests that come meanwhile wait for the same result."""
+        held = self._gzip
+        if held is not None and held[0] is body:
+            return await held[1] if isinstance(held[1], asyncio.Future) else held[1]
+        if len(body) < GZIP_IN_THREAD_BYTES:
+            packed = gzip.compress(body, compresslevel=level, mtime=0)
+            self._gzip = (body, packed)
+            return packed
+        future = asyncio.ensure_future(asyncio.to_thread(gzip.compress, body, level, mtime=0))
+        self._gzip = (body, future)
+        packed = await future
+        if self._gzip is not None and self._gzip[0] is body:
+            self._gzip = (body, packed)
+        return packed
 
     def rendered(self, key: Hashable, render: Callable[[], bytes], *, checked: bool = False) -> bytes:
         """Bytes for `key` rendered once per generation (render may call `ranking`).
@@ -193,6 +254,7 @@ class RankingService:
         self.observed(recorded.observation.provider, False)
 
     def observed(self, provider: str, status_changed: bool) -> None:
+        self.cache.note(provider)
         state = self.live.get(provider)
         seen = _routing(state) if state is not None else ((), False, None)
         if status_changed or self._seen.get(provider) != seen:
@@ -211,8 +273,8 @@ class RankingService:
     def top(self) -> Ranking:
         """The head of the default ranking (best and the fallbacks updates name), once per cache generation.
 
-        Scoring only the head (no entry built for every provider) keeps the watch cheap with thousands of
-        providers. GET /v1/ranking still computes the whole ranking on demand.
+        The Standing keeps the default ranking incrementally and builds entries only for the head, so a look
+        costs what changed since the last one, not the fleet.
         """
         return self.cache.ranking(limit=1 + FALLBACKS_IN_EVENTS)
 

@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitord.api import ApiServer, make_app
-from monitord.api.cache import DEFAULT_CRITERIA
 from monitord.api.events import Event, EventHub, Subscription
 from monitord.model import ProviderSpec, Status
 from monitord.store import Store
@@ -279,7 +278,17 @@ async def test_large_answers_are_gzipped_once_for_clients_that_accept_it(api_fac
     packed = await client.get("/v1/ranking", headers={"Accept-Encoding": "br;q=1.0, gzip;q=0.8"})
     assert packed.headers["Content-Encoding"] == "gzip"
     assert await packed.read() == body  # the test client inflates it
-    assert world.ctx.ranking.rendered(("gzip", ("ranking", DEFAULT_CRITERIA, None)), lambda: b"") != b""
+    cache = world.ctx.ranking
+    spliced, _ = cache.default_body()
+    assert spliced == body
+    packed_once = await cache.default_gzip(spliced, 5)
+    assert await cache.default_gzip(spliced, 5) is packed_once  # compressed once per body
+    tag = plain.headers["ETag"]
+    unchanged = await client.get("/v1/ranking", headers={"If-None-Match": tag, "Accept-Encoding": "gzip"})
+    assert unchanged.status == 304 and unchanged.headers["ETag"] == tag and await unchanged.read() == b""
+    world.feed(probe(specs["p000"], Status.DOWN, at=NOW))  # a status change: a new body, a new tag
+    changed = await client.get("/v1/ranking", headers={"If-None-Match": tag})
+    assert changed.status == 200 and changed.headers["ETag"] != tag
     refused = await client.get("/v1/ranking", headers={"Accept-Encoding": "gzip;q=0"})
     assert "Content-Encoding" not in refused.headers
     small = await client.get("/v1/providers/p001", headers={"Accept-Encoding": "gzip"})

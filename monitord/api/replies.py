@@ -27,7 +27,8 @@ _LIST_FIELDS = frozenset({"required_capabilities", "providers"})
 MAX_TOKENS = 2**31 - 1  # far past any context length; bigger ints would not fit the reply's 64-bit JSON ints
 COMPRESS_MIN_BYTES = 8 * 1024
 GZIP_LEVEL = 5
-_VARY = {"Vary": "Accept-Encoding"}
+VARY = {"Vary": "Accept-Encoding"}
+_VARY = VARY
 _GZIP = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
 
 

@@ -1,7 +1,9 @@
 """GET /v1/ranking and POST /v1/select: the explained ranking, and the one provider to use with its fallbacks.
 
-The default ranking is rendered once per generation of the live state and served as bytes; a query repeated
-within a generation is too (see RankingCache); anything else is ranked on request.
+The default ranking is the ranking service's Standing: its bytes are spliced from per-entry fragments when
+something changed and then served as they are (gzipped once per body in a worker thread, with an ETag, so a
+poller that sends If-None-Match gets a 304). A query repeated within a generation is served from the cache as
+bytes (see RankingCache); anything else is ranked on request.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from monitord.api.cache import DEFAULT_CRITERIA
 from monitord.api.context import CONTEXT
-from monitord.api.errors import ApiError
-from monitord.api.replies import cached_reply, criteria_from_query, int_param, parse_criteria
+from monitord.api.errors import JSON, ApiError
+from monitord.api.replies import (
+    COMPRESS_MIN_BYTES,
+    GZIP_LEVEL,
+    VARY,
+    accepts_gzip,
+    cached_reply,
+    criteria_from_query,
+    int_param,
+    parse_criteria,
+)
 from monitord.model import Criteria, RankedProvider, Ranking, SelectStrategy
 from monitord.spread import DEFAULT_MARGIN
 
@@ -72,17 +82,22 @@ def ranking_body(result: Ranking) -> bytes:
 
 async def ranking(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    if not request.query_string:  # the common case: the default ranking, already rendered
-        criteria: Criteria = DEFAULT_CRITERIA
-        limit = None
-    else:
-        query = request.query
-
-        def parse() -> tuple[Criteria, int | None]:
-            return criteria_from_query(query, others=("limit",)), int_param(query, "limit", 0, 1, MAX_LIMIT) or None
-
-        criteria, limit = request.app[PARSED].get("query", request.query_string, parse)
     cache = ctx.ranking
+    if not request.query_string:  # the common case: the default ranking, already spliced
+        body, tag = cache.default_body()
+        if request.headers.get("If-None-Match") == tag:
+            return web.Response(status=304, headers={"ETag": tag, **VARY})
+        headers = {"ETag": tag, **VARY}
+        if len(body) >= COMPRESS_MIN_BYTES and accepts_gzip(request):
+            body = await cache.default_gzip(body, GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, content_type=JSON, headers=headers)
+    query = request.query
+
+    def parse() -> tuple[Criteria, int | None]:
+        return criteria_from_query(query, others=("limit",)), int_param(query, "limit", 0, 1, MAX_LIMIT) or None
+
+    criteria, limit = request.app[PARSED].get("query", request.query_string, parse)
     return cached_reply(request, cache, ("ranking", criteria, limit),
                         lambda: ranking_body(cache.ranking(criteria, limit=limit)))
 
