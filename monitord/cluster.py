@@ -54,9 +54,10 @@ def ranked_for(instance_id: str, live: Collection[str], names: Iterable[str]) ->
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatResult:
-    """What one heartbeat changed. `acquired` providers may be overdue for a probe: probe them soon."""
+    """What one heartbeat changed. `acquired` providers may be overdue for a probe: schedule them, then
+    `Cluster.settle` them (until then this instance does not probe them)."""
 
-    acquired: tuple[str, ...]
+    acquired: tuple[str, ...]  # taken by this heartbeat, or by an earlier one whose beat did not settle them
     lost: tuple[str, ...]  # taken over by another instance, released for balance, or no longer configured
     instances: int  # live instances, this one included
     held: int
@@ -75,6 +76,7 @@ class Cluster:
         self._store = store
         self._wanted: frozenset[str] = frozenset(providers)
         self._held: frozenset[str] = frozenset()
+        self._unsettled: frozenset[str] = frozenset()  # acquired, not yet scheduled from their last probe
         self._leader = False
         self._last_seen: dict[str, datetime] = {}  # newest probe time folded per provider (own and peers')
         self._beats = 0
@@ -97,9 +99,15 @@ class Cluster:
 
         The answer stands while heartbeats fail: if the database is away, each instance keeps probing what it
         held (and buffers the rows) rather than nobody probing at all; leases taken over meanwhile are given up
-        at the next heartbeat that reaches the database.
+        at the next heartbeat that reaches the database. A provider just acquired is not probed until `settle`:
+        its timer here may come due before the previous holder's last probe is read, and probe it a second time
+        in one interval.
         """
-        return provider in self._held
+        return provider in self._held and provider not in self._unsettled
+
+    def settle(self, names: Iterable[str]) -> None:
+        """`names` (acquired) are scheduled from their last probe by anyone: probe them from now on."""
+        self._unsettled -= frozenset(names)
 
     async def heartbeat(self, now: datetime) -> HeartbeatResult:
         """Register, renew, rebalance: keep about len(providers) / live instances, take free or expired leases.
@@ -118,6 +126,8 @@ class Cluster:
             release |= set(extra)
             keep -= set(extra)
         if release:
+            # their last probes committed first: the taker reads them and probes on, not again at once
+            await self._store.flush()
             await self._leases.release(self.instance_id, release)
         wanted_roles = [] if leader else [LEADER]
         if len(keep) < share or wanted_roles:
@@ -135,14 +145,17 @@ class Cluster:
 
     def _apply(self, held: frozenset[str], leader: bool, instances: int) -> HeartbeatResult:
         acquired, lost = tuple(sorted(held - self._held)), tuple(sorted(self._held - held))
+        self._unsettled = (self._unsettled & held) | frozenset(acquired)
         if acquired or lost or leader != self._leader:
             log.info("cluster.leases_changed", instance=self.instance_id, acquired=list(acquired), lost=list(lost),
                      held=len(held), instances=instances, leader=leader)
         self._held, self._leader = held, leader
-        return HeartbeatResult(acquired, lost, instances, len(held), leader)
+        return HeartbeatResult(tuple(sorted(self._unsettled)), lost, instances, len(held), leader)
 
     async def leave(self) -> None:
-        """A clean stop: hand every lease back so the others take over at their next heartbeat."""
+        """A clean stop: hand every lease back so the others take over at their next heartbeat (after committing
+        the last probes, so the takers continue the schedule instead of probing everything again at once)."""
+        await self._store.flush()
         await self._leases.leave(self.instance_id)
         self._apply(frozenset(), False, 0)
 
@@ -155,8 +168,10 @@ class Cluster:
 
         Polls the shared probes table; choose `since` a little further back than a probe plus a writer flush
         takes, so late commits are seen. Per provider only newer probes are returned, so results fold in order.
+        Providers acquired and not yet settled are read too: their previous holder's last probes say when they
+        are due.
         """
-        fresh = await self._store.results_since(since, exclude=self._held, newer_than=self._last_seen)
+        fresh = await self._store.results_since(since, exclude=self._held - self._unsettled, newer_than=self._last_seen)
         for result in fresh:
             self._note(result.provider, result.started_at)
         return fresh
@@ -215,3 +230,4 @@ class ClusterBeat:
             await self.taken_over(beat.acquired)
         for name in beat.acquired:
             self.probe_soon(name, now)
+        cluster.settle(beat.acquired)

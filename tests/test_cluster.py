@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitord.cluster import LEADER, Cluster, preference, ranked_for
+from monitord.cluster import LEADER, Cluster, ClusterBeat, preference, ranked_for
 from monitord.model import ErrorClass, ModelInfo, ProbeResult, ProviderSpec, Status
 from monitord.store import Store, migrate
 
@@ -45,11 +45,13 @@ async def instances(open_store: OpenStore, names: list[str]) -> list[Cluster]:
 
 
 async def beat(clusters: list[Cluster], now: datetime, *, together: bool = False) -> None:
+    """Each heartbeat, then what ClusterBeat does last: settle what was acquired (scheduled, probed from now)."""
     if together:
-        await asyncio.gather(*(c.heartbeat(now) for c in clusters))
+        results = await asyncio.gather(*(c.heartbeat(now) for c in clusters))
     else:
-        for cluster in clusters:
-            await cluster.heartbeat(now)
+        results = [await cluster.heartbeat(now) for cluster in clusters]
+    for cluster, result in zip(clusters, results, strict=True):
+        cluster.settle(result.acquired)
 
 
 def assert_partition(clusters: list[Cluster], providers: list[str] = PROVIDERS) -> None:
@@ -199,3 +201,79 @@ async def test_peer_results_returns_each_other_probe_once_with_its_models(open_s
     b_store.enqueue(later)
     await b_store.flush()
     assert [r.started_at for r in await a.peer_results(now - timedelta(seconds=30))] == [later.started_at]
+
+
+async def test_a_clean_stop_commits_its_last_probes_and_the_taker_schedules_from_them(
+        open_store: OpenStore, postgres_url: str) -> None:
+    """The leaving instance's buffered probes are committed before its leases go, and the taker reads them (and
+    does not probe what it took) before it schedules them: no provider is probed twice in one interval."""
+    a = (await instances(open_store, ["a"]))[0]
+    slow = await Store.open(postgres_url, flush_interval_s=3600)  # rows stay buffered unless flushed
+    await slow.start()
+    try:
+        b = Cluster(slow, "b", LEASE_S, providers=PROVIDERS)
+        now = datetime.now(UTC)
+        await beat([a, b], now)
+        await beat([a, b], now + BEAT)
+        theirs = sorted(b.held)
+        last = {name: probe(name, now + BEAT) for name in theirs}
+        for result in last.values():
+            slow.enqueue(result)
+            b.observed(result)
+        await b.leave()
+
+        seen: list[tuple[str, bool]] = []  # (provider, owned then): what the beat folded, and when
+        scheduled: list[tuple[str, bool]] = []
+        folded: dict[str, datetime] = {}
+
+        async def no_refresh(_now: datetime) -> None:
+            return None
+
+        def fold(result: ProbeResult) -> None:
+            folded[result.provider] = result.started_at
+            seen.append((result.provider, a.owns(result.provider)))
+
+        def probe_soon(name: str, _now: datetime) -> None:
+            scheduled.append((name, a.owns(name)))
+            assert folded.get(name) == last[name].started_at, f"{name} scheduled before its last probe was read"
+
+        beat_a = ClusterBeat(a, clock=lambda: now + 2 * BEAT, window_s=lambda: 5.0, is_configured=lambda _: True,
+                             fold_peer=fold, refresh=no_refresh, probe_soon=probe_soon)
+        await beat_a.beat()
+    finally:
+        await slow.close()
+    assert sorted(name for name, _ in scheduled) == theirs
+    assert not any(owned for _, owned in scheduled + seen), "a taken provider was probed before it was scheduled"
+    assert all(a.owns(name) for name in theirs)
+    assert_partition([a])
+
+
+async def test_a_rebalance_commits_what_it_releases_first(open_store: OpenStore, postgres_url: str) -> None:
+    """An instance releasing providers to a newcomer commits their last probes before the release, so the
+    newcomer's peer poll returns them along with the leases."""
+    a = (await instances(open_store, ["a"]))[0]
+    slow = await Store.open(postgres_url, flush_interval_s=3600)
+    await slow.start()
+    try:
+        b = Cluster(slow, "b", LEASE_S, providers=PROVIDERS)
+        now = datetime.now(UTC)
+        await beat([a, b], now)
+        await beat([a, b], now + BEAT)
+        before = set(b.held)
+        for name in before:
+            result = probe(name, now + BEAT)
+            slow.enqueue(result)
+            b.observed(result)
+        c = (await instances(open_store, ["c"]))[0]
+        await c.heartbeat(now + 2 * BEAT)  # registers; everything is held
+        await beat([a, b], now + 2 * BEAT)  # three live now: a and b release their extras
+        taken = await c.heartbeat(now + 3 * BEAT)
+        from_b = set(taken.acquired) & before
+        assert from_b, "the newcomer took nothing from b"
+        assert not any(c.owns(name) for name in taken.acquired)
+        got = {r.provider: r.started_at for r in await c.peer_results(now - timedelta(seconds=30))}
+        assert {name: got.get(name) for name in from_b} == {name: now + BEAT for name in from_b}
+        c.settle(taken.acquired)
+        assert all(c.owns(name) for name in taken.acquired)
+    finally:
+        await slow.close()
