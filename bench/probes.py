@@ -31,6 +31,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from bench.common import REPO_ROOT, Meter, Table, peak_rss_mb, percentile, raise_fd_limit, run_async, verdict
@@ -45,6 +46,7 @@ FULL_REPEATS = 2
 PORTS_PER_SERVER = 2_500
 MONITORD, MONITORD_PROBE_ONLY, BASELINE = "monitord", "monitord-probe-only", "baseline"
 CONCURRENCY = 64  # monitor.concurrency's default
+CANARY_EVERY = 10  # canary interval / probe interval (the defaults: 300 s and 30 s)
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "vllm"
 SPAWN_TIMEOUT_S = 120.0
 
@@ -119,11 +121,23 @@ async def _serve_async(conn: Connection, count: int) -> None:
     async def prometheus(_request: web.Request) -> web.Response:
         return web.Response(body=metrics, content_type="text/plain", charset="utf-8")
 
+    async def chat(request: web.Request) -> web.StreamResponse:
+        """The canary's streamed chat completion: vLLM's SSE frames, one per token, usage, `[DONE]`."""
+        payload = await request.json()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        with contextlib.suppress(ConnectionError):  # a client that stops (a variant's end) closes mid-stream
+            await response.prepare(request)
+            for frame in _chat_frames(payload.get("model") or "", int(payload.get("max_tokens") or 1)):
+                await response.write(frame)
+            await response.write_eof()
+        return response
+
     app = web.Application()
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", model_list)
     app.router.add_get("/version", server_version)
+    app.router.add_post("/v1/chat/completions", chat)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     ports: list[int] = []
@@ -138,6 +152,20 @@ async def _serve_async(conn: Connection, count: int) -> None:
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # any message means stop
     finally:
         await runner.cleanup()
+
+
+def _chat_frames(model: str, tokens: int) -> list[bytes]:
+    def frame(body: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return frame({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": model,
+                      "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    usage = {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}
+    return [chunk({"role": "assistant", "content": ""}), *(chunk({"content": " ok"}) for _ in range(tokens)),
+            chunk({}, "length"), frame({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+                                        "model": model, "choices": [], "usage": usage}), b"data: [DONE]\n\n"]
 
 
 class Fleet:
@@ -262,7 +290,10 @@ def _config(plan: Plan, workdir: str) -> Any:
     return Config.model_validate({
         "providers": {f"p{i:05d}": {"type": "vllm", "endpoint": f"http://127.0.0.1:{port}"}
                       for i, port in enumerate(plan.ports)},
-        "monitor": {"interval": plan.interval_s, "concurrency": plan.concurrency},
+        "monitor": {"interval": plan.interval_s, "concurrency": plan.concurrency,
+                    # canaries on, as the issue measures: one per provider every CANARY_EVERY intervals
+                    "canary": {"enabled": True, "interval": max(plan.interval_s * CANARY_EVERY, 1.0),
+                               "max_tokens_per_day": 10**9}},
         "storage": {"url": f"sqlite+aiosqlite:///{workdir}/monitord.db"},
         "api": {"listen": "127.0.0.1:0"},
     })

@@ -174,7 +174,7 @@ class Daemon:
                                            max_models_per_provider=cfg.monitor.max_models,
                                            forget_models_after_s=cfg.storage.forget_models_after_s)
             await self._store.start()
-            specs = cfg.provider_specs()
+            specs = list(self._specs.values())  # the same objects: a second copy of every spec costs ~1 KB each
             now = self.clock()
             await self._store.sync_providers(specs, now)
             recent = [r for r in await self._store.recent(now - timedelta(seconds=cfg.ranking.window_s))

@@ -53,6 +53,9 @@ from monitord.model import (
 )
 
 _OK = frozenset({Status.UP, Status.DEGRADED})
+# The shared stand-in for a tracker's status-change and report deques until it has one (never appended to): the
+# flap and report windows of most providers stay empty.
+_NOTHING_YET: deque[Any] = deque(maxlen=0)
 _STALL_CLASSES = frozenset({ErrorClass.GENERATION_TIMEOUT, ErrorClass.STREAM_STALLED})
 
 
@@ -144,19 +147,22 @@ class ProviderTracker:
         self.provider_type = provider_type
         self.policy = policy
         self.state = ProviderState(name=name, type=provider_type)
-        self._samples: deque[tuple[float, bool, float | None, float | None]] = deque()  # ts_s, ok, latency_ms,
+        # (ts_s, ok, latency_ms, request_ms), oldest first. A list, not a deque: an empty deque costs 600 bytes a
+        # provider, and a window holds tens of samples, so dropping the oldest few at once is as cheap
+        self._samples: list[tuple[float, bool, float | None, float | None]] = []  # ts_s, ok, latency_ms,
         # and the mean time of one HTTP request of that probe (request_ms): types make one to three requests a probe
         self._request_ewma_ms: float | None = None
         self._request_count = 0
         self._ok = 0
         self._latencies: list[float] = []  # latencies in the window, kept sorted
         self._ewma_ms: float | None = None
-        self._changes: deque[float] = deque()  # ts_s of status changes in the flap window
+        self._changes: deque[float] = _NOTHING_YET  # ts_s of status changes in the flap window (own deque once one)
         self._models: tuple[ServedModel, ...] = ()
         self._canary_stall: _Stall | None = None  # the failed canary that said "cannot generate"
         self._passive_stall: _Stall | None = None  # the server's own counters say it stopped generating
         self._progress: tuple[float, float] | None = None  # (since ts_s, token counter) while requests run
-        self._reports: deque[tuple[float, bool, float | None]] = deque()  # (ts_s, ok, ttft_ms)
+        self._reports: deque[tuple[float, bool, float | None]] = _NOTHING_YET  # (ts_s, ok, ttft_ms); own deque
+        # once a report comes: most providers never get one, and an empty deque costs 600 bytes
         self._reports_ok = 0
         self._report_ttfts: list[float] = []  # kept sorted
         self._report_second = -1  # the second the rate budget counts in
@@ -220,7 +226,7 @@ class ProviderTracker:
             provider=self.name, provider_type=self.provider_type, previous=old.status, current=status, at=at,
             since_previous_s=(at - old.since).total_seconds() if old.since is not None else None,
             error_class=stall.error_class if stall else None, error=stall.message if stall else None)
-        self._changes.append(at.timestamp())
+        self._changed(at.timestamp())
         updates: dict[str, Any] = {"status": status, "since": at, "transitions_recent": len(self._changes)}
         if stall is not None:
             updates.update(last_error_class=stall.error_class, last_error=stall.message, last_error_at=at)
@@ -248,6 +254,8 @@ class ProviderTracker:
             self._reports_in_second += 1
             speed_ms = report.ttft_ms if report.ttft_ms is not None else report.duration_ms
             speed_ms = speed_ms if report.ok else None
+            if self._reports is _NOTHING_YET:
+                self._reports = deque()
             self._reports.append((report.received_at.timestamp(), report.ok, speed_ms))
             if report.ok:
                 self._reports_ok += 1
@@ -314,7 +322,7 @@ class ProviderTracker:
         if status is not old.status:
             since = at
             if old.status is not Status.UNKNOWN:
-                self._changes.append(ts_s)
+                self._changed(ts_s)
             change = StatusChange(
                 provider=self.name, provider_type=self.provider_type, previous=old.status, current=status, at=at,
                 since_previous_s=(at - old.since).total_seconds() if old.since is not None else None,
@@ -350,19 +358,31 @@ class ProviderTracker:
         )
         return change
 
-    def _expire(self, now_s: float) -> bool:
-        changed = False
-        cutoff_s = now_s - self.policy.window_s
+    def _changed(self, ts_s: float) -> None:
+        if self._changes is _NOTHING_YET:
+            self._changes = deque()
+        self._changes.append(ts_s)
+
+    def _expire_samples(self, cutoff_s: float) -> bool:
+        """Drop the probe samples older than `cutoff_s` from the window; whether any went."""
         samples = self._samples
-        while samples and samples[0][0] < cutoff_s:
-            _, ok, latency_ms, per_request_ms = samples.popleft()
+        gone = 0
+        for ts_s, ok, latency_ms, per_request_ms in samples:
+            if ts_s >= cutoff_s:
+                break
+            gone += 1
             if per_request_ms is not None:
                 self._request_count -= 1
-            changed = True
             if ok:
                 self._ok -= 1
             if latency_ms is not None:
                 del self._latencies[bisect.bisect_left(self._latencies, latency_ms)]
+        if gone:
+            del samples[:gone]
+        return gone > 0
+
+    def _expire(self, now_s: float) -> bool:
+        changed = self._expire_samples(now_s - self.policy.window_s)
         if not self._latencies:
             self._ewma_ms = None
         if not self._request_count:

@@ -67,6 +67,15 @@ class _OneLineAtATime:
         return self.stream.isatty()
 
 
+_min_level = logging.NOTSET  # what configure() last set; unconfigured structlog prints every level
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are printed now. Hot paths (a line per probe) ask first: a filtered call through
+    structlog's lazy proxy still binds a logger and builds its fields, about 9 µs each."""
+    return _min_level <= logging.DEBUG
+
+
 def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog (and route stdlib logging, e.g. APScheduler's, through the same output).
 
@@ -75,6 +84,8 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     out = stream or sys.stderr
     serialized = _OneLineAtATime(out)
     numeric = logging.getLevelName(level.upper())
+    global _min_level
+    _min_level = numeric
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

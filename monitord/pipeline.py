@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
+from monitord.logs import debug_enabled
 from monitord.model import GenerationSample, OutcomeReport, ProbeResult, Status, StatusChange
 
 if TYPE_CHECKING:  # the parts `wire` connects; this module itself only dispatches
@@ -104,8 +105,9 @@ class ResultPipeline:
 def log_probe(recorded: Recorded[ProbeResult]) -> None:
     """The log sink for probe results: one debug line per probe, one line per status change."""
     result = recorded.observation
-    log.debug("probe.done", provider=result.provider, status=result.status.value,
-              error_class=result.error_class, total_ms=round(result.total_ms, 1))
+    if debug_enabled():
+        log.debug("probe.done", provider=result.provider, status=result.status.value,
+                  error_class=result.error_class, total_ms=round(result.total_ms, 1))
     for change in recorded.changes:
         level = log.warning if change.current is Status.DOWN else log.info
         level("provider.status_changed", provider=change.provider, previous=change.previous.value,
@@ -115,8 +117,9 @@ def log_probe(recorded: Recorded[ProbeResult]) -> None:
 def log_sample(recorded: Recorded[GenerationSample]) -> None:
     """The log sink for canary samples: one debug line per canary, one line per status change it caused."""
     sample = recorded.observation
-    log.debug("canary.done", provider=sample.provider, model=sample.model, ok=sample.ok, skipped=sample.skipped,
-              error_class=sample.error_class, ttft_ms=sample.ttft_ms, tokens_per_s=sample.tokens_per_s)
+    if debug_enabled():
+        log.debug("canary.done", provider=sample.provider, model=sample.model, ok=sample.ok, skipped=sample.skipped,
+                  error_class=sample.error_class, ttft_ms=sample.ttft_ms, tokens_per_s=sample.tokens_per_s)
     for change in recorded.changes:
         level = log.warning if change.current is Status.STALLED else log.info
         level("provider.status_changed", provider=change.provider, previous=change.previous.value,
@@ -126,8 +129,9 @@ def log_sample(recorded: Recorded[GenerationSample]) -> None:
 def log_report(recorded: Recorded[OutcomeReport]) -> None:
     """The log sink for reported outcomes: one debug line each."""
     report = recorded.observation
-    log.debug("report.received", provider=report.provider, ok=report.ok, error_class=report.error_class,
-              ttft_ms=report.ttft_ms, client=report.client)
+    if debug_enabled():
+        log.debug("report.received", provider=report.provider, ok=report.ok, error_class=report.error_class,
+                  ttft_ms=report.ttft_ms, client=report.client)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,8 @@ class Metrics:
             "monitord_probes", "Probes by result status and error class.",
             ["provider", "type", "status", "error_class"], registry=self.registry)
         self._labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> probe counter label sets, to forget
+        self._durations: dict[tuple[str, ...], Any] = {}  # (provider, type) -> its probe_duration series
+        self._counts: dict[tuple[str, ...], Any] = {}  # probe counter label set -> its series
         labels = ["provider", "type", "model"]
         self.ttft = Histogram(
             "monitord_generation_ttft_seconds", "Generation canary: time to the first token (successful samples).",
@@ -95,11 +97,18 @@ class Metrics:
 
     def observe(self, result: ProbeResult) -> None:
         provider, kind = result.provider, result.provider_type
-        self.probe_duration.labels(provider, kind).observe(result.total_ms / 1000.0)
+        # The series objects are kept per label set: prometheus_client's labels() costs more than the update
+        duration = self._durations.get((provider, kind))
+        if duration is None:
+            duration = self._durations[provider, kind] = self.probe_duration.labels(provider, kind)
+        duration.observe(result.total_ms / 1000.0)
         labels = (provider, kind, result.status.value,
                   result.error_class.value if result.error_class else NO_ERROR)
-        self.probes.labels(*labels).inc()
-        self._labels.setdefault(provider, set()).add(labels)
+        count = self._counts.get(labels)
+        if count is None:
+            count = self._counts[labels] = self.probes.labels(*labels)
+            self._labels.setdefault(provider, set()).add(labels)
+        count.inc()
 
     def observe_sample(self, sample: GenerationSample) -> None:
         """Count one generation canary sample; timings only for a successful one."""
@@ -132,8 +141,10 @@ class Metrics:
         seen = self._labels.pop(provider, set())
         for labels in seen:
             self.probes.remove(*labels)
+            self._counts.pop(labels, None)
         for provider_and_type in {labels[:2] for labels in seen}:
             self.probe_duration.remove(*provider_and_type)
+            self._durations.pop(provider_and_type, None)
         canary = self._sample_labels.pop(provider, set())
         for labels in canary:
             self.canary_samples.remove(*labels)

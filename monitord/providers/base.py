@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -44,6 +44,8 @@ class HttpResponse:
     headers: Mapping[str, str]
     body: bytes
     path: str
+    # the parsed body, once someone asked (the adapter, then the identity check): parsed once per answer
+    _parsed: Any = field(default=None, compare=False, repr=False)
 
     @property
     def content_type(self) -> str:
@@ -53,14 +55,31 @@ class HttpResponse:
         return self.body.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        """Parsed JSON body; a body that is not JSON (HTML, text, truncated) raises BAD_PAYLOAD."""
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError:
+        """Parsed JSON body; a body that is not JSON (HTML, text, truncated) raises BAD_PAYLOAD. Callers share
+        the parsed value: read it, never change it."""
+        parsed = self.json_or_none()
+        if parsed is None and self._parsed is _NOT_JSON:
             kind = "HTML" if self.body.lstrip()[:1] == b"<" else "non-JSON"
-            raise ProbeError(
-                ErrorClass.BAD_PAYLOAD, f"{self.path}: {kind} body where JSON was expected", self.status
-            ) from None
+            raise ProbeError(ErrorClass.BAD_PAYLOAD, f"{self.path}: {kind} body where JSON was expected",
+                             self.status)
+        return parsed
+
+    def json_or_none(self) -> Any:
+        """The parsed JSON body, None when it is not JSON (or is JSON null)."""
+        parsed = self._parsed
+        if parsed is None:
+            try:
+                parsed = orjson.loads(self.body)
+            except orjson.JSONDecodeError:
+                parsed = _NOT_JSON
+            object.__setattr__(self, "_parsed", _JSON_NULL if parsed is None else parsed)
+        elif parsed is _JSON_NULL:
+            return None
+        return None if parsed is _NOT_JSON else parsed
+
+
+_NOT_JSON = object()  # HttpResponse._parsed of a body that is not JSON
+_JSON_NULL = object()  # ... of a body that is JSON null
 
 
 class ProbeHttp(Protocol):

@@ -46,34 +46,45 @@ def parse_prometheus(text: str, wanted: Iterable[str]) -> dict[str, list[float]]
     """The samples of the `wanted` metrics in a Prometheus text exposition, one value per label set.
 
     Comments, other metrics, NaN/Inf and lines that do not parse are skipped; a metric never seen is absent.
+    Finds each wanted name where it starts a line rather than splitting every line: a server's page holds
+    hundreds of lines (histograms) for the four or five samples read, on every probe.
     """
-    names = frozenset(wanted)
     found: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        brace = line.find("{")
-        space = line.find(" ")
-        if space < 0:
-            continue
-        if 0 <= brace < space:
-            name = line[:brace]
-            close = line.rfind("}")
-            if close < brace:
-                continue
-            rest = line[close + 1:].split()
-        else:
-            name = line[:space]
-            rest = line[space + 1:].split()
-        if name not in names or not rest:
-            continue
-        try:
-            value = float(rest[0])
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            found.setdefault(name, []).append(value)
+    size = len(text)
+    for name in dict.fromkeys(wanted):
+        at = text.find(name)
+        while at >= 0:
+            after = at + len(name)
+            end = text.find("\n", after)
+            if end < 0:
+                end = size
+            if (at == 0 or text[at - 1] == "\n") and after < end:
+                value = _sample_value(text, after, end)
+                if value is not None:
+                    found.setdefault(name, []).append(value)
+            at = text.find(name, end)
     return found
+
+
+def _sample_value(text: str, after: int, end: int) -> float | None:
+    """The value of the sample line text[..end] whose metric name ends at `after`: labels, then the value."""
+    mark = text[after]
+    if mark == "{":
+        close = text.rfind("}", after, end)
+        if close < 0:
+            return None
+        rest = text[close + 1:end].split()
+    elif mark == " ":
+        rest = text[after + 1:end].split()
+    else:
+        return None  # another metric whose name starts with this one
+    if not rest:
+        return None
+    try:
+        value = float(rest[0])
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def read_metrics(response: HttpResponse | None, names: MetricNames) -> Capacity | None:

@@ -14,8 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from monitord.model import Identity, ProviderSpec
 from monitord.providers.base import OPTIONAL_BUDGET_SHARE, HttpResponse, ProbeHttp, optional_get
 
@@ -74,10 +72,7 @@ def sight(response: HttpResponse) -> Sighting | None:
         return _strong("llamacpp", None, "Server: llama.cpp header")
     body_start = response.body.lstrip()[:1]
     if body_start in (b"{", b"[", b'"'):
-        try:
-            body = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            body = None
+        body = response.json_or_none()  # the adapter has mostly parsed it already
         if body is not None:
             return _sight_json(response, body)
     text = response.body[:300].decode("utf-8", errors="replace")  # a 100 KB /metrics page needs no full decode

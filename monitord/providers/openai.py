@@ -6,6 +6,7 @@ refinements (vLLM, FastChat, Jan, GPT4All, mistral.rs, mlx-lm). Servers with ric
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -50,6 +51,7 @@ def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat on every probe of every server listing them
 def quantization_from_name(name: str) -> str | None:
     """The quantization a model file or folder name carries (`...-Q4_K_M.gguf`, `...-exl3-4.0bpw`), if any."""
     matches = _QUANT_IN_NAME.findall(name.rsplit("/", 1)[-1])
