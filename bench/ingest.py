@@ -42,9 +42,6 @@ PROVIDERS = 200
 BATCH_SIZE = 500  # storage.batch_size's default: the raw variants commit as often as the writer
 RAW_SHARE_MIN = 0.5  # target: monitord >= 50% of the raw rate
 
-PROBE_COLUMNS = ("ts", "provider", "status", "error_class", "error", "connect_ms", "ttfb_ms", "total_ms",
-                 "http_status", "model_count", "attempts")
-
 _MODELS = (
     ModelInfo("meta-llama/Llama-3.1-8B-Instruct", kind=ModelKind.LLM, context_length=32768, loaded=True,
               owned_by="vllm", capabilities=frozenset({"chat", "completion"})),
@@ -144,9 +141,8 @@ async def write_with_store(url: str, results: Sequence[ProbeResult]) -> Run:
     return Run(len(results), meter.usage)
 
 
-# --- raw SQLite ----------------------------------------------------------------------------------------------------
+# --- raw drivers: the same compact rows (store.rows' encodings), built by plain code -------------------------
 
-_SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in SQLite
 _MODEL_UPSERT = """
 INSERT INTO provider_models (provider, model_id, details, first_seen, last_seen) VALUES ({0}, {1}, {2}, {3}, {4})
 ON CONFLICT (provider, model_id) DO UPDATE SET
@@ -157,12 +153,28 @@ ON CONFLICT (provider, model_id) DO UPDATE SET
   first_seen = CASE WHEN excluded.first_seen < provider_models.first_seen THEN excluded.first_seen
                     ELSE provider_models.first_seen END
 """
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in SQLite (provider_models)
 
 
-def _probe_tuple(result: ProbeResult, ts: Any) -> tuple[Any, ...]:
-    return (ts, result.provider, result.status.value,
-            result.error_class.value if result.error_class is not None else None, result.error, result.connect_ms,
-            result.ttfb_ms, result.total_ms, result.http_status, len(result.models), result.attempts)
+def _us(ms: float | None) -> int | None:
+    return None if ms is None else round(ms * 1000)
+
+
+def _probe_tuple(r: ProbeResult, provider_id: int, error_id: int | None) -> tuple[Any, ...]:
+    """The row monitord's writer stores for `r` (rows.PROBE_COLUMNS order), written out by hand."""
+    load = r.capacity
+    return (provider_id, (r.started_at - _EPOCH) // _US, rows.STATUS_CODES[r.status],
+            None if r.error_class is None else rows.ERROR_CLASS_CODES[r.error_class], error_id, _us(r.connect_ms),
+            _us(r.ttfb_ms), _us(r.total_ms), r.http_status, len(r.models), r.attempts,
+            None if load is None else load.slots_total, None if load is None else load.slots_busy,
+            None if load is None else load.queue_depth, None if load is None else load.requests_running,
+            None if load is None or load.kv_cache_usage is None else round(load.kv_cache_usage * 1_000_000))
+
+
+def _errors(batch: Sequence[ProbeResult]) -> dict[str, int]:
+    return {r.error: rows.error_id(r.error) for r in batch if r.error is not None}
 
 
 def write_sqlite_raw(path: Path, results: Sequence[ProbeResult], *, same_rows: bool) -> Run:
@@ -170,12 +182,23 @@ def write_sqlite_raw(path: Path, results: Sequence[ProbeResult], *, same_rows: b
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        insert = f"INSERT INTO probes ({', '.join(PROBE_COLUMNS)}) VALUES ({', '.join('?' * len(PROBE_COLUMNS))})"
+        columns = rows.PROBE_COLUMNS
+        insert = f"INSERT INTO probe_rows ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         upsert = _MODEL_UPSERT.format(*"?????")
         with Meter() as meter:
+            ids: dict[str, int] = {}
             for batch in chunks(results, BATCH_SIZE):
                 conn.execute("BEGIN")
-                conn.executemany(insert, [_probe_tuple(r, r.started_at.strftime(_SQLITE_TS)) for r in batch])
+                new = {r.provider for r in batch} - ids.keys()
+                if new:
+                    conn.executemany("INSERT OR IGNORE INTO names (kind, digest, name) VALUES (1, ?, ?)",
+                                     [(rows.digest(rows.NAME_PROVIDER, name), name) for name in new])
+                    ids.update((name, id_) for id_, name in conn.execute("SELECT id, name FROM names"))
+                errors = _errors(batch)
+                conn.executemany("INSERT INTO error_texts (id, text, last_used_s) VALUES (?, ?, 0) "
+                                 "ON CONFLICT (id) DO NOTHING", [(v, k) for k, v in errors.items()])
+                conn.executemany(insert, [_probe_tuple(r, ids[r.provider], None if r.error is None
+                                                       else errors[r.error]) for r in batch])
                 if same_rows:
                     conn.executemany(upsert, [
                         (m["provider"], m["model_id"], json.dumps(m["details"]), m["first_seen"].strftime(_SQLITE_TS),
@@ -188,16 +211,25 @@ def write_sqlite_raw(path: Path, results: Sequence[ProbeResult], *, same_rows: b
     return Run(len(results), meter.usage)
 
 
-# --- raw PostgreSQL ------------------------------------------------------------------------------------------------
-
-
 async def write_postgres_raw(conn: asyncpg.Connection, results: Sequence[ProbeResult], *, same_rows: bool) -> Run:
     upsert = _MODEL_UPSERT.format("$1", "$2", "$3", "$4", "$5")
     with Meter() as meter:
+        ids: dict[str, int] = {}
         for batch in chunks(results, BATCH_SIZE):
             async with conn.transaction():
-                await conn.copy_records_to_table("probes", records=[_probe_tuple(r, r.started_at) for r in batch],
-                                                 columns=PROBE_COLUMNS)
+                new = {r.provider for r in batch} - ids.keys()
+                if new:
+                    await conn.executemany("INSERT INTO names (kind, digest, name) VALUES (1, $1, $2) "
+                                           "ON CONFLICT DO NOTHING",
+                                           [(rows.digest(rows.NAME_PROVIDER, name), name) for name in new])
+                    ids.update((row["name"], row["id"]) for row in await conn.fetch("SELECT id, name FROM names"))
+                errors = _errors(batch)
+                await conn.executemany("INSERT INTO error_texts (id, text, last_used_s) VALUES ($1, $2, 0) "
+                                       "ON CONFLICT (id) DO NOTHING", [(v, k) for k, v in errors.items()])
+                await conn.copy_records_to_table(
+                    "probe_rows", records=[_probe_tuple(r, ids[r.provider], None if r.error is None
+                                                        else errors[r.error]) for r in batch],
+                    columns=rows.PROBE_COLUMNS)
                 if same_rows:
                     await conn.executemany(upsert, [
                         (m["provider"], m["model_id"], json.dumps(m["details"]), m["first_seen"], m["last_seen"])

@@ -6,23 +6,24 @@ import asyncio
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
-from monitord.model import ProbeResult, Status
+from monitord.model import ErrorClass, ProbeResult, Status
 from monitord.store import Store, dialects, migrate
 from monitord.store.schema import metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC = Path(sys.executable).parent / "alembic"
-TABLES = {"providers", "probes", "provider_models", "alert_events", "alert_deliveries", "probe_rollups",
-          "generation_samples", "generation_rollups", "alert_state",
+TABLES = {"providers", "probe_rows", "names", "error_texts", "provider_models", "alert_events", "alert_deliveries",
+          "probe_rollups", "generation_samples", "generation_rollups", "alert_state",
           "retention_marks", "cluster_instances", "cluster_leases", "silences"}
 
 
@@ -32,9 +33,10 @@ async def inspect_db(url: str) -> dict[str, Any]:
     def look(conn: Connection) -> dict[str, Any]:
         inspector = inspect(conn)
         tables = set(inspector.get_table_names())
-        indexes = {ix["name"] for ix in inspector.get_indexes("probes")} if "probes" in tables else set()
+        indexes = {ix["name"] for ix in inspector.get_indexes("probe_rows")} if "probe_rows" in tables else set()
         drift = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
-        return {"tables": tables - {"alembic_version"}, "indexes": indexes, "drift": drift}
+        return {"tables": tables - {"alembic_version"}, "indexes": indexes, "drift": drift,
+                "views": set(inspector.get_view_names())}
 
     engine = dialects.create_engine(url)
     try:
@@ -51,13 +53,15 @@ async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert await migrate.current(db_url) == migrate.head()
     state = await inspect_db(db_url)
     assert state["tables"] == TABLES
-    assert {"ix_probes_provider_ts", "ix_probes_ts"} <= state["indexes"]
+    assert state["indexes"] == set(), "probe_rows has its primary key and nothing else"
+    assert state["views"] == {"probes"}
     assert state["drift"] == [], "schema.py and the migrations disagree"
 
     await migrate.upgrade(db_url)  # already at head: nothing to do
     await migrate.downgrade(db_url, "base")
     assert await migrate.current(db_url) is None
     assert (await inspect_db(db_url))["tables"] == set()
+    assert (await inspect_db(db_url))["views"] == set()
 
     await migrate.upgrade(db_url)
     assert await migrate.current(db_url) == migrate.head()
@@ -151,3 +155,123 @@ def test_offline_sql_renders_for_both_databases() -> None:
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
         ).stdout
         assert "CREATE TABLE probes" in out and marker in out
+
+
+# -- 0008: the compact series, with rows written at 0007 ---------------------------------------------------------
+
+OLD = sa.MetaData()
+OLD_PROBES = sa.Table(
+    "probes", OLD, sa.Column("id", sa.Integer, primary_key=True), sa.Column("ts", sa.DateTime(timezone=True)),
+    sa.Column("provider", sa.Text), sa.Column("status", sa.String), sa.Column("error_class", sa.String),
+    sa.Column("error", sa.Text), sa.Column("connect_ms", sa.Float), sa.Column("ttfb_ms", sa.Float),
+    sa.Column("total_ms", sa.Float), sa.Column("http_status", sa.Integer), sa.Column("model_count", sa.Integer),
+    sa.Column("attempts", sa.Integer), sa.Column("slots_total", sa.Integer), sa.Column("slots_busy", sa.Integer),
+    sa.Column("queue_depth", sa.Integer), sa.Column("requests_running", sa.Integer),
+    sa.Column("kv_cache_usage", sa.Float))
+OLD_ROLLUPS = sa.Table(
+    "probe_rollups", OLD, sa.Column("provider", sa.Text), sa.Column("step_s", sa.Integer),
+    sa.Column("bucket_start_s", sa.BigInteger), sa.Column("probe_count", sa.Integer),
+    sa.Column("ok_count", sa.Integer), sa.Column("latency_sum_ms", sa.Float), sa.Column("latency_min_ms", sa.Float),
+    sa.Column("latency_max_ms", sa.Float), sa.Column("latency_hist", sa.Text))
+OLD_SAMPLES = sa.Table(
+    "generation_samples", OLD, sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True)), sa.Column("provider", sa.Text), sa.Column("model", sa.Text),
+    sa.Column("kind", sa.String), sa.Column("ok", sa.Boolean), sa.Column("skipped", sa.Boolean),
+    sa.Column("error_class", sa.String), sa.Column("error", sa.Text), sa.Column("ttft_ms", sa.Float),
+    sa.Column("total_ms", sa.Float), sa.Column("tokens_per_s", sa.Float), sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer), sa.Column("finish_reason", sa.Text),
+    sa.Column("streamed", sa.Boolean), sa.Column("stream_complete", sa.Boolean))
+OLD_MARKS = sa.Table("retention_marks", OLD, sa.Column("name", sa.String),
+                     sa.Column("at", sa.DateTime(timezone=True)))
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def old_probe(n: int, provider: str) -> dict[str, Any]:
+    failed = n % 5 == 0
+    return {"ts": T0 + timedelta(seconds=30 * n, microseconds=123_456), "provider": provider,
+            "status": "down" if failed else "up", "error_class": "refused" if failed else None,
+            "error": f"connection refused ({provider})" if failed else None, "connect_ms": None if n % 2 else 1.25,
+            "ttfb_ms": None if failed else 7.5 + n % 11, "total_ms": 12.345 + n % 17, "http_status": None if failed
+            else 200, "model_count": 0 if failed else 2, "attempts": 3 if failed else 1,
+            "slots_total": 4, "slots_busy": n % 5, "queue_depth": 0, "requests_running": n % 5,
+            "kv_cache_usage": 0.25 if provider == "gpu" else None}
+
+
+async def test_an_upgrade_from_0007_keeps_the_history_queryable(db_url: str) -> None:
+    """Rows written at 0007 (probes, rollups, marks, canary samples) read back the same through the store at
+    0008, the view shows them as the old table did, and a downgrade puts them back."""
+    await migrate.upgrade(db_url, "0007")
+    probes = [old_probe(n, provider) for provider in ("gpu", "cpu") for n in range(240)]  # two hours
+    hour = {"provider": "gpu", "step_s": 3600, "bucket_start_s": int((T0 - timedelta(hours=1)).timestamp()),
+            "probe_count": 120, "ok_count": 100, "latency_sum_ms": 1500.5, "latency_min_ms": 2.5,
+            "latency_max_ms": 80.25, "latency_hist": "41:60,50:40"}
+    sample = {"ts": T0 + timedelta(seconds=5), "provider": "gpu", "model": "llama-3-8b", "kind": "generation",
+              "ok": False, "skipped": False, "error_class": "stream_stalled", "error": "no chunk for 10 s",
+              "ttft_ms": 150.5, "total_ms": 10_200.0, "tokens_per_s": None, "prompt_tokens": 12,
+              "completion_tokens": 3, "finish_reason": None, "streamed": True, "stream_complete": False}
+    engine = dialects.create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(OLD_PROBES.insert(), probes)
+            await conn.execute(OLD_ROLLUPS.insert(), [hour])
+            await conn.execute(OLD_SAMPLES.insert(), [sample])
+            await conn.execute(OLD_MARKS.insert(), [{"name": "rollup_3600", "at": T0}, {"name": "rollup_60",
+                                                                                         "at": T0}])
+    finally:
+        await engine.dispose()
+
+    await migrate.upgrade(db_url)
+    store = await Store.open(db_url)
+    try:
+        history = await store.history("gpu", limit=10_000)
+        assert len(history) == 240 and len(await store.history("cpu", limit=10_000)) == 240
+        newest, failed = history[0], history[-1]  # n = 239 (up), n = 0 (down)
+        assert newest.ts == T0 + timedelta(seconds=30 * 239, microseconds=123_456)
+        assert (newest.status, newest.error, newest.total_ms, newest.ttfb_ms) == (Status.UP, None, 12.345 + 239 % 17,
+                                                                                   7.5 + 239 % 11)
+        assert newest.capacity is not None and newest.capacity.kv_cache_usage == 0.25
+        assert newest.capacity.slots_busy == 239 % 5
+        assert (failed.status, failed.error_class, failed.error) == (Status.DOWN, ErrorClass.REFUSED,
+                                                                     "connection refused (gpu)")
+        assert (failed.connect_ms, failed.http_status, failed.attempts) == (1.25, None, 3)
+        # the hour before T0 from the migrated rollup, the two hours after from the raw rows
+        buckets = await store.aggregate("gpu", step_s=3600, since=T0 - timedelta(hours=1),
+                                        until=T0 + timedelta(hours=2))
+        assert [(b.start, b.count, b.ok_count) for b in buckets] == [
+            (T0 - timedelta(hours=1), 120, 100), (T0, 120, 96), (T0 + timedelta(hours=1), 120, 96)]
+        assert buckets[0].latency_avg_ms == pytest.approx(15.005)
+        samples = await store.generation_history("gpu")
+        assert [(s.model, s.error_class, s.error, s.ttft_ms, s.stream_complete) for s in samples] == [
+            ("llama-3-8b", ErrorClass.STREAM_STALLED, "no chunk for 10 s", 150.5, False)]
+        # new rows join the migrated ones under the same provider id
+        store.enqueue(ProbeResult(provider="gpu", provider_type="vllm", started_at=T0 + timedelta(hours=3),
+                                  status=Status.DOWN, total_ms=3.0, error_class=ErrorClass.REFUSED,
+                                  error="connection refused (gpu)"))
+        await store.flush()
+        assert len(await store.history("gpu", limit=10_000)) == 241
+    finally:
+        await store.close()
+
+    engine = dialects.create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            view = (await conn.execute(sa.text(
+                "SELECT provider, status, error, total_ms FROM probes WHERE provider = 'cpu' AND status = 'down' "
+                "ORDER BY ts"))).all()
+            texts = (await conn.execute(sa.text("SELECT count(*) FROM error_texts"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert len(view) == 48 and view[0][:3] == ("cpu", "down", "connection refused (cpu)")
+    assert float(view[0][3]) == pytest.approx(12.345)
+    assert texts == 3  # each error text once, however many rows cite it
+
+    await migrate.downgrade(db_url, "0007")
+    engine = dialects.create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            back = (await conn.execute(sa.select(OLD_PROBES.c.ts, OLD_PROBES.c.error, OLD_PROBES.c.kv_cache_usage)
+                                       .where(OLD_PROBES.c.provider == "gpu").order_by(OLD_PROBES.c.ts))).all()
+    finally:
+        await engine.dispose()
+    assert len(back) == 241 and back[0][1] == "connection refused (gpu)" and back[0][2] == 0.25
+    assert back[0][0].replace(tzinfo=UTC) == T0 + timedelta(microseconds=123_456)

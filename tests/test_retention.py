@@ -28,7 +28,7 @@ from monitord.model import (
 )
 from monitord.store import RetentionPolicy, Store, dialects, histogram, migrate, queries
 from monitord.store.retention import HOUR_S, MINUTE_S, RAW_PRUNED, Rollup, floor_time, mark_name
-from monitord.store.schema import probe_rollups, probes
+from monitord.store.schema import error_texts, names, probe_rollups, probes
 from tests.plugins.databases import StoreFactory
 
 T0 = datetime(2025, 3, 3, 0, 0, tzinfo=UTC)  # a Monday, midnight: day and hour boundaries line up
@@ -148,8 +148,10 @@ async def rollup_rows(url: str, step_s: int) -> list[dict[str, Any]]:
     engine = dialects.create_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(probe_rollups).where(probe_rollups.c.step_s == step_s)
-                                       .order_by(probe_rollups.c.provider, probe_rollups.c.bucket_start_s))).all()
+            r = probe_rollups
+            rows = (await conn.execute(select(r, names.c.name.label("provider"))
+                                       .join(names, names.c.id == r.c.provider_id).where(r.c.step_s == step_s)
+                                       .order_by(names.c.name, r.c.bucket_start_s))).all()
     finally:
         await engine.dispose()
     return [{**row._mapping, "bucket_start": datetime.fromtimestamp(row.bucket_start_s, UTC)} for row in rows]
@@ -181,8 +183,8 @@ async def test_rollups_match_the_raw_rows(store: Store, db_url: str) -> None:
                 and floor_time(r.started_at, 60) == row["bucket_start"]]
         ok = [r.total_ms for r in mine if r.status is Status.UP]
         assert (row["probe_count"], row["ok_count"]) == (len(mine), len(ok))
-        assert row["latency_sum_ms"] == pytest.approx(sum(ok))
-        assert (row["latency_min_ms"], row["latency_max_ms"]) == (min(ok), max(ok))
+        assert row["latency_sum_us"] == round(sum(ok) * 1000)
+        assert (row["latency_min_us"], row["latency_max_us"]) == (round(min(ok) * 1000), round(max(ok) * 1000))
         assert histogram.decode(row["latency_hist"]) == histogram.histogram(ok)
     hours = await rollup_rows(db_url, HOUR_S)
     assert [(r["provider"], r["bucket_start"]) for r in hours] == [
@@ -226,7 +228,7 @@ async def test_late_rows_within_the_lookback_are_rolled_up(store: Store, db_url:
 
     assert report.rolled_up[MINUTE_S] == 1
     row = next(r for r in await rollup_rows(db_url, MINUTE_S) if r["bucket_start"] == T0 + timedelta(minutes=25))
-    assert row["probe_count"] == 2 and row["latency_max_ms"] == 999.0
+    assert row["probe_count"] == 2 and row["latency_max_us"] == 999_000
 
 
 async def test_minutes_with_unwritten_rows_wait(store_factory: StoreFactory, db_url: str) -> None:
@@ -344,14 +346,15 @@ async def table_bytes(url: str) -> dict[str, int]:
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             sqlite = conn.dialect.name == "sqlite"
-            await conn.execute(text("VACUUM" if sqlite else "VACUUM probes, probe_rollups"))
-            for table in ("probes", "probe_rollups"):
+            await conn.execute(text("VACUUM" if sqlite else "VACUUM probe_rows, probe_rollups"))
+            for table in ("probe_rows", "probe_rollups"):
                 if sqlite:
                     stmt = text("SELECT sum(pgsize) FROM dbstat WHERE name = :t OR name IN "
                                 "(SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t)")
                 else:
                     stmt = text("SELECT pg_total_relation_size(CAST(:t AS regclass))")
-                sizes[f"{table}_bytes"] = int((await conn.execute(stmt, {"t": table})).scalar_one() or 0)
+                label = "probes" if table == "probe_rows" else table
+                sizes[f"{label}_bytes"] = int((await conn.execute(stmt, {"t": table})).scalar_one() or 0)
             if sqlite:
                 pages = (await conn.execute(text("PRAGMA page_count"))).scalar_one()
                 sizes["file_bytes"] = int(pages) * int((await conn.execute(text("PRAGMA page_size"))).scalar_one())
@@ -414,3 +417,16 @@ async def test_weeks_of_probes_stay_bounded(store_factory: StoreFactory, db_url:
     print(json.dumps({"database": store.dialect, "daily": daily, "bytes_per_raw_row": raw_row,
                       "bytes_per_rollup_row": rollup_row, "bytes_per_provider_day": per_provider_day,
                       "steady_bytes_per_provider_default_retention_30s_interval": defaults}))
+
+
+async def test_error_texts_go_with_the_last_raw_row_that_cites_them(store: Store, db_url: str) -> None:
+    """Each error text is stored once however many rows cite it, and deleted once no raw row can cite it."""
+    old = [result("p0", T0 + timedelta(minutes=m), status=Status.DOWN) for m in range(30)]
+    fresh = ProbeResult(provider="p0", provider_type="vllm", started_at=T0 + 3 * DAY, status=Status.DOWN,
+                        total_ms=1.0, error_class=ErrorClass.TIMEOUT, error="timed out")
+    await write_all(store, [*old, fresh])
+    assert await count_rows(db_url, error_texts) == 2
+    retention = store.retention(POLICY)
+    await retention.run_once(T0 + 3 * DAY + timedelta(minutes=5))  # raw rows before day 1 are gone
+    assert await count_rows(db_url, error_texts) == 1
+    assert [s.error for s in await store.history("p0")] == ["timed out"]

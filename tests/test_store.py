@@ -124,7 +124,7 @@ async def test_latest_is_the_newest_sample_of_each_provider(store: Store) -> Non
     for minute, provider, status in [
         (0, "a", Status.UP), (5, "a", Status.DOWN), (3, "a", Status.UP),
         (1, "b", Status.UP),
-        (2, "c", Status.LOADING), (2, "c", Status.UP),  # same instant: the later write wins
+        (2, "c", Status.LOADING), (2, "c", Status.UP),  # same instant: the later write is stored 1 µs on, and wins
     ]:
         store.enqueue(result(provider, T0 + timedelta(minutes=minute), status))
     await store.flush()
@@ -133,7 +133,7 @@ async def test_latest_is_the_newest_sample_of_each_provider(store: Store) -> Non
     assert {name: (s.ts, s.status) for name, s in latest.items()} == {
         "a": (T0 + timedelta(minutes=5), Status.DOWN),
         "b": (T0 + timedelta(minutes=1), Status.UP),
-        "c": (T0 + timedelta(minutes=2), Status.UP),
+        "c": (T0 + timedelta(minutes=2, microseconds=1), Status.UP),
     }
 
 
@@ -254,7 +254,7 @@ async def test_close_writes_everything_still_buffered(db_url: str, store_factory
     assert (store.written_total, store.pending, store.dropped_total) == (1234, 0, 0)
 
     rows = await dump_tables(db_url)
-    assert len(rows["probes"]) == 1234
+    assert len(rows["probe_rows"]) == 1234
 
 
 async def test_enqueue_after_close_is_counted_not_raised(store: Store) -> None:

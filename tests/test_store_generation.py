@@ -60,12 +60,13 @@ async def test_one_batch_holds_probes_and_samples_and_both_land(store: Store, db
     await store.flush()
     assert store.pending == 0 and store.written_total == 4
     tables = await dump_tables(db_url)
-    assert len(tables["probes"]) == 2
-    rows = sorted(tables["generation_samples"], key=lambda row: row["id"])
-    assert [(row["ok"], row["skipped"], row["error_class"]) for row in rows] == [
-        (True, False, None), (False, False, "generation_timeout")]
-    assert rows[0]["ttft_ms"] == 120.0 and rows[0]["finish_reason"] == "length" and rows[0]["streamed"] is True
-    assert len(rows[1]["error"]) == 2000  # capped like a probe error
+    assert len(tables["probe_rows"]) == 2
+    assert len(tables["generation_samples"]) == 2 and len(tables["error_texts"]) == 1
+    rows = await store.generation_history("vllm")  # newest first: the second sample, moved 1 µs on
+    assert [(row.ok, row.skipped, row.error_class) for row in rows] == [
+        (False, False, ErrorClass.GENERATION_TIMEOUT), (True, False, None)]
+    assert rows[1].ttft_ms == 120.0 and rows[1].finish_reason == "length" and rows[1].streamed is True
+    assert rows[0].error is not None and len(rows[0].error) == 2000  # capped like a probe error
 
 
 async def test_history_and_recent_read_samples_back_as_written(store: Store) -> None:

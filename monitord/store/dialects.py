@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import socket
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import asyncpg
 from sqlalchemy import BigInteger, ColumnElement, Connection, Integer, Select, Table, event, func, text
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from monitord.text import redact_url
@@ -157,22 +159,39 @@ def prepare_for_migrations(connection: Connection) -> None:
         connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
 
 
-async def insert_rows(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows: COPY on PostgreSQL (about 4x less client CPU per row than a batched INSERT, see
-    BENCHMARKS.md), executemany on SQLite. All rows have the same keys; the caller's transaction holds both."""
-    if not rows:
+async def insert_records(conn: AsyncConnection, table: Table, columns: Sequence[str],
+                         records: Sequence[tuple[Any, ...]], *, dedupe: bool = False) -> None:
+    """Insert rows given as tuples in `columns` order, in the caller's transaction, skipping none and converting
+    nothing (the writer's hot path: the rows are already what the columns hold).
+
+    SQLite: one executemany of INSERT OR IGNORE (a key already stored is the same probe written twice).
+    PostgreSQL: COPY (about 4x less client CPU per row than a batched INSERT, see BENCHMARKS.md); COPY cannot skip
+    a taken key, so a duplicate raises IntegrityError and the caller writes the batch again with `dedupe`, which
+    inserts with ON CONFLICT DO NOTHING.
+    """
+    if not records:
         return
+    names = ", ".join(columns)
     if conn.dialect.name != POSTGRESQL:
-        await conn.execute(table.insert(), rows)
+        marks = ", ".join("?" * len(columns))
+        await conn.exec_driver_sql(f"INSERT OR IGNORE INTO {table.name} ({names}) VALUES ({marks})",
+                                   list(records))
         return
-    columns = list(rows[0])
+    if dedupe:
+        await conn.execute(insert_ignore(POSTGRESQL, table), [dict(zip(columns, record, strict=True))
+                                                              for record in records])
+        return
     # The driver opens its transaction lazily, on the first statement: open it, so the COPY joins it and the
     # batch stays all or nothing with the statements that follow.
     await conn.execute(text("SELECT 1"))
     raw = await conn.get_raw_connection()
     try:
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns)
+            table.name, records=records, columns=list(columns))
+    except asyncpg.IntegrityConstraintViolationError as exc:  # the rows' fault: the connection is fine
+        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+    except asyncpg.DataError as exc:
+        raise DataError(f"COPY {table.name}", None, exc) from exc
     except BaseException:
         # The driver's own error bypasses SQLAlchemy, which would otherwise hand this (possibly dead)
         # connection to the next caller: drop it from the pool, so the next batch reconnects.

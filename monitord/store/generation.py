@@ -15,16 +15,26 @@ from sqlalchemy import Row, Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from monitord.model import ErrorClass, SampleKind
-from monitord.store.queries import percentile_cont, plan_sources
+from monitord.store.queries import percentile_cont, plan_sources, provider_id
 from monitord.store.retention import GENERATION, GenerationRollup, read_marks
-from monitord.store.schema import generation_rollups, generation_samples
+from monitord.store.rows import (
+    ERROR_CLASS_BY_CODE,
+    KIND_BY_CODE,
+    NAME_MODEL,
+    NAME_PROVIDER,
+    digest,
+    epoch_us,
+    from_epoch_us,
+    from_us,
+)
+from monitord.store.schema import error_texts, generation_rollups, generation_samples, names
 
 P50, P95 = 0.5, 0.95
 
 
 @dataclass(frozen=True, slots=True)
 class StoredSample:
-    """One stored canary sample, as generation_samples holds it (fits monitord.generation.SampleRecord)."""
+    """One stored canary sample, as generation_samples holds it decoded (fits monitord.generation.SampleRecord)."""
 
     started_at: datetime  # timezone-aware UTC
     provider: str
@@ -68,49 +78,60 @@ class GenerationBucket:
 
 
 _g = generation_samples
+_models = names.alias("model_names")
 
 
-def _error_class(value: str | None) -> ErrorClass | None:
-    if value is None:
+def _error_class(code: int | None) -> ErrorClass | None:
+    if code is None:
         return None
-    try:
-        return ErrorClass(value)
-    except ValueError:  # a class a newer monitord wrote: keep that it failed
-        return ErrorClass.INTERNAL
+    return ERROR_CLASS_BY_CODE.get(code, ErrorClass.INTERNAL)  # a class a newer monitord wrote: keep that it failed
 
 
 def _sample(row: Row[Any]) -> StoredSample:
     return StoredSample(
-        started_at=row.ts, provider=row.provider, model=row.model, kind=SampleKind(row.kind), ok=bool(row.ok),
-        skipped=bool(row.skipped), error_class=_error_class(row.error_class), error=row.error,
-        ttft_ms=row.ttft_ms, total_ms=row.total_ms, tokens_per_s=row.tokens_per_s,
-        prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
-        finish_reason=row.finish_reason, streamed=bool(row.streamed), stream_complete=row.stream_complete,
+        started_at=from_epoch_us(row.ts), provider=row.provider, model=row.model,
+        kind=KIND_BY_CODE.get(row.kind, SampleKind.GENERATION), ok=bool(row.ok), skipped=bool(row.skipped),
+        error_class=_error_class(row.error_class), error=row.error, ttft_ms=from_us(row.ttft_us),
+        total_ms=from_us(row.total_us), tokens_per_s=row.tokens_per_s, prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens, finish_reason=row.finish_reason, streamed=bool(row.streamed),
+        stream_complete=row.stream_complete,
     )
 
 
 def _columns() -> Select[Any]:
-    return select(*(column for column in _g.columns if column.name != "id"))
+    """Sample rows with the provider and model names and the error text joined back."""
+    return (select(_g.c.ts, names.c.name.label("provider"), _models.c.name.label("model"), _g.c.kind, _g.c.ok,
+                   _g.c.skipped, _g.c.error_class, error_texts.c.text.label("error"), _g.c.ttft_us, _g.c.total_us,
+                   _g.c.tokens_per_s, _g.c.prompt_tokens, _g.c.completion_tokens, _g.c.finish_reason,
+                   _g.c.streamed, _g.c.stream_complete)
+            .select_from(_g.join(names, names.c.id == _g.c.provider_id).join(_models, _models.c.id == _g.c.model_id)
+                         .outerjoin(error_texts, error_texts.c.id == _g.c.error_id)))
+
+
+def _model_id(model: str) -> Any:
+    return select(names.c.id).where(names.c.digest == digest(NAME_MODEL, model)).scalar_subquery()
 
 
 async def history(engine: AsyncEngine, provider: str, *, since: datetime | None = None,
                   until: datetime | None = None, model: str | None = None, limit: int = 1000) -> list[StoredSample]:
     """Samples of one provider (one model, if given) with since <= ts < until, newest first, at most `limit`."""
-    stmt = _columns().where(_g.c.provider == provider)
+    stmt = _columns().where(_g.c.provider_id == provider_id(provider))
     if model is not None:
-        stmt = stmt.where(_g.c.model == model)
+        stmt = stmt.where(_g.c.model_id == _model_id(model))
     if since is not None:
-        stmt = stmt.where(_g.c.ts >= since)
+        stmt = stmt.where(_g.c.ts >= epoch_us(since))
     if until is not None:
-        stmt = stmt.where(_g.c.ts < until)
-    stmt = stmt.order_by(_g.c.ts.desc(), _g.c.id.desc()).limit(limit)
+        stmt = stmt.where(_g.c.ts < epoch_us(until))
+    stmt = stmt.order_by(_g.c.ts.desc(), _g.c.model_id.desc()).limit(limit)
     async with engine.connect() as conn:
         return [_sample(row) for row in (await conn.execute(stmt)).all()]
 
 
 async def recent(engine: AsyncEngine, since: datetime) -> list[StoredSample]:
     """Samples of every provider with ts >= since, oldest first: enough to rebuild the live statistics."""
-    stmt = _columns().where(_g.c.ts >= since).order_by(_g.c.ts, _g.c.id)
+    stmt = (_columns().where(_g.c.provider_id.in_(select(names.c.id).where(names.c.kind == NAME_PROVIDER)),
+                             _g.c.ts >= epoch_us(since))
+            .order_by(_g.c.ts, _g.c.provider_id, _g.c.model_id))
     async with engine.connect() as conn:
         return [_sample(row) for row in (await conn.execute(stmt)).all()]
 
@@ -150,21 +171,22 @@ async def aggregate(engine: AsyncEngine, provider: str, *, step_s: int, since: d
 async def _raw(conn: AsyncConnection, provider: str, model: str | None, step_s: int, since: datetime,
                until: datetime, merged: dict[tuple[str, int], GenerationRollup],
                exact: dict[tuple[str, int], tuple[list[float], list[float]]]) -> None:
-    stmt = select(_g.c.ts, _g.c.model, *(_g.c[name] for name in GENERATION.raw_columns)).where(
-        _g.c.provider == provider, _g.c.ts >= since, _g.c.ts < until)
+    stmt = (select(_g.c.ts, _models.c.name.label("model"), *(_g.c[name] for name in GENERATION.raw_columns))
+            .select_from(_g.join(_models, _models.c.id == _g.c.model_id))
+            .where(_g.c.provider_id == provider_id(provider), _g.c.ts >= epoch_us(since), _g.c.ts < epoch_us(until)))
     if model is not None:
-        stmt = stmt.where(_g.c.model == model)
+        stmt = stmt.where(_g.c.model_id == _model_id(model))
     values: dict[tuple[str, int], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for row in (await conn.execute(stmt)).all():
-        key = (row.model, int(row.ts.timestamp() // step_s))
+        key = (row.model, row.ts // (step_s * 1_000_000))
         rollup = merged.get(key)
         if rollup is None:
             rollup = merged[key] = GenerationRollup()
         rollup.add_raw(row)
         ttft, tps = values[key]
         if row.ok and not row.skipped:
-            if row.ttft_ms is not None:
-                ttft.append(float(row.ttft_ms))
+            if row.ttft_us is not None:
+                ttft.append(row.ttft_us / 1000)
             if row.tokens_per_s is not None:
                 tps.append(float(row.tokens_per_s))
     exact.update(values)
@@ -173,11 +195,12 @@ async def _raw(conn: AsyncConnection, provider: str, model: str | None, step_s: 
 async def _rolled(conn: AsyncConnection, provider: str, model: str | None, source_step_s: int, step_s: int,
                   since: datetime, until: datetime, merged: dict[tuple[str, int], GenerationRollup]) -> None:
     r = generation_rollups
-    stmt = select(r).where(r.c.provider == provider, r.c.step_s == source_step_s,
+    stmt = (select(r, _models.c.name.label("model")).select_from(r.join(_models, _models.c.id == r.c.model_id))
+            .where(r.c.provider_id == provider_id(provider), r.c.step_s == source_step_s,
                            r.c.bucket_start_s >= math.ceil(since.timestamp()),
-                           r.c.bucket_start_s < math.ceil(until.timestamp()))
+                   r.c.bucket_start_s < math.ceil(until.timestamp())))
     if model is not None:
-        stmt = stmt.where(r.c.model == model)
+        stmt = stmt.where(r.c.model_id == _model_id(model))
     for row in (await conn.execute(stmt)).all():
         key = (row.model, row.bucket_start_s // step_s)
         rollup = merged.get(key)

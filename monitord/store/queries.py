@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, case, func, select
+from sqlalchemy import Row, ScalarSelect, Select, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from monitord.model import Capacity, ErrorClass, ModelInfo, ProbeResult, Status
@@ -27,8 +27,19 @@ from monitord.store.retention import (
     mark_name,
     read_marks,
 )
-from monitord.store.rows import MODEL_REFRESH_S
-from monitord.store.schema import probe_rollups, probes, provider_models, providers
+from monitord.store.rows import (
+    ERROR_CLASS_BY_CODE,
+    MODEL_REFRESH_S,
+    NAME_PROVIDER,
+    STATUS_BY_CODE,
+    STATUS_CODES,
+    digest,
+    epoch_us,
+    from_epoch_us,
+    from_ppm,
+    from_us,
+)
+from monitord.store.schema import error_texts, names, probe_rollups, probes, provider_models, providers
 
 P95 = 0.95
 
@@ -81,36 +92,38 @@ class Bucket:
         return self.ok_count / self.count if self.count else 0.0
 
 
-_SAMPLE_COLUMNS = (
-    probes.c.ts,
-    probes.c.provider,
-    probes.c.status,
-    probes.c.error_class,
-    probes.c.error,
-    probes.c.connect_ms,
-    probes.c.ttfb_ms,
-    probes.c.total_ms,
-    probes.c.http_status,
-    probes.c.model_count,
-    probes.c.attempts,
-    probes.c.slots_total,
-    probes.c.slots_busy,
-    probes.c.queue_depth,
-    probes.c.requests_running,
-    probes.c.kv_cache_usage,
-)
+def _samples() -> Select[Any]:
+    """Probe rows as ProbeSample fields: the provider's name and the error text joined back, codes kept."""
+    p = probes
+    return (select(p.c.ts, names.c.name.label("provider"), p.c.status, p.c.error_class,
+                   error_texts.c.text.label("error"), p.c.connect_us, p.c.ttfb_us, p.c.total_us, p.c.http_status,
+                   p.c.model_count, p.c.attempts, p.c.slots_total, p.c.slots_busy, p.c.queue_depth,
+                   p.c.requests_running, p.c.kv_cache_ppm)
+            .select_from(p.join(names, names.c.id == p.c.provider_id)
+                         .outerjoin(error_texts, error_texts.c.id == p.c.error_id)))
+
+
+def provider_id(name: str) -> ScalarSelect[Any]:
+    """names.id of provider `name` (NULL if it never wrote a row), for a WHERE clause."""
+    return select(names.c.id).where(names.c.digest == digest(NAME_PROVIDER, name)).scalar_subquery()
+
+
+def _error_class(code: int | None) -> ErrorClass | None:
+    if code is None:
+        return None
+    return ERROR_CLASS_BY_CODE.get(code, ErrorClass.INTERNAL)  # a class a newer monitord wrote: it failed
 
 
 def _sample(row: Row[*tuple[Any, ...]]) -> ProbeSample:
     return ProbeSample(
-        ts=row.ts,
+        ts=from_epoch_us(row.ts),
         provider=row.provider,
-        status=Status(row.status),
-        error_class=ErrorClass(row.error_class) if row.error_class is not None else None,
+        status=STATUS_BY_CODE.get(row.status, Status.UNKNOWN),
+        error_class=_error_class(row.error_class),
         error=row.error,
-        connect_ms=row.connect_ms,
-        ttfb_ms=row.ttfb_ms,
-        total_ms=row.total_ms,
+        connect_ms=from_us(row.connect_us),
+        ttfb_ms=from_us(row.ttfb_us),
+        total_ms=row.total_us / 1000,
         http_status=row.http_status,
         model_count=row.model_count,
         attempts=row.attempts,
@@ -120,7 +133,7 @@ def _sample(row: Row[*tuple[Any, ...]]) -> ProbeSample:
 
 def _capacity(row: Row[*tuple[Any, ...]]) -> Capacity | None:
     values = {"slots_total": row.slots_total, "slots_busy": row.slots_busy, "queue_depth": row.queue_depth,
-              "requests_running": row.requests_running, "kv_cache_usage": row.kv_cache_usage}
+              "requests_running": row.requests_running, "kv_cache_usage": from_ppm(row.kv_cache_ppm)}
     return Capacity(**values) if any(v is not None for v in values.values()) else None
 
 
@@ -132,39 +145,23 @@ async def history(
     until: datetime | None = None,
     limit: int = 1000,
 ) -> list[ProbeSample]:
-    """Samples of one provider with since <= ts < until, newest first, at most `limit`."""
-    stmt = select(*_SAMPLE_COLUMNS).where(probes.c.provider == provider)
+    """Samples of one provider with since <= ts < until, newest first, at most `limit` (the primary key's range)."""
+    stmt = _samples().where(probes.c.provider_id == provider_id(provider))
     if since is not None:
-        stmt = stmt.where(probes.c.ts >= since)
+        stmt = stmt.where(probes.c.ts >= epoch_us(since))
     if until is not None:
-        stmt = stmt.where(probes.c.ts < until)
-    stmt = stmt.order_by(probes.c.ts.desc(), probes.c.id.desc()).limit(limit)
+        stmt = stmt.where(probes.c.ts < epoch_us(until))
+    stmt = stmt.order_by(probes.c.ts.desc()).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [_sample(row) for row in rows]
 
 
 async def latest(engine: AsyncEngine) -> dict[str, ProbeSample]:
-    """The newest sample of every provider that has one.
-
-    Walks the distinct providers through the (provider, ts) index one step at a time (a "loose
-    index scan"), then takes each one's newest row, so the cost grows with providers, not rows.
-    """
+    """The newest sample of every provider that has one: per provider name, one descent of the primary key."""
     inner = probes.alias("inner_probes")
-    names = select(func.min(probes.c.provider).label("provider")).cte("provider_names", recursive=True)
-    names = names.union_all(
-        select(
-            select(func.min(inner.c.provider)).where(inner.c.provider > names.c.provider).scalar_subquery()
-        ).where(names.c.provider.is_not(None))
-    )
-    newest_id = (
-        select(inner.c.id)
-        .where(inner.c.provider == names.c.provider)
-        .order_by(inner.c.ts.desc(), inner.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    stmt = select(*_SAMPLE_COLUMNS).join(names, probes.c.id == newest_id)
+    newest = select(func.max(inner.c.ts)).where(inner.c.provider_id == names.c.id).scalar_subquery()
+    stmt = _samples().where(names.c.kind == NAME_PROVIDER, probes.c.ts == newest)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return {row.provider: _sample(row) for row in rows}
@@ -172,7 +169,8 @@ async def latest(engine: AsyncEngine) -> dict[str, ProbeSample]:
 
 async def recent(engine: AsyncEngine, since: datetime) -> list[ProbeSample]:
     """Samples of every provider with ts >= since, oldest first: enough to rebuild live state."""
-    stmt = select(*_SAMPLE_COLUMNS).where(probes.c.ts >= since).order_by(probes.c.ts, probes.c.id)
+    stmt = (_samples().where(names.c.kind == NAME_PROVIDER, probes.c.ts >= epoch_us(since))
+            .order_by(probes.c.ts, probes.c.provider_id))
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [_sample(row) for row in rows]
@@ -251,7 +249,7 @@ def plan_sources(step_s: int, since: datetime, until: datetime, marks: Mapping[s
 async def _rollup_buckets(conn: AsyncConnection, provider: str, source_step_s: int, step_s: int,
                           since: datetime, until: datetime) -> list[Bucket]:
     r = probe_rollups
-    stmt = (select(r).where(r.c.provider == provider, r.c.step_s == source_step_s,
+    stmt = (select(r).where(r.c.provider_id == provider_id(provider), r.c.step_s == source_step_s,
                             r.c.bucket_start_s >= math.ceil(since.timestamp()),
                             r.c.bucket_start_s < math.ceil(until.timestamp())).order_by(r.c.bucket_start_s))
     merged: dict[int, Rollup] = {}
@@ -264,10 +262,10 @@ async def _rollup_buckets(conn: AsyncConnection, provider: str, source_step_s: i
             step_s=step_s,
             count=rollup.probe_count,
             ok_count=rollup.ok_count,
-            latency_avg_ms=rollup.latency_sum_ms / rollup.ok_count
-            if rollup.ok_count and rollup.latency_sum_ms is not None else None,
-            latency_p95_ms=histogram.quantile(rollup.hist, P95, min_ms=rollup.latency_min_ms,
-                                              max_ms=rollup.latency_max_ms),
+            latency_avg_ms=rollup.latency_sum_us / rollup.ok_count / 1000
+            if rollup.ok_count and rollup.latency_sum_us is not None else None,
+            latency_p95_ms=histogram.quantile(rollup.hist, P95, min_ms=from_us(rollup.latency_min_us),
+                                              max_ms=from_us(rollup.latency_max_us)),
         )
         for index, rollup in sorted(merged.items())
     ]
@@ -276,43 +274,44 @@ async def _rollup_buckets(conn: AsyncConnection, provider: str, source_step_s: i
 async def _raw_buckets(conn: AsyncConnection, provider: str, step_s: int, since: datetime,
                        until: datetime) -> list[Bucket]:
     dialect_name = conn.dialect.name
-    bucket = dialects.epoch_bucket(dialect_name, probes.c.ts, step_s).label("bucket")
-    is_ok = probes.c.status == Status.UP.value
-    ok_ms = case((is_ok, probes.c.total_ms))
-    p95_expr = dialects.percentile(dialect_name, P95, ok_ms)
+    p = probes
+    bucket = (p.c.ts // (step_s * 1_000_000)).label("bucket")
+    is_ok = p.c.status == STATUS_CODES[Status.UP]
+    ok_us = case((is_ok, p.c.total_us))
+    p95_expr = dialects.percentile(dialect_name, P95, ok_us)
     columns = [
         bucket,
         func.count().label("probe_count"),
         func.sum(case((is_ok, 1), else_=0)).label("ok_count"),
-        func.avg(ok_ms).label("latency_avg_ms"),
+        func.avg(ok_us).label("latency_avg_us"),
     ]
     if p95_expr is not None:
-        columns.append(p95_expr.label("latency_p95_ms"))
-    in_range = and_(probes.c.provider == provider, probes.c.ts >= since, probes.c.ts < until)
+        columns.append(p95_expr.label("latency_p95_us"))
+    in_range = and_(p.c.provider_id == provider_id(provider), p.c.ts >= epoch_us(since), p.c.ts < epoch_us(until))
     stmt = select(*columns).where(in_range).group_by(bucket).order_by(bucket)
     rows = (await conn.execute(stmt)).all()
     if p95_expr is None:
         p95_by_bucket = await _p95_in_python(conn, bucket, in_range, is_ok)
     else:
-        p95_by_bucket = {int(row.bucket): row.latency_p95_ms for row in rows}
+        p95_by_bucket = {int(row.bucket): row.latency_p95_us for row in rows}
     return [
         Bucket(
             start=datetime.fromtimestamp(int(row.bucket) * step_s, UTC),
             step_s=step_s,
             count=int(row.probe_count),
             ok_count=int(row.ok_count or 0),
-            latency_avg_ms=float(row.latency_avg_ms) if row.latency_avg_ms is not None else None,
-            latency_p95_ms=_float_or_none(p95_by_bucket.get(int(row.bucket))),
+            latency_avg_ms=float(row.latency_avg_us) / 1000 if row.latency_avg_us is not None else None,
+            latency_p95_ms=_ms_or_none(p95_by_bucket.get(int(row.bucket))),
         )
         for row in rows
     ]
 
 
 async def _p95_in_python(conn: Any, bucket: Any, in_range: Any, is_ok: Any) -> dict[int, float | None]:
-    stmt = select(bucket, probes.c.total_ms).where(in_range, is_ok)
+    stmt = select(bucket, probes.c.total_us).where(in_range, is_ok)
     latencies: dict[int, list[float]] = defaultdict(list)
     for row in (await conn.execute(stmt)).all():
-        latencies[int(row.bucket)].append(float(row.total_ms))
+        latencies[int(row.bucket)].append(float(row.total_us))
     return {key: percentile_cont(values, P95) for key, values in latencies.items()}
 
 
@@ -327,8 +326,8 @@ def percentile_cont(values: Sequence[float], fraction: float) -> float | None:
     return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
 
 
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if value is not None else None
+def _ms_or_none(us: Any) -> float | None:
+    return float(us) / 1000 if us is not None else None
 
 
 async def results_since(engine: AsyncEngine, since: datetime, *, exclude: Collection[str] = (),
@@ -340,15 +339,17 @@ async def results_since(engine: AsyncEngine, since: datetime, *, exclude: Collec
     models provider_models says were seen then (first_seen <= ts <= last_seen); `calls` are not stored.
     """
     p = providers
-    stmt = (select(*_SAMPLE_COLUMNS, p.c.type, p.c.server_version)
-            .join(p, p.c.name == probes.c.provider, isouter=True)
-            .where(probes.c.ts >= since).order_by(probes.c.ts, probes.c.id))
+    stmt = (_samples().add_columns(p.c.type, p.c.server_version)
+            .join(p, p.c.name == names.c.name, isouter=True)
+            .where(names.c.kind == NAME_PROVIDER, probes.c.ts >= epoch_us(since))
+            .order_by(probes.c.ts, probes.c.provider_id))
     if exclude:
-        stmt = stmt.where(probes.c.provider.not_in(sorted(exclude)))
+        stmt = stmt.where(names.c.name.not_in(sorted(exclude)))
     newer_than = newer_than or {}
     async with engine.connect() as conn:
+        newer_us = {name: epoch_us(at) for name, at in newer_than.items()}
         rows = [row for row in (await conn.execute(stmt)).all()
-                if row.provider not in newer_than or row.ts > newer_than[row.provider]]
+                if row.provider not in newer_us or row.ts > newer_us[row.provider]]
         listing = {row.provider for row in rows if row.model_count}
         seen: dict[str, list[StoredModel]] = defaultdict(list)
         if listing:

@@ -26,7 +26,16 @@ from monitord.aio import wait_event
 from monitord.model import Status
 from monitord.store import dialects, histogram
 from monitord.store.outbox import OutboxStore
-from monitord.store.schema import generation_rollups, generation_samples, probe_rollups, probes, retention_marks
+from monitord.store.rows import ERROR_REFRESH_S, NAME_PROVIDER, STATUS_CODES, epoch_us, from_epoch_us
+from monitord.store.schema import (
+    error_texts,
+    generation_rollups,
+    generation_samples,
+    names,
+    probe_rollups,
+    probes,
+    retention_marks,
+)
 
 log = structlog.get_logger("monitord.store")
 
@@ -96,13 +105,13 @@ class RetentionReport:
 
 @dataclass(slots=True)
 class Rollup:
-    """Probes of one provider in one bucket; mergeable, so hours are built from minutes."""
+    """Probes of one provider in one bucket; mergeable, so hours are built from minutes. Latencies in integer µs."""
 
     probe_count: int = 0
     ok_count: int = 0
-    latency_sum_ms: float | None = None
-    latency_min_ms: float | None = None
-    latency_max_ms: float | None = None
+    latency_sum_us: int | None = None
+    latency_min_us: int | None = None
+    latency_max_us: int | None = None
     hist: histogram.Histogram = field(default_factory=dict)
 
     @property
@@ -110,49 +119,49 @@ class Rollup:
         return self.probe_count
 
     def add_raw(self, row: Any) -> None:
-        self.add_probe(row.status == _UP, float(row.total_ms))
+        self.add_probe(row.status == _UP, int(row.total_us))
 
-    def add_probe(self, ok: bool, total_ms: float) -> None:
+    def add_probe(self, ok: bool, total_us: int) -> None:
         self.probe_count += 1
         if ok:
             self.ok_count += 1
-            self._add_latency(total_ms, total_ms, total_ms)
-            histogram.add(self.hist, histogram.bucket_index(total_ms))
+            self._add_latency(total_us, total_us, total_us)
+            histogram.add(self.hist, histogram.bucket_index(total_us / 1000))
 
     def merge(self, other: Any) -> None:
         assert isinstance(other, Rollup)
         self.probe_count += other.probe_count
         self.ok_count += other.ok_count
-        if other.latency_sum_ms is not None:
-            assert other.latency_min_ms is not None and other.latency_max_ms is not None
-            self._add_latency(other.latency_sum_ms, other.latency_min_ms, other.latency_max_ms)
+        if other.latency_sum_us is not None:
+            assert other.latency_min_us is not None and other.latency_max_us is not None
+            self._add_latency(other.latency_sum_us, other.latency_min_us, other.latency_max_us)
         histogram.merge_into(self.hist, other.hist)
 
-    def _add_latency(self, sum_ms: float, min_ms: float, max_ms: float) -> None:
-        self.latency_sum_ms = sum_ms if self.latency_sum_ms is None else self.latency_sum_ms + sum_ms
-        self.latency_min_ms = min_ms if self.latency_min_ms is None else min(self.latency_min_ms, min_ms)
-        self.latency_max_ms = max_ms if self.latency_max_ms is None else max(self.latency_max_ms, max_ms)
+    def _add_latency(self, sum_us: int, min_us: int, max_us: int) -> None:
+        self.latency_sum_us = sum_us if self.latency_sum_us is None else self.latency_sum_us + sum_us
+        self.latency_min_us = min_us if self.latency_min_us is None else min(self.latency_min_us, min_us)
+        self.latency_max_us = max_us if self.latency_max_us is None else max(self.latency_max_us, max_us)
 
     @classmethod
     def from_row(cls, row: Any) -> Rollup:
-        return cls(row.probe_count, row.ok_count, row.latency_sum_ms, row.latency_min_ms, row.latency_max_ms,
+        return cls(row.probe_count, row.ok_count, row.latency_sum_us, row.latency_min_us, row.latency_max_us,
                    histogram.decode(row.latency_hist))
 
-    def row(self, key: tuple[str, ...], step_s: int, start_s: int) -> dict[str, Any]:
+    def row(self, key: tuple[int, ...], step_s: int, start_s: int) -> dict[str, Any]:
         return {
-            "provider": key[0],
+            "provider_id": key[0],
             "step_s": step_s,
             "bucket_start_s": start_s,
             "probe_count": self.probe_count,
             "ok_count": self.ok_count,
-            "latency_sum_ms": self.latency_sum_ms,
-            "latency_min_ms": self.latency_min_ms,
-            "latency_max_ms": self.latency_max_ms,
+            "latency_sum_us": self.latency_sum_us,
+            "latency_min_us": self.latency_min_us,
+            "latency_max_us": self.latency_max_us,
             "latency_hist": histogram.encode(self.hist),
         }
 
 
-_UP = Status.UP.value
+_UP = STATUS_CODES[Status.UP]
 
 
 @dataclass(slots=True)
@@ -162,9 +171,9 @@ class GenerationRollup:
     sample_count: int = 0  # every row, skipped ones too (a late row must raise the count)
     ok_count: int = 0
     skipped_count: int = 0
-    ttft_sum_ms: float | None = None
-    ttft_min_ms: float | None = None
-    ttft_max_ms: float | None = None
+    ttft_sum_us: int | None = None
+    ttft_min_us: int | None = None
+    ttft_max_us: int | None = None
     ttft_hist: histogram.Histogram = field(default_factory=dict)
     tps_min: float | None = None
     tps_max: float | None = None
@@ -176,10 +185,10 @@ class GenerationRollup:
         return self.sample_count
 
     def add_raw(self, row: Any) -> None:
-        self.add_sample(bool(row.ok), bool(row.skipped), row.ttft_ms, row.tokens_per_s,
+        self.add_sample(bool(row.ok), bool(row.skipped), row.ttft_us, row.tokens_per_s,
                         (row.prompt_tokens or 0) + (row.completion_tokens or 0))
 
-    def add_sample(self, ok: bool, skipped: bool, ttft_ms: float | None, tokens_per_s: float | None,
+    def add_sample(self, ok: bool, skipped: bool, ttft_us: int | None, tokens_per_s: float | None,
                    tokens: int) -> None:
         self.sample_count += 1
         self.tokens_spent += tokens
@@ -189,9 +198,9 @@ class GenerationRollup:
         if not ok:
             return
         self.ok_count += 1
-        if ttft_ms is not None:
-            self._ttft(ttft_ms, ttft_ms, ttft_ms)
-            histogram.add(self.ttft_hist, histogram.bucket_index(ttft_ms))
+        if ttft_us is not None:
+            self._ttft(ttft_us, ttft_us, ttft_us)
+            histogram.add(self.ttft_hist, histogram.bucket_index(ttft_us / 1000))
         if tokens_per_s is not None:
             self._tps(tokens_per_s, tokens_per_s)
             histogram.add(self.tps_hist, histogram.bucket_index(tokens_per_s))
@@ -202,41 +211,42 @@ class GenerationRollup:
         self.ok_count += other.ok_count
         self.skipped_count += other.skipped_count
         self.tokens_spent += other.tokens_spent
-        if other.ttft_sum_ms is not None:
-            assert other.ttft_min_ms is not None and other.ttft_max_ms is not None
-            self._ttft(other.ttft_sum_ms, other.ttft_min_ms, other.ttft_max_ms)
+        if other.ttft_sum_us is not None:
+            assert other.ttft_min_us is not None and other.ttft_max_us is not None
+            self._ttft(other.ttft_sum_us, other.ttft_min_us, other.ttft_max_us)
         if other.tps_min is not None and other.tps_max is not None:
             self._tps(other.tps_min, other.tps_max)
         histogram.merge_into(self.ttft_hist, other.ttft_hist)
         histogram.merge_into(self.tps_hist, other.tps_hist)
 
-    def _ttft(self, sum_ms: float, min_ms: float, max_ms: float) -> None:
-        self.ttft_sum_ms = sum_ms if self.ttft_sum_ms is None else self.ttft_sum_ms + sum_ms
-        self.ttft_min_ms = min_ms if self.ttft_min_ms is None else min(self.ttft_min_ms, min_ms)
-        self.ttft_max_ms = max_ms if self.ttft_max_ms is None else max(self.ttft_max_ms, max_ms)
+    def _ttft(self, sum_us: int, min_us: int, max_us: int) -> None:
+        self.ttft_sum_us = sum_us if self.ttft_sum_us is None else self.ttft_sum_us + sum_us
+        self.ttft_min_us = min_us if self.ttft_min_us is None else min(self.ttft_min_us, min_us)
+        self.ttft_max_us = max_us if self.ttft_max_us is None else max(self.ttft_max_us, max_us)
 
     def _tps(self, low: float, high: float) -> None:
         self.tps_min = low if self.tps_min is None else min(self.tps_min, low)
         self.tps_max = high if self.tps_max is None else max(self.tps_max, high)
 
     def ttft_ms(self, fraction: float) -> float | None:
-        return histogram.quantile(self.ttft_hist, fraction, min_ms=self.ttft_min_ms, max_ms=self.ttft_max_ms)
+        return histogram.quantile(self.ttft_hist, fraction, min_ms=_ms(self.ttft_min_us),
+                                  max_ms=_ms(self.ttft_max_us))
 
     def tokens_per_s(self, fraction: float) -> float | None:
         return histogram.quantile(self.tps_hist, fraction, min_ms=self.tps_min, max_ms=self.tps_max)
 
     @classmethod
     def from_row(cls, row: Any) -> GenerationRollup:
-        return cls(row.sample_count, row.ok_count, row.skipped_count, row.ttft_sum_ms, row.ttft_min_ms,
-                   row.ttft_max_ms, histogram.decode(row.ttft_hist), row.tps_min, row.tps_max,
+        return cls(row.sample_count, row.ok_count, row.skipped_count, row.ttft_sum_us, row.ttft_min_us,
+                   row.ttft_max_us, histogram.decode(row.ttft_hist), row.tps_min, row.tps_max,
                    histogram.decode(row.tps_hist), row.tokens_spent)
 
-    def row(self, key: tuple[str, ...], step_s: int, start_s: int) -> dict[str, Any]:
-        provider, model = key
+    def row(self, key: tuple[int, ...], step_s: int, start_s: int) -> dict[str, Any]:
+        provider_id, model_id = key
         return {
-            "provider": provider, "model": model, "step_s": step_s, "bucket_start_s": start_s,
+            "provider_id": provider_id, "model_id": model_id, "step_s": step_s, "bucket_start_s": start_s,
             "sample_count": self.sample_count, "ok_count": self.ok_count, "skipped_count": self.skipped_count,
-            "ttft_sum_ms": self.ttft_sum_ms, "ttft_min_ms": self.ttft_min_ms, "ttft_max_ms": self.ttft_max_ms,
+            "ttft_sum_us": self.ttft_sum_us, "ttft_min_us": self.ttft_min_us, "ttft_max_us": self.ttft_max_us,
             "ttft_hist": histogram.encode(self.ttft_hist), "tps_min": self.tps_min, "tps_max": self.tps_max,
             "tps_hist": histogram.encode(self.tps_hist), "tokens_spent": self.tokens_spent,
         }
@@ -247,7 +257,7 @@ class Mergeable(Protocol):
     def count(self) -> int: ...
     def add_raw(self, row: Any) -> None: ...
     def merge(self, other: Any) -> None: ...
-    def row(self, key: tuple[str, ...], step_s: int, start_s: int) -> dict[str, Any]: ...
+    def row(self, key: tuple[int, ...], step_s: int, start_s: int) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +267,13 @@ class Series:
     name: str
     raw: Table
     rollups: Table
-    keys: tuple[str, ...]  # columns that key a rollup besides step and start: ("provider",) or + ("model",)
+    keys: tuple[str, ...]  # columns that key a rollup besides step and start: ("provider_id",) or + ("model_id",)
     raw_columns: tuple[str, ...]  # what add_raw reads of a raw row
     count_column: str  # the rollup column counting its source rows
     new: Callable[[], Mergeable]
     from_row: Callable[[Any], Mergeable]
     mark_prefix: str = ""
+    raw_label: str = ""  # the raw rows' key in SeriesReport.deleted (the table's name unless set)
 
     def mark(self, step_s: int) -> str:
         return mark_name(step_s, self.mark_prefix)
@@ -272,12 +283,22 @@ class Series:
         return f"{self.mark_prefix}{RAW_PRUNED}"
 
 
-PROBES = Series("probes", probes, probe_rollups, ("provider",), ("status", "total_ms"), "probe_count", Rollup,
-                Rollup.from_row)
-GENERATION = Series("generation", generation_samples, generation_rollups, ("provider", "model"),
-                    ("ok", "skipped", "ttft_ms", "tokens_per_s", "prompt_tokens", "completion_tokens"),
+PROBES = Series("probes", probes, probe_rollups, ("provider_id",), ("status", "total_us"), "probe_count", Rollup,
+                Rollup.from_row, raw_label="probes")
+GENERATION = Series("generation", generation_samples, generation_rollups, ("provider_id", "model_id"),
+                    ("ok", "skipped", "ttft_us", "tokens_per_s", "prompt_tokens", "completion_tokens"),
                     "sample_count", GenerationRollup, GenerationRollup.from_row, mark_prefix="generation_")
 SERIES = (PROBES, GENERATION)
+
+
+def _ms(us: int | None) -> float | None:
+    return None if us is None else us / 1000
+
+
+def _provider_ids() -> Any:
+    """Every provider id, as an IN (...) subquery: raw rows and rollups are keyed by provider first, so "all rows
+    in a time range" is one primary-key range per provider (no index on time alone)."""
+    return select(names.c.id).where(names.c.kind == NAME_PROVIDER)
 
 
 def epoch_s(at: datetime) -> int:
@@ -323,6 +344,7 @@ class Retention:
                 return RetentionReport(skipped=True)
             try:
                 reports = {series.name: await self._run_series(series, now) for series in self.series}
+                await self._prune_error_texts()
                 alerts = await OutboxStore(self._engine).prune(now - timedelta(seconds=self.policy.alerts_s))
             finally:
                 await _unlock(lock_conn)
@@ -349,7 +371,7 @@ class Retention:
             complete_until = min(complete_until, floor_time(pending, MINUTE_S))
         async with self._engine.connect() as conn:
             mark = (await read_marks(conn)).get(series.mark(MINUTE_S))
-            oldest = (await conn.execute(select(func.min(series.raw.c.ts)))).scalar_one_or_none()
+            oldest = await _oldest(conn, series)
         if oldest is None:
             return 0
         start = floor_time(oldest, MINUTE_S) if mark is None else max(
@@ -360,8 +382,8 @@ class Retention:
         r = series.rollups
         async with self._engine.connect() as conn:
             marks = await read_marks(conn)
-            oldest_s = (await conn.execute(select(func.min(r.c.bucket_start_s))
-                                           .where(r.c.step_s == MINUTE_S))).scalar_one_or_none()
+            oldest_s = (await conn.execute(select(func.min(r.c.bucket_start_s)).where(
+                r.c.provider_id.in_(_provider_ids()), r.c.step_s == MINUTE_S))).scalar_one_or_none()
         minutes_done = marks.get(series.mark(MINUTE_S))
         if minutes_done is None or oldest_s is None:
             return 0
@@ -399,18 +421,18 @@ class Retention:
         """Minute rows for [start, end) whose raw rows outnumber what is rolled up (new minutes, late rows)."""
         raw = series.raw
         keys = [raw.c[name] for name in series.keys]
-        minute = dialects.epoch_bucket(conn.dialect.name, raw.c.ts, MINUTE_S).label("bucket")
+        minute = (raw.c.ts // (MINUTE_S * 1_000_000)).label("bucket")
         counts = await conn.execute(select(*keys, minute, func.count().label("n"))
-                                    .where(raw.c.ts >= start, raw.c.ts < end).group_by(*keys, minute))
+                                    .where(raw.c.provider_id.in_(_provider_ids()), raw.c.ts >= epoch_us(start),
+                                           raw.c.ts < epoch_us(end)).group_by(*keys, minute))
         dirty = await self._dirty(conn, series, MINUTE_S, start, end,
                                   {(*row[:-2], int(row.bucket) * MINUTE_S): int(row.n) for row in counts})
         if not dirty:
             return []
         low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + MINUTE_S
         stmt = (select(*keys, minute, *(raw.c[name] for name in series.raw_columns))
-                .where(raw.c.ts >= datetime.fromtimestamp(low_s, UTC),
-                       raw.c.ts < datetime.fromtimestamp(high_s, UTC),
-                       raw.c.provider.in_(sorted({key[0] for key in dirty}))))
+                .where(raw.c.provider_id.in_(sorted({key[0] for key in dirty})), raw.c.ts >= low_s * 1_000_000,
+                       raw.c.ts < high_s * 1_000_000))
         rollups: dict[tuple[Any, ...], Mergeable] = {}
         width = len(keys)
         for row in (await conn.execute(stmt)).all():
@@ -427,8 +449,8 @@ class Retention:
         """Hour rows for [start, end), merged from minute rows, where those count more rows than the hour row."""
         r = series.rollups
         keys = [r.c[name] for name in series.keys]
-        minutes = and_(r.c.step_s == MINUTE_S, r.c.bucket_start_s >= epoch_s(start),
-                       r.c.bucket_start_s < epoch_s(end))
+        minutes = and_(r.c.provider_id.in_(_provider_ids()), r.c.step_s == MINUTE_S,
+                       r.c.bucket_start_s >= epoch_s(start), r.c.bucket_start_s < epoch_s(end))
         hour = (r.c.bucket_start_s // HOUR_S).label("bucket")
         counts = await conn.execute(select(*keys, hour, func.sum(r.c[series.count_column]).label("n"))
                                     .where(minutes).group_by(*keys, hour))
@@ -437,8 +459,8 @@ class Retention:
         if not dirty:
             return []
         low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + HOUR_S
-        stmt = select(r).where(r.c.step_s == MINUTE_S, r.c.bucket_start_s >= low_s, r.c.bucket_start_s < high_s,
-                               r.c.provider.in_(sorted({key[0] for key in dirty})))
+        stmt = select(r).where(r.c.provider_id.in_(sorted({key[0] for key in dirty})), r.c.step_s == MINUTE_S,
+                               r.c.bucket_start_s >= low_s, r.c.bucket_start_s < high_s)
         rollups: dict[tuple[Any, ...], Mergeable] = {}
         for row in (await conn.execute(stmt)).all():
             key = (*(getattr(row, name) for name in series.keys), row.bucket_start_s // HOUR_S * HOUR_S)
@@ -456,11 +478,34 @@ class Retention:
         source already pruned (or pruned half-way) never shrinks a rollup."""
         r = series.rollups
         stmt = select(*(r.c[name] for name in series.keys), r.c.bucket_start_s, r.c[series.count_column]).where(
-            r.c.step_s == step_s, r.c.bucket_start_s >= epoch_s(start), r.c.bucket_start_s < epoch_s(end))
+            r.c.provider_id.in_(_provider_ids()), r.c.step_s == step_s, r.c.bucket_start_s >= epoch_s(start),
+            r.c.bucket_start_s < epoch_s(end))
         rolled = {tuple(row[:-1]): row[-1] for row in (await conn.execute(stmt)).all()}
         return {key for key, count in source_counts.items() if count > rolled.get(key, 0)}
 
     # -- pruning -------------------------------------------------------------------------------------------------
+
+    async def _prune_error_texts(self) -> int:
+        """Delete error texts no stored raw row can cite any more: last cited (give or take the writer's hourly
+        refresh) before every series' raw rows were pruned. Rollups keep no texts."""
+        async with self._engine.connect() as conn:
+            marks = await read_marks(conn)
+            cutoffs = []
+            for series in self.series:
+                pruned = marks.get(series.raw_pruned)
+                if pruned is not None:
+                    cutoffs.append(pruned)
+                elif await _oldest(conn, series) is not None:
+                    return 0  # rows never pruned yet may cite any text
+        if not cutoffs:
+            return 0
+        before_s = epoch_s(min(cutoffs)) - ERROR_REFRESH_S
+        async with self._engine.begin() as conn:
+            deleted = int((await conn.execute(delete(error_texts).where(error_texts.c.last_used_s < before_s)))
+                          .rowcount)
+        if deleted:
+            log.info("store.retention_done", series="error_texts", deleted={"error_texts": deleted})
+        return deleted
 
     async def _prune(self, series: Series, now: datetime) -> dict[str, int]:
         """Delete rows past retention, but never source rows whose rollup is not complete yet."""
@@ -468,12 +513,13 @@ class Retention:
         async with self._engine.connect() as conn:
             marks = await read_marks(conn)
         minute_mark, hour_mark = series.mark(MINUTE_S), series.mark(HOUR_S)
-        deleted = {series.raw.name: 0, minute_mark: 0, hour_mark: 0}
+        raw_label = series.raw_label or series.raw.name
+        deleted = {raw_label: 0, minute_mark: 0, hour_mark: 0}
         minutes_done, hours_done = marks.get(minute_mark), marks.get(hour_mark)
         if minutes_done is not None:
             cutoff = min(floor_time(now - timedelta(seconds=policy.raw_s), HOUR_S),
                          floor_time(minutes_done - timedelta(seconds=policy.lookback_s), MINUTE_S))
-            deleted[series.raw.name] = await self._delete_raw(series.raw, cutoff)
+            deleted[raw_label] = await self._delete_raw(series.raw, cutoff)
             pruned = marks.get(series.raw_pruned)
             if pruned is None or pruned < cutoff:
                 async with self._engine.begin() as conn:
@@ -488,17 +534,17 @@ class Retention:
         return deleted
 
     async def _delete_raw(self, raw: Table, before: datetime) -> int:
-        oldest_first = select(raw.c.id).where(raw.c.ts < before).order_by(raw.c.ts)
-        return await self._delete_in_batches(lambda: delete(raw).where(
-            raw.c.id.in_(oldest_first.limit(self.policy.batch_size).scalar_subquery())))
+        key = tuple_(*raw.primary_key.columns)
+        old = select(*raw.primary_key.columns).where(raw.c.provider_id.in_(_provider_ids()),
+                                                     raw.c.ts < epoch_us(before))
+        return await self._delete_in_batches(lambda: delete(raw).where(key.in_(old.limit(self.policy.batch_size))))
 
     async def _delete_rollups(self, series: Series, step_s: int, before: datetime) -> int:
         r = series.rollups
         columns = (*(r.c[name] for name in series.keys), r.c.step_s, r.c.bucket_start_s)
         key = tuple_(*columns)
-        oldest_first = (select(*columns)
-                        .where(r.c.step_s == step_s, r.c.bucket_start_s < epoch_s(before))
-                        .order_by(r.c.bucket_start_s))
+        oldest_first = select(*columns).where(r.c.provider_id.in_(_provider_ids()), r.c.step_s == step_s,
+                                              r.c.bucket_start_s < epoch_s(before))
         return await self._delete_in_batches(lambda: delete(r).where(key.in_(oldest_first.limit(
             self.policy.batch_size))))
 
@@ -523,12 +569,14 @@ async def _next_chunk(conn: AsyncConnection, series: Series, step_s: int, start:
     minutes, minute rollups for hours), skipping empty time; None when no source row is left before `until`."""
     if step_s == MINUTE_S:
         raw = series.raw
-        source = select(raw.c.ts).where(raw.c.ts >= start, raw.c.ts < until).order_by(raw.c.ts)
+        source = (select(raw.c.ts).where(raw.c.provider_id.in_(_provider_ids()), raw.c.ts >= epoch_us(start),
+                                         raw.c.ts < epoch_us(until)).order_by(raw.c.ts))
     else:
         r = series.rollups
-        source = (select(r.c.bucket_start_s)
-                  .where(r.c.step_s == MINUTE_S, r.c.bucket_start_s >= epoch_s(start),
-                         r.c.bucket_start_s < epoch_s(until)).order_by(r.c.bucket_start_s))
+        source = (select(r.c.bucket_start_s * 1_000_000)
+                  .where(r.c.provider_id.in_(_provider_ids()), r.c.step_s == MINUTE_S,
+                         r.c.bucket_start_s >= epoch_s(start), r.c.bucket_start_s < epoch_s(until))
+                  .order_by(r.c.bucket_start_s))
     first = _as_time((await conn.execute(source.limit(1))).scalar_one_or_none())
     if first is None:
         return None
@@ -539,8 +587,18 @@ async def _next_chunk(conn: AsyncConnection, series: Series, step_s: int, start:
     return start, min(until, max(floor_time(nth, step_s), start + timedelta(seconds=step_s)))
 
 
-def _as_time(value: datetime | int | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if isinstance(value, int) else value
+def _as_time(value: int | None) -> datetime | None:
+    """Unix microseconds (how raw rows and, multiplied, rollup starts are read here) as a time."""
+    return None if value is None else from_epoch_us(int(value))
+
+
+async def _oldest(conn: AsyncConnection, series: Series) -> datetime | None:
+    """The oldest raw row's time: one descent of the primary key per provider."""
+    raw = series.raw
+    oldest = select(func.min(raw.c.ts)).where(raw.c.provider_id == names.c.id).scalar_subquery()
+    found = [value for value in (await conn.execute(
+        select(oldest).where(names.c.kind == NAME_PROVIDER))).scalars() if value is not None]
+    return from_epoch_us(min(found)) if found else None
 
 
 def _rollup_upsert(dialect_name: str, series: Series) -> Any:

@@ -1,12 +1,13 @@
-"""Domain values to table rows: the one place that decides what is stored, and that secrets are not."""
+"""Domain values to table rows: the one place that decides what is stored, how compactly, and that secrets are not."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from monitord.model import GenerationSample, ProbeResult, ProviderSpec
+from monitord.model import ErrorClass, GenerationSample, ProbeResult, ProviderSpec, SampleKind, Status
 
 ERROR_MAX_CHARS = 2000  # a probe error is a short message; cap it so one odd body cannot bloat the table
 
@@ -15,54 +16,122 @@ ERROR_MAX_CHARS = 2000  # a probe error is a short message; cap it so one odd bo
 # reader matching probes to the models they listed allows that much slack (queries.py).
 MODEL_REFRESH_S = 60.0
 
-def _short(error: str | None) -> str | None:
+# --- the compact encodings of revision 0008 (fixed forever: stored rows hold these numbers) ---------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+INT32_MAX = 2**31 - 1  # latencies past 35 minutes are stored as this (no probe or canary waits that long)
+SMALLINT_MAX = 2**15 - 1
+# error_texts.last_used_s is rewritten when a batch cites a text this much later than last written; the retention
+# job deletes a text once the raw rows it could still be cited by are gone (store.retention).
+ERROR_REFRESH_S = 3600
+
+# names.kind
+NAME_PROVIDER = 1
+NAME_MODEL = 2
+_ERROR_TEXT = 0  # error_texts ids are digests of kind 0
+
+# Status and error class codes. UP is 1: SQLite stores the integers 0 and 1 in no bytes at all.
+STATUS_CODES: dict[Status, int] = {
+    Status.UNKNOWN: 0, Status.UP: 1, Status.DEGRADED: 2, Status.LOADING: 3, Status.DOWN: 4, Status.STALLED: 5,
+    Status.MISCONFIGURED: 6, Status.DISABLED: 7,
+}
+ERROR_CLASS_CODES: dict[ErrorClass, int] = {
+    ErrorClass.REFUSED: 1, ErrorClass.DNS: 2, ErrorClass.TIMEOUT: 3, ErrorClass.TLS: 4, ErrorClass.CONNECTION: 5,
+    ErrorClass.REDIRECT: 6, ErrorClass.AUTH: 7, ErrorClass.RATE_LIMITED: 8, ErrorClass.HTTP_4XX: 9,
+    ErrorClass.HTTP_5XX: 10, ErrorClass.BAD_PAYLOAD: 11, ErrorClass.TOO_LARGE: 12, ErrorClass.LOADING: 13,
+    ErrorClass.EMPTY_MODELS: 14, ErrorClass.MODEL_MISSING: 15, ErrorClass.INTERNAL: 16,
+    ErrorClass.GENERATION_TIMEOUT: 17, ErrorClass.STREAM_STALLED: 18, ErrorClass.STREAM_BROKEN: 19,
+    ErrorClass.EMPTY_GENERATION: 20, ErrorClass.BUSY: 21, ErrorClass.NOT_LOADED: 22, ErrorClass.BUDGET_EXHAUSTED: 23,
+    ErrorClass.WRONG_SERVER: 24,
+}
+KIND_CODES: dict[SampleKind, int] = {SampleKind.GENERATION: 1, SampleKind.EMBEDDING: 2}
+STATUS_BY_CODE = {code: status for status, code in STATUS_CODES.items()}
+ERROR_CLASS_BY_CODE = {code: error_class for error_class, code in ERROR_CLASS_CODES.items()}
+KIND_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
+
+# The probes columns in the order probe_record gives them (the writer's INSERT and COPY name them so).
+PROBE_COLUMNS = ("provider_id", "ts", "status", "error_class", "error_id", "connect_us", "ttfb_us", "total_us",
+                 "http_status", "model_count", "attempts", "slots_total", "slots_busy", "queue_depth",
+                 "requests_running", "kv_cache_ppm")
+SAMPLE_COLUMNS = ("provider_id", "model_id", "ts", "kind", "ok", "skipped", "error_class", "error_id", "ttft_us",
+                  "total_us", "tokens_per_s", "prompt_tokens", "completion_tokens", "finish_reason", "streamed",
+                  "stream_complete")
+
+
+def epoch_us(at: datetime) -> int:
+    """Unix microseconds of `at`, exactly (a naive time is taken as UTC, as UtcDateTime did)."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (at - EPOCH) // _ONE_US
+
+
+def from_epoch_us(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+def to_us(ms: float | None) -> int | None:
+    """Milliseconds as integer microseconds (the API's precision), capped to the column's range."""
+    if ms is None:
+        return None
+    value = round(ms * 1000)
+    return value if value <= INT32_MAX else INT32_MAX
+
+
+def from_us(us: int | None) -> float | None:
+    return None if us is None else us / 1000
+
+
+def to_ppm(ratio: float | None) -> int | None:
+    return None if ratio is None else round(ratio * 1_000_000)
+
+
+def from_ppm(ppm: int | None) -> float | None:
+    return None if ppm is None else ppm / 1_000_000
+
+
+def digest(kind: int, text: str) -> int:
+    """A signed 64-bit key for a name or an error text: what `names.digest` and `error_texts.id` hold."""
+    raw = hashlib.blake2b(f"{kind}\0{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def error_id(error: str) -> int:
+    return digest(_ERROR_TEXT, error)
+
+
+def short(error: str | None) -> str | None:
+    """An error as stored: capped, so one odd body cannot bloat the table."""
     if error is not None and len(error) > ERROR_MAX_CHARS:
         return error[: ERROR_MAX_CHARS - 1] + "…"
     return error
 
 
-def probe_row(result: ProbeResult) -> dict[str, Any]:
+def probe_record(result: ProbeResult, provider_id: int, ts: int, error_id: int | None) -> tuple[Any, ...]:
+    """One probes row, in PROBE_COLUMNS order (`error_id` of short(result.error), None without one)."""
     load = result.capacity
-    error = _short(result.error)
-    return {
-        "ts": result.started_at,
-        "provider": result.provider,
-        "status": result.status.value,
-        "error_class": result.error_class.value if result.error_class is not None else None,
-        "error": error,
-        "connect_ms": result.connect_ms,
-        "ttfb_ms": result.ttfb_ms,
-        "total_ms": result.total_ms,
-        "http_status": result.http_status,
-        "model_count": len(result.models),
-        "attempts": result.attempts,
-        "slots_total": load.slots_total if load else None,
-        "slots_busy": load.slots_busy if load else None,
-        "queue_depth": load.queue_depth if load else None,
-        "requests_running": load.requests_running if load else None,
-        "kv_cache_usage": load.kv_cache_usage if load else None,
-    }
+    error_class = result.error_class
+    models = len(result.models)
+    if load is None:
+        return (provider_id, ts, STATUS_CODES[result.status],
+                None if error_class is None else ERROR_CLASS_CODES[error_class], error_id,
+                to_us(result.connect_ms), to_us(result.ttfb_ms), to_us(result.total_ms), result.http_status,
+                models if models <= SMALLINT_MAX else SMALLINT_MAX, result.attempts, None, None, None, None, None)
+    return (provider_id, ts, STATUS_CODES[result.status],
+            None if error_class is None else ERROR_CLASS_CODES[error_class], error_id,
+            to_us(result.connect_ms), to_us(result.ttfb_ms), to_us(result.total_ms), result.http_status,
+            models if models <= SMALLINT_MAX else SMALLINT_MAX, result.attempts, load.slots_total, load.slots_busy,
+            load.queue_depth, load.requests_running, to_ppm(load.kv_cache_usage))
 
 
-def generation_row(sample: GenerationSample) -> dict[str, Any]:
-    return {
-        "ts": sample.started_at,
-        "provider": sample.provider,
-        "model": sample.model,
-        "kind": sample.kind.value,
-        "ok": sample.ok,
-        "skipped": sample.skipped,
-        "error_class": sample.error_class.value if sample.error_class is not None else None,
-        "error": _short(sample.error),
-        "ttft_ms": sample.ttft_ms,
-        "total_ms": sample.total_ms,
-        "tokens_per_s": sample.tokens_per_s,
-        "prompt_tokens": sample.prompt_tokens,
-        "completion_tokens": sample.completion_tokens,
-        "finish_reason": _short(sample.finish_reason),
-        "streamed": sample.streamed,
-        "stream_complete": sample.stream_complete,
-    }
+def sample_record(sample: GenerationSample, provider_id: int, model_id: int, ts: int,
+                  error_id: int | None) -> tuple[Any, ...]:
+    """One generation_samples row, in SAMPLE_COLUMNS order."""
+    error_class = sample.error_class
+    return (provider_id, model_id, ts, KIND_CODES[sample.kind], sample.ok, sample.skipped,
+            None if error_class is None else ERROR_CLASS_CODES[error_class], error_id, to_us(sample.ttft_ms),
+            to_us(sample.total_ms), sample.tokens_per_s, sample.prompt_tokens, sample.completion_tokens,
+            short(sample.finish_reason), sample.streamed, sample.stream_complete)
 
 
 def model_rows(results: Iterable[ProbeResult]) -> list[dict[str, Any]]:

@@ -20,13 +20,15 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
     TypeDecorator,
 )
 
-from monitord.store.dialects import CLUSTERED_BY_PRIMARY_KEY, ID_TYPE
+from monitord.store.dialects import CLUSTERED_BY_PRIMARY_KEY
 
 # Constraint names are fixed so migrations can refer to them on every database.
 metadata = MetaData(
@@ -83,32 +85,62 @@ providers = Table(
     Column("server_version", Text, nullable=True),
 )
 
-# The time series: one row per probe. No foreign key to providers, so history outlives the config.
-probes = Table(
-    "probes",
+# Names the time series refer to by a small integer id (NAME_PROVIDER, NAME_MODEL): a row carries 1-2 bytes of
+# id instead of the name, repeated 2,880 times a day per provider at a 30 s interval. `digest` (store.rows.digest:
+# 63 bits of BLAKE2b of kind and name) is the unique key, so a long or odd name never meets an index's size limit.
+# Ids are never reused: a name stays once written, like the history that mentions it.
+names = Table(
+    "names",
     metadata,
-    Column("id", ID_TYPE, primary_key=True, autoincrement=True),
-    Column("ts", UtcDateTime, nullable=False),
-    Column("provider", Text, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("error_class", String(32), nullable=True),
-    Column("error", Text, nullable=True),
-    Column("connect_ms", Float, nullable=True),
-    Column("ttfb_ms", Float, nullable=True),
-    Column("total_ms", Float, nullable=False),
-    Column("http_status", Integer, nullable=True),
-    Column("model_count", Integer, nullable=False),
-    Column("attempts", Integer, nullable=False),
-    # what the server published about its load (Capacity); NULL: not said or not read (revision 0006)
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", SmallInteger, nullable=False),
+    Column("digest", BigInteger, nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+)
+
+# Error texts, each stored once; the id is the text's digest (store.rows.digest), so the writer needs no round trip
+# to learn it. last_used_s (Unix seconds of the newest row known to cite it, refreshed at most hourly) lets the
+# retention job delete texts nothing cites any more without racing a writer that is about to cite one again.
+error_texts = Table(
+    "error_texts",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("text", Text, nullable=False),
+    Column("last_used_s", BigInteger, nullable=False),
+)
+
+# The time series: one row per probe (revision 0008's compact form; the view `probes` shows it readable). Times
+# are Unix microseconds and latencies integer microseconds (the API's precision), the provider a `names` id,
+# status and error class small codes (store.rows), the error a reference to error_texts. The primary key
+# (provider_id, ts) is the only index: it serves the history of one provider, its newest row, and (walking the
+# provider ids in `names`) every "all providers since" read and the pruning; SQLite keeps the rows in it (WITHOUT
+# ROWID). The writer moves a second probe of one provider stamped with the same microsecond in one batch 1 µs on,
+# and takes a row whose key is already stored for the same probe written twice (a batch retried after a commit
+# whose answer was lost). No foreign key, so history outlives the config. Columns are ordered widest first:
+# PostgreSQL aligns each to its size, and this order pads nothing.
+probes = Table(
+    "probe_rows",
+    metadata,
+    Column("ts", BigInteger, nullable=False),
+    Column("error_id", BigInteger, nullable=True),
+    Column("provider_id", Integer, nullable=False),
+    Column("total_us", Integer, nullable=False),
+    Column("ttfb_us", Integer, nullable=True),
+    Column("connect_us", Integer, nullable=True),
+    # what the server published about its load (Capacity); NULL: not said or not read. kv_cache_ppm is the
+    # KV-cache use in millionths (the API's ratio precision).
+    Column("kv_cache_ppm", Integer, nullable=True),
     Column("slots_total", Integer, nullable=True),
     Column("slots_busy", Integer, nullable=True),
     Column("queue_depth", Integer, nullable=True),
     Column("requests_running", Integer, nullable=True),
-    Column("kv_cache_usage", Float, nullable=True),
-    # History of one provider over a time range, and its latest row.
-    Index(None, "provider", "ts"),
-    # All providers since a time (state rebuild) and pruning by age.
-    Index(None, "ts"),
+    Column("status", SmallInteger, nullable=False),
+    Column("error_class", SmallInteger, nullable=True),
+    Column("http_status", SmallInteger, nullable=True),
+    Column("model_count", SmallInteger, nullable=False),
+    Column("attempts", SmallInteger, nullable=False),
+    PrimaryKeyConstraint("provider_id", "ts"),
+    **CLUSTERED_BY_PRIMARY_KEY,
 )
 
 # Each model a provider has served: when first and last seen, and how it described itself.
@@ -178,23 +210,21 @@ alert_state = Table(
 # --- retention: rollups of the time series, kept longer than the raw rows ---
 
 # Probes of one provider within [bucket_start_s, bucket_start_s + step_s): 60 s (minute) and 3600 s (hour) rows.
-# Latency figures cover ok probes only, like store.queries.Bucket; latency_hist is store.histogram's sparse text,
-# so hour rows are merged from minute rows and a p95 is estimated from either. The start is Unix seconds (UTC):
-# a rollup row is mostly key, and an integer key is a third of a SQLite timestamp's text.
+# Latency figures cover ok probes only, like store.queries.Bucket, in integer microseconds; latency_hist is
+# store.histogram's sparse text, so rows merge and a p95 is estimated from any of them. The start is Unix seconds.
+# The primary key is the only index (pruning walks the provider ids, as for probes).
 probe_rollups = Table(
     "probe_rollups",
     metadata,
-    Column("provider", Text, primary_key=True),
+    Column("provider_id", Integer, primary_key=True),
     Column("step_s", Integer, primary_key=True),
     Column("bucket_start_s", BigInteger, primary_key=True),
+    Column("latency_sum_us", BigInteger, nullable=True),
     Column("probe_count", Integer, nullable=False),
     Column("ok_count", Integer, nullable=False),
-    Column("latency_sum_ms", Float, nullable=True),
-    Column("latency_min_ms", Float, nullable=True),
-    Column("latency_max_ms", Float, nullable=True),
+    Column("latency_min_us", Integer, nullable=True),
+    Column("latency_max_us", Integer, nullable=True),
     Column("latency_hist", Text, nullable=False),
-    # Pruning by age, one step at a time.
-    Index(None, "step_s", "bucket_start_s"),
     **CLUSTERED_BY_PRIMARY_KEY,
 )
 
@@ -248,55 +278,55 @@ silences = Table(
 
 # --- generation canaries: one row per canary sample, and their rollups ---
 
-# One row per canary run against one model (monitord.model.GenerationSample). ok/skipped as the sample says:
-# a skipped row (busy, not_loaded, budget_exhausted) measured nothing. No foreign key, like probes.
+# One row per canary run against one model (monitord.model.GenerationSample), compact like probes: ids from
+# `names` for the provider and the model, Unix microseconds, integer microsecond timings, codes for the kind and
+# the error class, error texts in error_texts. ok/skipped as the sample says: a skipped row (busy, not_loaded,
+# budget_exhausted) measured nothing. Keyed like probes, with the model (canaries of several models may start
+# in the same microsecond); no foreign key.
 generation_samples = Table(
     "generation_samples",
     metadata,
-    Column("id", ID_TYPE, primary_key=True, autoincrement=True),
-    Column("ts", UtcDateTime, nullable=False),
-    Column("provider", Text, nullable=False),
-    Column("model", Text, nullable=False),
-    Column("kind", String(16), nullable=False),  # generation | embedding
-    Column("ok", Boolean, nullable=False),
-    Column("skipped", Boolean, nullable=False),
-    Column("error_class", String(32), nullable=True),
-    Column("error", Text, nullable=True),
-    Column("ttft_ms", Float, nullable=True),
-    Column("total_ms", Float, nullable=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("error_id", BigInteger, nullable=True),
     Column("tokens_per_s", Float, nullable=True),
+    Column("provider_id", Integer, nullable=False),
+    Column("model_id", Integer, nullable=False),
+    Column("ttft_us", Integer, nullable=True),
+    Column("total_us", Integer, nullable=True),
     Column("prompt_tokens", Integer, nullable=True),
     Column("completion_tokens", Integer, nullable=True),
-    Column("finish_reason", Text, nullable=True),
+    Column("kind", SmallInteger, nullable=False),
+    Column("error_class", SmallInteger, nullable=True),
+    Column("ok", Boolean, nullable=False),
+    Column("skipped", Boolean, nullable=False),
     Column("streamed", Boolean, nullable=False),
     Column("stream_complete", Boolean, nullable=True),
-    # History of one provider over a time range; all providers since a time (rebuild) and pruning by age.
-    Index(None, "provider", "ts"),
-    Index(None, "ts"),
+    Column("finish_reason", Text, nullable=True),
+    PrimaryKeyConstraint("provider_id", "ts", "model_id"),
+    **CLUSTERED_BY_PRIMARY_KEY,
 )
 
 # Samples of one (provider, model) within [bucket_start_s, bucket_start_s + step_s), like probe_rollups:
-# sample_count counts every row (skipped too) so a late row is noticed; timings cover ok samples only, and the
-# histograms (store.histogram's text; tokens/s in the same log buckets, read as plain numbers) give the
-# TTFT p50/p95 and the tokens/s p50 of any merged range.
+# sample_count counts every row (skipped too) so a late row is noticed; timings cover ok samples only (integer
+# microseconds), and the histograms (store.histogram's text; tokens/s in the same log buckets, read as plain
+# numbers) give the TTFT p50/p95 and the tokens/s p50 of any merged range.
 generation_rollups = Table(
     "generation_rollups",
     metadata,
-    Column("provider", Text, primary_key=True),
-    Column("model", Text, primary_key=True),
+    Column("provider_id", Integer, primary_key=True),
+    Column("model_id", Integer, primary_key=True),
     Column("step_s", Integer, primary_key=True),
     Column("bucket_start_s", BigInteger, primary_key=True),
+    Column("ttft_sum_us", BigInteger, nullable=True),
+    Column("tokens_spent", BigInteger, nullable=False),
+    Column("tps_min", Float, nullable=True),
+    Column("tps_max", Float, nullable=True),
     Column("sample_count", Integer, nullable=False),
     Column("ok_count", Integer, nullable=False),
     Column("skipped_count", Integer, nullable=False),
-    Column("ttft_sum_ms", Float, nullable=True),
-    Column("ttft_min_ms", Float, nullable=True),
-    Column("ttft_max_ms", Float, nullable=True),
+    Column("ttft_min_us", Integer, nullable=True),
+    Column("ttft_max_us", Integer, nullable=True),
     Column("ttft_hist", Text, nullable=False),
-    Column("tps_min", Float, nullable=True),
-    Column("tps_max", Float, nullable=True),
     Column("tps_hist", Text, nullable=False),
-    Column("tokens_spent", BigInteger, nullable=False),
-    Index(None, "step_s", "bucket_start_s"),
     **CLUSTERED_BY_PRIMARY_KEY,
 )

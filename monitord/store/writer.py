@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -24,7 +24,8 @@ from monitord.aio import wait_event
 from monitord.model import AlertEvent, AlertState, GenerationSample, OutboxEntry, ProbeResult
 from monitord.store import dialects, rows
 from monitord.store.outbox import write_entries
-from monitord.store.schema import generation_samples, probes, provider_models, providers
+from monitord.store.rows import NAME_MODEL, NAME_PROVIDER, epoch_us, probe_record, sample_record
+from monitord.store.schema import error_texts, generation_samples, names, probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
 WRITE_TIMEOUT_S = 15.0
@@ -36,6 +37,8 @@ MODELS_REMEMBERED = 100_000
 MAX_MODELS_PER_PROVIDER = 1000
 FORGET_MODELS_AFTER_S = 7 * 86400.0
 MODEL_PRUNE_EVERY_S = 600.0
+ERROR_REFRESH_S = rows.ERROR_REFRESH_S
+ERRORS_REMEMBERED = 10_000
 
 # Every kind of row the writer takes; a batch holds any mix, written in one transaction.
 Observation = ProbeResult | GenerationSample
@@ -118,6 +121,12 @@ class Writer:
         # (provider, model id) -> (details, first_seen, last_seen) as last written: most probes list the same
         # models again, and re-upserting them every batch halved the write rate (BENCHMARKS.md, ingestion).
         self._models_written: dict[tuple[str, str], tuple[Any, datetime, datetime]] = {}
+        # names.id of provider and model names, and error_texts ids with the last_used_s written, as committed
+        # (an id learnt in a transaction that rolled back is never kept).
+        self._provider_ids: dict[str, int] = {}
+        self._model_ids: dict[str, int] = {}
+        self._error_ids: dict[str, int] = {}  # error text -> its digest (a cache of rows.error_id)
+        self._errors_used: dict[int, int] = {}
         # Alert events and states waiting for the next batch; never dropped for room (there are few of them).
         self._alerts: list[OutboxEntry] = []
         self._alert_states: dict[str, AlertState] = {}
@@ -264,7 +273,12 @@ class Writer:
             alerts, self._alerts = self._alerts, []
             states, self._alert_states = self._alert_states, {}
             try:
-                await self._commit(results, model_rows, samples, alerts, list(states.values()))
+                try:
+                    await self._commit(results, model_rows, samples, alerts, list(states.values()))
+                except IntegrityError:
+                    # a row already stored (a batch retried after a commit whose answer was lost): write again,
+                    # skipping rows whose key is taken, which the fast path (COPY) cannot do
+                    await self._commit(results, model_rows, samples, alerts, list(states.values()), dedupe=True)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
                 if batch:  # the probe rows are the poison (or may be): alerts get a batch of their own next
@@ -305,7 +319,8 @@ class Writer:
             return True
 
     async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
-                      samples: list[GenerationSample], alerts: list[OutboxEntry], states: list[AlertState]) -> None:
+                      samples: list[GenerationSample], alerts: list[OutboxEntry], states: list[AlertState],
+                      dedupe: bool = False) -> None:
         """One transaction, bounded by the write timeout whatever the database or the network does.
 
         A silent peer (half-open TCP) never answers, not even a rollback or a goodbye: when the time is up the
@@ -328,7 +343,7 @@ class Writer:
                 watchdog = loop.call_at(deadline, abort, raw.driver_connection)
                 try:
                     async with conn.begin():
-                        await _write(conn, batch, model_rows, samples)
+                        learnt = await self._write(conn, batch, model_rows, samples, dedupe)
                         forgotten = await self._bound_models(conn, model_rows, batch)
                         if alerts or states:
                             await write_entries(conn, alerts, states, datetime.now(UTC))
@@ -336,10 +351,62 @@ class Writer:
                     watchdog.cancel()
             for key in forgotten:
                 self._models_written.pop(key, None)
+            learnt.keep(self)
         except Exception as exc:
             if aborted or isinstance(exc, TimeoutError):
                 raise WriteTimedOut(f"no answer within {self._write_timeout_s:g}s; connection discarded") from exc
             raise
+
+    async def _write(self, conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
+                     samples: list[GenerationSample], dedupe: bool) -> Learnt:
+        """The rows of one batch, compact (store.rows): names and error texts first, so the rows can cite them."""
+        learnt = Learnt()
+        provider_ids, model_ids = self._provider_ids, self._model_ids
+        missing = {result.provider for result in batch if result.provider not in provider_ids}
+        missing.update(sample.provider for sample in samples if sample.provider not in provider_ids)
+        if missing:
+            learnt.providers = await _name_ids(conn, NAME_PROVIDER, missing)
+            provider_ids = {**provider_ids, **learnt.providers}
+        missing = {sample.model for sample in samples if sample.model not in model_ids}
+        if missing:
+            learnt.models = await _name_ids(conn, NAME_MODEL, missing)
+            model_ids = {**model_ids, **learnt.models}
+        errors = _Errors(self._error_ids, self._errors_used)
+        seen: set[tuple[int, int]] = set()
+        records = []
+        for result in batch:
+            provider_id = provider_ids[result.provider]
+            ts = epoch_us(result.started_at)
+            key = (provider_id, ts)
+            if key in seen:
+                while key in seen:  # another probe of this provider in the same microsecond: 1 µs on
+                    ts += 1
+                    key = (provider_id, ts)
+            seen.add(key)
+            error = result.error
+            records.append(probe_record(result, provider_id, ts, None if error is None else errors.cite(error, ts)))
+        sample_records = []
+        seen_samples: set[tuple[int, int, int]] = set()
+        for sample in samples:
+            provider_id, model_id = provider_ids[sample.provider], model_ids[sample.model]
+            ts = epoch_us(sample.started_at)
+            while (provider_id, model_id, ts) in seen_samples:
+                ts += 1
+            seen_samples.add((provider_id, model_id, ts))
+            error = sample.error
+            sample_records.append(sample_record(sample, provider_id, model_id, ts,
+                                                None if error is None else errors.cite(error, ts)))
+        if errors.refresh:
+            await conn.execute(_error_upsert(conn.dialect.name), list(errors.refresh.values()))
+            learnt.errors = {row["id"]: row["last_used_s"] for row in errors.refresh.values()}
+        await dialects.insert_records(conn, probes, rows.PROBE_COLUMNS, records, dedupe=dedupe)
+        await dialects.insert_records(conn, generation_samples, rows.SAMPLE_COLUMNS, sample_records, dedupe=dedupe)
+        if model_rows:
+            await conn.execute(_model_upsert(conn.dialect.name), model_rows)
+        versions = rows.server_versions(batch)
+        if versions:
+            await conn.execute(_versions_update(), [{"b_name": name, "b_version": v} for name, v in versions.items()])
+        return learnt
 
     async def _bound_models(self, conn: AsyncConnection, model_rows: list[dict[str, Any]],
                             batch: list[ProbeResult]) -> list[tuple[str, str]]:
@@ -404,20 +471,9 @@ class Writer:
             )
 
 
-async def _write(conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
-                 samples: list[GenerationSample]) -> None:
-    await dialects.insert_rows(conn, probes, [rows.probe_row(result) for result in batch])
-    await dialects.insert_rows(conn, generation_samples, [rows.generation_row(sample) for sample in samples])
-    if model_rows:
-        await conn.execute(_model_upsert(conn.dialect.name), model_rows)
-    versions = rows.server_versions(batch)
-    if versions:
-        stmt = (
-            update(providers)
-            .where(providers.c.name == bindparam("b_name"))
-            .values(server_version=bindparam("b_version"))
-        )
-        await conn.execute(stmt, [{"b_name": name, "b_version": v} for name, v in versions.items()])
+def _versions_update() -> Any:
+    return (update(providers).where(providers.c.name == bindparam("b_name"))
+            .values(server_version=bindparam("b_version")))
 
 
 def _model_upsert(dialect_name: str) -> Any:
@@ -441,3 +497,60 @@ def describe_error(exc: BaseException) -> str:
     """Class and first line of an error: enough to act on, short enough for a log line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class Learnt:
+    """Ids a batch's transaction wrote or read; kept by the writer only once that transaction committed."""
+
+    providers: dict[str, int] = field(default_factory=dict)
+    models: dict[str, int] = field(default_factory=dict)
+    errors: dict[int, int] = field(default_factory=dict)  # error id -> last_used_s written
+
+    def keep(self, writer: Writer) -> None:
+        writer._provider_ids.update(self.providers)
+        writer._model_ids.update(self.models)
+        if len(writer._errors_used) > ERRORS_REMEMBERED:
+            writer._errors_used.clear()  # errors that churn (an id in every message): start over rather than grow
+        writer._errors_used.update(self.errors)
+
+
+class _Errors:
+    """The error ids of one batch's rows, and the error_texts rows it must (re)write."""
+
+    def __init__(self, ids: dict[str, int], used: dict[int, int]) -> None:
+        if len(ids) > ERRORS_REMEMBERED:
+            ids.clear()
+        self._ids = ids
+        self._used = used
+        self.refresh: dict[int, dict[str, Any]] = {}
+
+    def cite(self, error: str, ts_us: int) -> int:
+        error_id = self._ids.get(error)
+        if error_id is None:
+            error_id = self._ids[error] = rows.error_id(rows.short(error) or "")
+        used_s = ts_us // 1_000_000
+        if used_s - self._used.get(error_id, -ERROR_REFRESH_S - 1) > ERROR_REFRESH_S:
+            row = self.refresh.get(error_id)
+            if row is None:
+                self.refresh[error_id] = {"id": error_id, "text": rows.short(error), "last_used_s": used_s}
+            elif used_s > row["last_used_s"]:
+                row["last_used_s"] = used_s
+        return error_id
+
+
+async def _name_ids(conn: AsyncConnection, kind: int, wanted: set[str]) -> dict[str, int]:
+    """names.id of each name in `wanted`, inserting those not there yet (another instance may race: both end with
+    the one row)."""
+    by_digest = {rows.digest(kind, name): name for name in wanted}
+    await conn.execute(dialects.insert_ignore(conn.dialect.name, names),
+                       [{"kind": kind, "digest": key, "name": name} for key, name in by_digest.items()])
+    found = await conn.execute(select(names.c.id, names.c.digest).where(names.c.digest.in_(sorted(by_digest))))
+    return {by_digest[row.digest]: row.id for row in found}
+
+
+def _error_upsert(dialect_name: str) -> Any:
+    table = error_texts
+    return dialects.upsert(dialect_name, table, ("id",), lambda excluded: {
+        "last_used_s": case((excluded.last_used_s > table.c.last_used_s, excluded.last_used_s),
+                            else_=table.c.last_used_s)})

@@ -145,7 +145,7 @@ def _events_in(db_file: str, provider: str) -> list[str]:
 
 def _newest_status(db_file: str, provider: str) -> str | None:
     with sqlite3.connect(db_file) as conn:
-        row = conn.execute("SELECT status FROM probes WHERE provider = ? ORDER BY id DESC LIMIT 1",
+        row = conn.execute("SELECT status FROM probes WHERE provider = ? ORDER BY ts DESC LIMIT 1",
                            (provider,)).fetchone()
     return str(row[0]) if row else None
 

@@ -62,7 +62,7 @@ def db_file(url: str) -> str:
 
 def probe_rows(url: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db_file(url)) as conn:
-        return conn.execute("SELECT * FROM probes ORDER BY id").fetchall()
+        return conn.execute("SELECT * FROM probes ORDER BY ts, provider").fetchall()
 
 
 def count_rows(url: str) -> int:
@@ -72,7 +72,7 @@ def count_rows(url: str) -> int:
 
 def newest_status(url: str, provider: str) -> str | None:
     with sqlite3.connect(db_file(url)) as conn:
-        row = conn.execute("SELECT status FROM probes WHERE provider = ? ORDER BY id DESC LIMIT 1", (provider,))
+        row = conn.execute("SELECT status FROM probes WHERE provider = ? ORDER BY ts DESC LIMIT 1", (provider,))
         found = row.fetchone()
     return str(found[0]) if found else None
 
