@@ -28,11 +28,13 @@ pytestmark = pytest.mark.slow
 SLACK_S = 10.0  # a loaded CI machine: the targets themselves are measured by the bench
 
 
-def config_text(servers: dict[str, RealServer], sqlite_url: str, *, interval: str, priorities: dict[str, int]) -> str:
+def config_text(servers: dict[str, RealServer], sqlite_url: str, *, interval: str, priorities: dict[str, int],
+                retry_interval: str | None = None) -> str:
+    retry = f"retry_interval: {retry_interval}, " if retry_interval else ""
     lines = ["providers:"]
     for name, server in servers.items():
         lines += [f"  {name}:", "    type: llamacpp", f"    endpoint: {server.url}",
-                  f"    parameters: {{timeout: 1s, max_retries: 0, probe_interval: {interval}, "
+                  f"    parameters: {{timeout: 1s, max_retries: 0, probe_interval: {interval}, {retry}"
                   f"priority: {priorities.get(name, 0)}}}"]
     lines += ["storage:", f"  url: {sqlite_url}", "  flush_interval: 50ms", "api:", "  listen: 127.0.0.1:0"]
     return "\n".join(lines) + "\n"
@@ -111,12 +113,15 @@ async def test_a_killed_server_leaves_the_selection_at_once_and_the_down_alert_f
     servers: dict[str, RealServer] = {name: start_server() for name in ("victim", "spare")}
     for server in servers.values():
         await wait_up(server, session)
-    interval_s = 10.0  # retry_interval is left at its default: the smaller of this and 5 s
-    text = config_text(servers, sqlite_url, interval=f"{interval_s:g}s", priorities={"victim": 5})
+    # a probe interval well above the retry interval, as in production (10 s and the default 5 s) but shorter:
+    # the first failed probe makes it suspect, the retries that follow it make it down
+    interval_s, retry_interval_s = 4.0, 1.5
+    text = config_text(servers, sqlite_url, interval=f"{interval_s:g}s", priorities={"victim": 5},
+                       retry_interval=f"{int(retry_interval_s * 1000)}ms")
     async with running(text) as (daemon, client):
         await eventually(lambda: daemon.first_round_done, interval_s + SLACK_S, "the first probe round")
         spec = daemon.specs["victim"]
-        assert spec.retry_interval_s == 5.0
+        assert spec.retry_interval_s == retry_interval_s
         await eventually(selects(client, "victim"), 5 + SLACK_S, "the victim selected while it serves")
         servers["victim"].process.kill()  # SIGKILL: no goodbye, the port just refuses
         servers["victim"].process.wait()
