@@ -170,10 +170,16 @@ POLICY = RetentionPolicy(raw_s=2 * 86400, minute_rollups_s=4 * 86400, hour_rollu
                          settle_s=60, lookback_s=600)
 
 
+# Raw rows kept an hour: minute rollups are due as soon as a minute settles (they are made shortly before the raw
+# rows they sum reach the raw retention; see test_minute_rollups_wait_for_the_raw_retention).
+EAGER = RetentionPolicy(raw_s=3600, minute_rollups_s=4 * 86400, hour_rollups_s=8 * 86400, batch_size=500,
+                        settle_s=60, lookback_s=600)
+
+
 async def test_rollups_match_the_raw_rows(store: Store, db_url: str) -> None:
     results = workload(providers=3, start=T0, minutes=150, per_minute=4)
     await write_all(store, results)
-    report = await store.retention(POLICY).run_once(T0 + timedelta(hours=3))
+    report = await store.retention(EAGER).run_once(T0 + timedelta(hours=3))
 
     assert not report.skipped
     minutes = await rollup_rows(db_url, MINUTE_S)
@@ -198,7 +204,7 @@ async def test_rollups_match_the_raw_rows(store: Store, db_url: str) -> None:
         assert row["probe_count"] == merged.probe_count == 240
         assert histogram.decode(row["latency_hist"]) == merged.hist
 
-    again = await store.retention(POLICY).run_once(T0 + timedelta(hours=3))
+    again = await store.retention(EAGER).run_once(T0 + timedelta(hours=3))
     assert again.rolled_up == {MINUTE_S: 0, HOUR_S: 0}, "a second run finds nothing to redo"
     assert await rollup_rows(db_url, MINUTE_S) == minutes
 
@@ -220,7 +226,7 @@ async def test_hour_steps_read_rollups_and_agree_with_raw(store: Store) -> None:
 
 async def test_late_rows_within_the_lookback_are_rolled_up(store: Store, db_url: str) -> None:
     await write_all(store, workload(providers=1, start=T0, minutes=30, per_minute=1))
-    retention = store.retention(POLICY)
+    retention = store.retention(EAGER)
     await retention.run_once(T0 + timedelta(minutes=32))
     late = result("p0", T0 + timedelta(minutes=25, seconds=30), 999.0)  # e.g. buffered through an outage
     await write_all(store, [late])
@@ -235,7 +241,7 @@ async def test_minutes_with_unwritten_rows_wait(store_factory: StoreFactory, db_
     store = await store_factory(flush_interval_s=3600, batch_size=10_000, buffer_limit=10_000)
     await write_all(store, workload(providers=1, start=T0, minutes=10, per_minute=1))
     store.enqueue(result("p0", T0 + timedelta(minutes=4, seconds=10)))  # held by the writer, not in the database
-    retention = store.retention(POLICY)
+    retention = store.retention(EAGER)
     await retention.run_once(T0 + timedelta(hours=1))
     assert [r["bucket_start"] for r in await rollup_rows(db_url, MINUTE_S)] == [
         T0 + timedelta(minutes=m) for m in range(4)]
@@ -265,7 +271,7 @@ def deletes_seen(store: Store) -> Iterator[list[int]]:
 async def test_pruning_deletes_in_batches_and_history_survives(store: Store, db_url: str) -> None:
     await write_all(store, workload(providers=2, start=T0, minutes=3 * 24 * 60 // 10, per_minute=1))
     retention = store.retention(POLICY)
-    await retention.run_once(T0 + timedelta(hours=2))  # everything rolled up, nothing old enough to delete yet
+    await retention.run_once(T0 + timedelta(hours=2))  # hours rolled up, nothing old enough to delete yet
     since, until = T0, T0 + timedelta(hours=10)
     before = {step: await store.aggregate("p1", step_s=step, since=since, until=until) for step in (300, 3600)}
 
@@ -284,14 +290,41 @@ async def test_pruning_deletes_in_batches_and_history_survives(store: Store, db_
         assert [b.latency_avg_ms for b in after[step]] == pytest.approx([b.latency_avg_ms for b in before[step]])
 
 
+async def test_minute_rollups_wait_for_the_raw_retention(store: Store, db_url: str) -> None:
+    """Hour rows come as soon as an hour is over; minute rows only shortly before the raw rows they sum are pruned,
+    and every step reads the same counts before and after."""
+    results = workload(providers=1, start=T0, minutes=6 * 60, per_minute=2)
+    await write_all(store, results)
+    retention = store.retention(POLICY)
+    report = await retention.run_once(T0 + timedelta(hours=6, minutes=5))
+    assert report.rolled_up == {MINUTE_S: 0, HOUR_S: 6} and await rollup_rows(db_url, MINUTE_S) == []
+    exact = {step: await store.aggregate("p0", step_s=step, since=T0, until=T0 + timedelta(hours=6))
+             for step in (60, 3600)}
+    assert sum(b.count for b in exact[60]) == sum(b.count for b in exact[3600]) == len(results)
+
+    # two days on: the first hours' raw rows reach the raw retention; their minutes are rolled up first
+    now = T0 + timedelta(seconds=POLICY.raw_s, hours=3)
+    report = await retention.run_once(now)
+    due = floor_time(now - timedelta(seconds=POLICY.raw_s - POLICY.lookback_s - 3600), MINUTE_S)
+    minutes = await rollup_rows(db_url, MINUTE_S)
+    assert [r["bucket_start"] for r in minutes] == [T0 + timedelta(minutes=m) for m in range(
+        int((due - T0).total_seconds() // 60))]
+    assert report.deleted["probes"] == sum(r.started_at < T0 + timedelta(hours=3) for r in results)
+    after = {step: await store.aggregate("p0", step_s=step, since=T0, until=T0 + timedelta(hours=6))
+             for step in (60, 3600)}
+    for step in (60, 3600):
+        assert [(b.start, b.count, b.ok_count) for b in after[step]] == \
+            [(b.start, b.count, b.ok_count) for b in exact[step]]
+
+
 async def test_rollups_expire_too(store: Store, db_url: str) -> None:
     await write_all(store, workload(providers=1, start=T0, minutes=120, per_minute=1))
     retention = store.retention(POLICY)
     await retention.run_once(T0 + timedelta(hours=3))
-    assert await count_rows(db_url, probe_rollups) == 120 + 2
+    assert await count_rows(db_url, probe_rollups) == 2  # hours at once, minutes only when the raw rows are due
 
     report = await retention.run_once(T0 + 9 * DAY)
-    assert report.deleted == {"probes": 120, "rollup_60": 120, "rollup_3600": 2}
+    assert report.deleted == {"probes": 120, "rollup_60": 0, "rollup_3600": 2}  # minutes past their retention: not made
     assert await count_rows(db_url, probe_rollups) == 0 and await count_rows(db_url, probes) == 0
 
 

@@ -19,6 +19,9 @@ from tests.test_store import dump_tables
 T0 = datetime(2025, 3, 3, 0, 0, tzinfo=UTC)
 POLICY = RetentionPolicy(raw_s=2 * 86400, minute_rollups_s=4 * 86400, hour_rollups_s=8 * 86400, batch_size=50,
                          settle_s=60, lookback_s=600)
+# raw samples kept an hour: minute rollups are due as soon as a minute settles
+EAGER = RetentionPolicy(raw_s=3600, minute_rollups_s=4 * 86400, hour_rollups_s=8 * 86400, batch_size=50,
+                        settle_s=60, lookback_s=600)
 
 
 def sample(at: datetime, *, model: str = "qwen", ok: bool = True, provider: str = "vllm",
@@ -119,7 +122,7 @@ async def test_aggregates_from_raw_rows_then_from_rollups_agree(store: Store, db
         assert bucket.tokens_per_s_p50 == queries.percentile_cont([s.tokens_per_s or 0.0 for s in ok], 0.5)
         assert bucket.tokens_spent == sum((s.prompt_tokens or 0) + (s.completion_tokens or 0) for s in mine)
 
-    report = await store.retention(POLICY).run_once(until + timedelta(minutes=5))
+    report = await store.retention(EAGER).run_once(until + timedelta(minutes=5))
     assert report.series["generation"].rolled_up == {MINUTE_S: 2 * 180, HOUR_S: 2 * 3}
     rolled = await store.generation_aggregate("vllm", step_s=HOUR_S, since=T0, until=until)
     assert [(b.model, b.start, b.count, b.ok_count, b.skipped_count, b.tokens_spent) for b in rolled] == [
@@ -129,7 +132,7 @@ async def test_aggregates_from_raw_rows_then_from_rollups_agree(store: Store, db
             assert getattr(estimate, name) == pytest.approx(getattr(exact, name), rel=0.08), name
     one_model = await store.generation_aggregate("vllm", step_s=HOUR_S, since=T0, until=until, model="qwen")
     assert {b.model for b in one_model} == {"qwen"} and len(one_model) == 3
-    again = await store.retention(POLICY).run_once(until + timedelta(minutes=5))
+    again = await store.retention(EAGER).run_once(until + timedelta(minutes=5))
     assert again.series["generation"].rolled_up == {MINUTE_S: 0, HOUR_S: 0}
 
 
@@ -137,10 +140,10 @@ async def test_a_late_sample_is_rolled_up_again(store: Store, db_url: str) -> No
     for one in workload(T0, minutes=10, models=("qwen",)):
         store.enqueue(one)
     await store.flush()
-    await store.retention(POLICY).run_once(T0 + timedelta(minutes=15))
+    await store.retention(EAGER).run_once(T0 + timedelta(minutes=15))
     store.enqueue(sample(T0 + timedelta(minutes=6, seconds=10), ttft_ms=9000.0))  # within the lookback
     await store.flush()
-    report = await store.retention(POLICY).run_once(T0 + timedelta(minutes=16))
+    report = await store.retention(EAGER).run_once(T0 + timedelta(minutes=16))
     assert report.series["generation"].rolled_up[MINUTE_S] == 1
     buckets = await store.generation_aggregate("vllm", step_s=60, since=T0 + timedelta(minutes=6),
                                                until=T0 + timedelta(minutes=7))

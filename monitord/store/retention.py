@@ -3,9 +3,12 @@
 Two series take the same path (SERIES): probes (per provider) and generation canary samples (per provider and
 model), each with its own rollup table and its own marks.
 
-Rollups are recomputed from their source (raw rows for minutes, minute rows for hours) and upserted, so a run is
-idempotent and a crashed run is simply repeated. Raw rows are deleted only once rolled up, minute rows only once
-merged into hours. Each delete is one short transaction of at most `batch_size` rows, so writers never wait long.
+Both rollups are computed from the raw rows and upserted, so a run is idempotent and a crashed run is simply
+repeated. Hour rows are made as soon as an hour is complete; minute rows only shortly before the raw rows reach their
+retention (MINUTE_LEAD_S ahead): until then minute steps read the raw rows, and a minute row beside them would
+double what a probe costs to keep (at a 30 s interval a minute row is nearly as big as the two raw rows it sums).
+Raw rows are deleted only once both rollups hold them. Each delete is one short transaction of at most
+`batch_size` rows, so writers never wait long.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import Table, and_, delete, func, select, tuple_
+from sqlalchemy import Table, delete, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from monitord.aio import wait_event
@@ -44,7 +47,8 @@ HOUR_S = 3600
 DAY_S = 86400
 STEPS_S = (MINUTE_S, HOUR_S)
 LOCK_NAME = "monitord.retention"
-CHUNK_ROWS = 20_000  # source rows read per rollup transaction (more only when one bucket holds more)
+CHUNK_ROWS = 20_000  # raw rows read per rollup transaction (more only when one bucket holds more)
+MINUTE_LEAD_S = HOUR_S  # minute rollups are made this long before their raw rows reach the raw retention
 
 
 def mark_name(step_s: int, prefix: str = "") -> str:
@@ -359,40 +363,48 @@ class Retention:
         return report
 
     async def _run_series(self, series: Series, now: datetime) -> SeriesReport:
-        rolled = {MINUTE_S: await self._roll_minutes(series, now), HOUR_S: await self._roll_hours(series)}
+        rolled = {MINUTE_S: await self._roll_minutes(series, now), HOUR_S: await self._roll_hours(series, now)}
         return SeriesReport(rolled, await self._prune(series, now))
 
     # -- rollups -------------------------------------------------------------------------------------------------
 
-    async def _roll_minutes(self, series: Series, now: datetime) -> int:
-        complete_until = floor_time(now - timedelta(seconds=self.policy.settle_s), MINUTE_S)
+    def _complete_until(self, now: datetime, step_s: int) -> datetime:
+        """Buckets of step_s ending by this are complete: settled, and no row of theirs still in the writer."""
+        until = floor_time(now - timedelta(seconds=self.policy.settle_s), step_s)
         pending = self._oldest_pending()
-        if pending is not None:
-            complete_until = min(complete_until, floor_time(pending, MINUTE_S))
+        return until if pending is None else min(until, floor_time(pending, step_s))
+
+    async def _roll_minutes(self, series: Series, now: datetime) -> int:
+        """Minute rollups are made from the raw rows shortly before those are pruned (MINUTE_LEAD_S ahead of the
+        raw retention, plus the lookback), not as soon as a minute is over: while the raw rows are kept, minute
+        steps read them (exact), and a minute row beside them would only double what a probe costs to keep."""
+        policy = self.policy
+        due = floor_time(now - timedelta(seconds=policy.raw_s - policy.lookback_s - MINUTE_LEAD_S), MINUTE_S)
+        until = min(self._complete_until(now, MINUTE_S), due)
         async with self._engine.connect() as conn:
             mark = (await read_marks(conn)).get(series.mark(MINUTE_S))
             oldest = await _oldest(conn, series)
         if oldest is None:
             return 0
-        start = floor_time(oldest, MINUTE_S) if mark is None else max(
-            floor_time(mark - timedelta(seconds=self.policy.lookback_s), MINUTE_S), floor_time(oldest, MINUTE_S))
-        return await self._roll(series, MINUTE_S, start, complete_until, mark, self._minute_chunk)
+        # minutes past their own retention would be deleted by this very run: not made at all
+        floor = max(floor_time(oldest, MINUTE_S), floor_time(now - timedelta(seconds=policy.minute_rollups_s), HOUR_S))
+        start = floor if mark is None else max(floor_time(mark - timedelta(seconds=policy.lookback_s), MINUTE_S),
+                                                floor)
+        return await self._roll(series, MINUTE_S, start, until, mark, self._raw_chunk(MINUTE_S))
 
-    async def _roll_hours(self, series: Series) -> int:
-        r = series.rollups
+    async def _roll_hours(self, series: Series, now: datetime) -> int:
+        """Hour rollups are made from the raw rows as soon as an hour is complete (queries with hour steps read
+        them at once, and the raw rows that make them are pruned only after)."""
         async with self._engine.connect() as conn:
-            marks = await read_marks(conn)
-            oldest_s = (await conn.execute(select(func.min(r.c.bucket_start_s)).where(
-                r.c.provider_id.in_(_provider_ids()), r.c.step_s == MINUTE_S))).scalar_one_or_none()
-        minutes_done = marks.get(series.mark(MINUTE_S))
-        if minutes_done is None or oldest_s is None:
+            mark = (await read_marks(conn)).get(series.mark(HOUR_S))
+            oldest = await _oldest(conn, series)
+        if oldest is None:
             return 0
-        oldest = datetime.fromtimestamp(oldest_s, UTC)
-        mark = marks.get(series.mark(HOUR_S))
         lookback_s = max(self.policy.lookback_s, HOUR_S)
         start = floor_time(oldest, HOUR_S) if mark is None else max(
             floor_time(mark - timedelta(seconds=lookback_s), HOUR_S), floor_time(oldest, HOUR_S))
-        return await self._roll(series, HOUR_S, start, floor_time(minutes_done, HOUR_S), mark, self._hour_chunk)
+        return await self._roll(series, HOUR_S, start, self._complete_until(now, HOUR_S), mark,
+                                self._raw_chunk(HOUR_S))
 
     async def _roll(self, series: Series, step_s: int, start: datetime, until: datetime, mark: datetime | None,
                     chunk: Callable[[AsyncConnection, Series, datetime, datetime], Any]) -> int:
@@ -416,60 +428,36 @@ class Retention:
             await asyncio.sleep(0)  # one chunk at a time: let probes and the API run in between
         return written
 
-    async def _minute_chunk(self, conn: AsyncConnection, series: Series, start: datetime,
-                            end: datetime) -> list[dict[str, Any]]:
-        """Minute rows for [start, end) whose raw rows outnumber what is rolled up (new minutes, late rows)."""
-        raw = series.raw
-        keys = [raw.c[name] for name in series.keys]
-        minute = (raw.c.ts // (MINUTE_S * 1_000_000)).label("bucket")
-        counts = await conn.execute(select(*keys, minute, func.count().label("n"))
-                                    .where(raw.c.provider_id.in_(_provider_ids()), raw.c.ts >= epoch_us(start),
-                                           raw.c.ts < epoch_us(end)).group_by(*keys, minute))
-        dirty = await self._dirty(conn, series, MINUTE_S, start, end,
-                                  {(*row[:-2], int(row.bucket) * MINUTE_S): int(row.n) for row in counts})
-        if not dirty:
-            return []
-        low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + MINUTE_S
-        stmt = (select(*keys, minute, *(raw.c[name] for name in series.raw_columns))
-                .where(raw.c.provider_id.in_(sorted({key[0] for key in dirty})), raw.c.ts >= low_s * 1_000_000,
-                       raw.c.ts < high_s * 1_000_000))
-        rollups: dict[tuple[Any, ...], Mergeable] = {}
-        width = len(keys)
-        for row in (await conn.execute(stmt)).all():
-            key = (*row[:width], int(row.bucket) * MINUTE_S)
-            if key in dirty:
-                rollup = rollups.get(key)
-                if rollup is None:
-                    rollup = rollups[key] = series.new()
-                rollup.add_raw(row)
-        return _rows(rollups, MINUTE_S)
+    def _raw_chunk(self, step_s: int) -> Callable[[AsyncConnection, Series, datetime, datetime], Any]:
+        async def chunk(conn: AsyncConnection, series: Series, start: datetime,
+                        end: datetime) -> list[dict[str, Any]]:
+            """step_s rows for [start, end) whose raw rows outnumber what is rolled up (new buckets, late rows)."""
+            raw = series.raw
+            keys = [raw.c[name] for name in series.keys]
+            bucket = (raw.c.ts // (step_s * 1_000_000)).label("bucket")
+            counts = await conn.execute(select(*keys, bucket, func.count().label("n"))
+                                        .where(raw.c.provider_id.in_(_provider_ids()), raw.c.ts >= epoch_us(start),
+                                               raw.c.ts < epoch_us(end)).group_by(*keys, bucket))
+            dirty = await self._dirty(conn, series, step_s, start, end,
+                                      {(*row[:-2], int(row.bucket) * step_s): int(row.n) for row in counts})
+            if not dirty:
+                return []
+            low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + step_s
+            stmt = (select(*keys, bucket, *(raw.c[name] for name in series.raw_columns))
+                    .where(raw.c.provider_id.in_(sorted({key[0] for key in dirty})), raw.c.ts >= low_s * 1_000_000,
+                           raw.c.ts < high_s * 1_000_000))
+            rollups: dict[tuple[Any, ...], Mergeable] = {}
+            width = len(keys)
+            for row in (await conn.execute(stmt)).all():
+                key = (*row[:width], int(row.bucket) * step_s)
+                if key in dirty:
+                    rollup = rollups.get(key)
+                    if rollup is None:
+                        rollup = rollups[key] = series.new()
+                    rollup.add_raw(row)
+            return _rows(rollups, step_s)
 
-    async def _hour_chunk(self, conn: AsyncConnection, series: Series, start: datetime,
-                          end: datetime) -> list[dict[str, Any]]:
-        """Hour rows for [start, end), merged from minute rows, where those count more rows than the hour row."""
-        r = series.rollups
-        keys = [r.c[name] for name in series.keys]
-        minutes = and_(r.c.provider_id.in_(_provider_ids()), r.c.step_s == MINUTE_S,
-                       r.c.bucket_start_s >= epoch_s(start), r.c.bucket_start_s < epoch_s(end))
-        hour = (r.c.bucket_start_s // HOUR_S).label("bucket")
-        counts = await conn.execute(select(*keys, hour, func.sum(r.c[series.count_column]).label("n"))
-                                    .where(minutes).group_by(*keys, hour))
-        dirty = await self._dirty(conn, series, HOUR_S, start, end,
-                                  {(*row[:-2], int(row.bucket) * HOUR_S): int(row.n) for row in counts})
-        if not dirty:
-            return []
-        low_s, high_s = min(key[-1] for key in dirty), max(key[-1] for key in dirty) + HOUR_S
-        stmt = select(r).where(r.c.provider_id.in_(sorted({key[0] for key in dirty})), r.c.step_s == MINUTE_S,
-                               r.c.bucket_start_s >= low_s, r.c.bucket_start_s < high_s)
-        rollups: dict[tuple[Any, ...], Mergeable] = {}
-        for row in (await conn.execute(stmt)).all():
-            key = (*(getattr(row, name) for name in series.keys), row.bucket_start_s // HOUR_S * HOUR_S)
-            if key in dirty:
-                rollup = rollups.get(key)
-                if rollup is None:
-                    rollup = rollups[key] = series.new()
-                rollup.merge(series.from_row(row))
-        return _rows(rollups, HOUR_S)
+        return chunk
 
     @staticmethod
     async def _dirty(conn: AsyncConnection, series: Series, step_s: int, start: datetime, end: datetime,
@@ -516,19 +504,18 @@ class Retention:
         raw_label = series.raw_label or series.raw.name
         deleted = {raw_label: 0, minute_mark: 0, hour_mark: 0}
         minutes_done, hours_done = marks.get(minute_mark), marks.get(hour_mark)
-        if minutes_done is not None:
+        lookback_s = max(policy.lookback_s, HOUR_S)
+        if minutes_done is not None and hours_done is not None:  # both are made from the raw rows
             cutoff = min(floor_time(now - timedelta(seconds=policy.raw_s), HOUR_S),
-                         floor_time(minutes_done - timedelta(seconds=policy.lookback_s), MINUTE_S))
+                         floor_time(minutes_done - timedelta(seconds=policy.lookback_s), MINUTE_S),
+                         floor_time(hours_done - timedelta(seconds=lookback_s), HOUR_S))
             deleted[raw_label] = await self._delete_raw(series.raw, cutoff)
             pruned = marks.get(series.raw_pruned)
             if pruned is None or pruned < cutoff:
                 async with self._engine.begin() as conn:
                     await _set_mark(conn, series.raw_pruned, cutoff)
-        if hours_done is not None:
-            lookback_s = max(policy.lookback_s, HOUR_S)
-            cutoff = min(floor_time(now - timedelta(seconds=policy.minute_rollups_s), HOUR_S),
-                         floor_time(hours_done - timedelta(seconds=lookback_s), HOUR_S))
-            deleted[minute_mark] = await self._delete_rollups(series, MINUTE_S, cutoff)
+        cutoff = floor_time(now - timedelta(seconds=policy.minute_rollups_s), HOUR_S)
+        deleted[minute_mark] = await self._delete_rollups(series, MINUTE_S, cutoff)
         hour_cutoff = floor_time(now - timedelta(seconds=policy.hour_rollups_s), HOUR_S)
         deleted[hour_mark] = await self._delete_rollups(series, HOUR_S, hour_cutoff)
         return deleted
@@ -567,16 +554,9 @@ async def _next_chunk(conn: AsyncConnection, series: Series, step_s: int, start:
                       until: datetime) -> tuple[datetime, datetime] | None:
     """The next span of whole buckets in [start, until) holding about CHUNK_ROWS source rows (raw rows for
     minutes, minute rollups for hours), skipping empty time; None when no source row is left before `until`."""
-    if step_s == MINUTE_S:
-        raw = series.raw
-        source = (select(raw.c.ts).where(raw.c.provider_id.in_(_provider_ids()), raw.c.ts >= epoch_us(start),
-                                         raw.c.ts < epoch_us(until)).order_by(raw.c.ts))
-    else:
-        r = series.rollups
-        source = (select(r.c.bucket_start_s * 1_000_000)
-                  .where(r.c.provider_id.in_(_provider_ids()), r.c.step_s == MINUTE_S,
-                         r.c.bucket_start_s >= epoch_s(start), r.c.bucket_start_s < epoch_s(until))
-                  .order_by(r.c.bucket_start_s))
+    raw = series.raw
+    source = (select(raw.c.ts).where(raw.c.provider_id.in_(_provider_ids()), raw.c.ts >= epoch_us(start),
+                                     raw.c.ts < epoch_us(until)).order_by(raw.c.ts))
     first = _as_time((await conn.execute(source.limit(1))).scalar_one_or_none())
     if first is None:
         return None
