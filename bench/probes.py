@@ -85,6 +85,7 @@ class Plan:
     paths: tuple[str, ...] = ()  # the GETs of one probe (the baseline repeats monitord's)
     windows: int = 1  # measured one after the other in the same process
     canary_model: str = ""  # the model the bare loop's canary asks for (monitord picks it from the list)
+    cpus: tuple[int, ...] = ()  # the cores the variant process may use (empty: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +118,75 @@ class Outcome:
 # --- the simulated fleet (server processes) ---------------------------------------------------------------------
 
 
-def _serve(conn: Connection, count: int) -> None:
+def _serve(conn: Connection, count: int, fast: bool = False, cpus: tuple[int, ...] = ()) -> None:
     raise_fd_limit()
-    run_async(_serve_async(conn, count))
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    run_async(_serve_fast(conn, count) if fast else _serve_async(conn, count))
+
+
+class _CannedHttp(asyncio.Protocol):
+    """A minimal HTTP/1.1 keep-alive responder with canned answers by path: an aiohttp server costs the fleet
+    several times more CPU per request, and at 20,000 providers a core of servers could not keep up."""
+
+    def __init__(self, answers: dict[bytes, bytes], missing: bytes) -> None:
+        self._answers = answers
+        self._missing = missing
+        self._buffer = b""
+        self._transport: Any = None  # an asyncio or uvloop TCP transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end]
+            length = 0
+            at = head.lower().find(b"\r\ncontent-length:")
+            if at >= 0:
+                stop = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17:stop if stop > 0 else len(head)])
+            if len(self._buffer) < end + 4 + length:
+                return
+            self._buffer = self._buffer[end + 4 + length:]
+            path = head.split(b" ", 2)[1]
+            self._transport.write(self._answers.get(path, self._missing))
+
+
+def _canned(status: str, content_type: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Server: bench\r\n\r\n").encode() + body
+
+
+async def _serve_fast(conn: Connection, count: int) -> None:
+    models = (FIXTURES / "models.json").read_bytes()
+    model = orjson.loads(models)["data"][0]["id"]
+    answers = {
+        b"/health": _canned("200 OK", "application/octet-stream", b""),
+        b"/v1/models": _canned("200 OK", "application/json", models),
+        b"/version": _canned("200 OK", "application/json", (FIXTURES / "version.json").read_bytes()),
+        b"/metrics": _canned("200 OK", "text/plain; charset=utf-8", (FIXTURES / "metrics.txt").read_bytes()),
+        b"/v1/chat/completions": _canned("200 OK", "text/event-stream; charset=utf-8",
+                                         b"".join(_chat_frames(model, 8))),
+    }
+    missing = _canned("404 Not Found", "text/plain", b"404: Not Found")
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.Server] = []
+    ports: list[int] = []
+    try:
+        for _ in range(count):
+            server = await loop.create_server(lambda: _CannedHttp(answers, missing), "127.0.0.1", 0, backlog=256)
+            servers.append(server)
+            ports.append(server.sockets[0].getsockname()[1])
+        conn.send(ports)
+        await loop.run_in_executor(None, conn.recv)  # any message means stop
+    finally:
+        for server in servers:
+            server.close()
 
 
 async def _serve_async(conn: Connection, count: int) -> None:
@@ -189,9 +256,11 @@ def _chat_frames(model: str, tokens: int) -> list[bytes]:
 class Fleet:
     """N simulated providers spread over server processes; `with Fleet(n) as fleet: fleet.ports`."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *, fast: bool = False, cpus: tuple[int, ...] = (), servers: int = 0) -> None:
         self.count = count
-        self.servers = math.ceil(count / PORTS_PER_SERVER)
+        self.fast = fast  # canned answers (_CannedHttp) instead of an aiohttp server
+        self.cpus = cpus  # the cores the server processes may use (empty: any)
+        self.servers = servers or math.ceil(count / PORTS_PER_SERVER)
         self.ports: tuple[int, ...] = ()
         self._procs: list[tuple[SpawnProcess, Connection]] = []
 
@@ -202,7 +271,8 @@ class Fleet:
             for index in range(self.servers):
                 share = self.count // self.servers + (1 if index < self.count % self.servers else 0)
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(child, share), name=f"bench-fleet-{index}", daemon=True)
+                proc = ctx.Process(target=_serve, args=(child, share, self.fast, self.cpus),
+                                   name=f"bench-fleet-{index}", daemon=True)
                 proc.start()
                 self._procs.append((proc, parent))
             for proc, parent in self._procs:
@@ -212,6 +282,10 @@ class Fleet:
             raise
         self.ports = tuple(ports)
         return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self._procs if proc.pid is not None]
 
     def __exit__(self, *_exc: object) -> None:
         for _proc, parent in self._procs:
@@ -247,6 +321,8 @@ def _spawn() -> Any:
 
 def _variant_main(conn: Connection, variant: str, plan: Plan) -> None:
     raise_fd_limit()
+    if plan.cpus:
+        os.sched_setaffinity(0, plan.cpus)
     try:
         if variant in (MONITORD, MONITORD_PROBE_ONLY):
             from monitord import logs
@@ -325,11 +401,13 @@ async def _run_monitord(plan: Plan) -> list[Outcome]:
 
     window = _Window()
     paths: list[tuple[str, ...]] = []
+    started = asyncio.Event()
 
     class CountingDaemon(Daemon):
         async def start(self, *, serve_api: bool = True) -> None:
             await super().start(serve_api=serve_api)
             self.pipeline.subscribe(ProbeResult, self._count, name="bench")
+            started.set()
 
         @staticmethod
         def _count(recorded: Recorded[ProbeResult]) -> None:
@@ -350,6 +428,9 @@ async def _run_monitord(plan: Plan) -> list[Outcome]:
     running = asyncio.create_task(daemon.run())
     outcomes: list[Outcome] = []
     try:
+        waiter = asyncio.ensure_future(started.wait())  # start-up (config, migrations) is not warm-up
+        await asyncio.wait([running, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
         await asyncio.sleep(plan.warmup_s)
         for _ in range(plan.windows):
             window.start()
