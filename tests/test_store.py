@@ -523,3 +523,27 @@ async def test_results_read_back_keep_their_models_between_last_seen_writes(stor
     results = await store.results_since(T0 - timedelta(seconds=1))
     assert [(r.started_at - T0).total_seconds() for r in results] == [0, 30]
     assert all(r.model_ids == ("m",) for r in results)
+
+
+async def test_probes_stamped_with_one_microsecond_are_all_kept(store: Store) -> None:
+    """Rows are keyed (provider, time): a probe stamped like one before it in the batch moves 1 µs on, even out of
+    order; a batch written twice (its commit's answer lost) is not."""
+    tick = timedelta(microseconds=1)
+    for at in (T0, T0 + tick, T0, T0, T0 - tick):
+        store.enqueue(result("a", at))
+    await store.flush()
+    assert [s.ts for s in await store.history("a")] == [T0 + n * tick for n in (3, 2, 1, 0, -1)]
+
+
+async def test_a_row_written_twice_is_stored_once_and_the_batch_lands(store: Store) -> None:
+    """A batch retried after a commit whose answer was lost holds rows already stored: they are skipped (on
+    PostgreSQL the COPY fails on the key and the batch is written again with ON CONFLICT DO NOTHING), the rest land."""
+    first = result("a", T0)
+    store.enqueue(first)
+    await store.flush()
+    store.enqueue(first)
+    store.enqueue(result("a", T0 + timedelta(seconds=30), Status.DOWN))
+    await store.flush()
+    assert (store.pending, store.dropped_total, store.written_total) == (0, 0, 3)
+    assert [(s.ts, s.status) for s in await store.history("a")] == [(T0 + timedelta(seconds=30), Status.DOWN),
+                                                                    (T0, Status.UP)]

@@ -24,7 +24,7 @@ from monitord.aio import wait_event
 from monitord.model import AlertEvent, AlertState, GenerationSample, OutboxEntry, ProbeResult
 from monitord.store import dialects, rows
 from monitord.store.outbox import write_entries
-from monitord.store.rows import NAME_MODEL, NAME_PROVIDER, epoch_us, probe_record, sample_record
+from monitord.store.rows import EPOCH, NAME_MODEL, NAME_PROVIDER, ONE_US, epoch_us, probe_record, sample_record
 from monitord.store.schema import error_texts, generation_samples, names, probes, provider_models, providers
 
 MAX_BACKOFF_S = 30.0
@@ -184,13 +184,15 @@ class Writer:
         if self._closed:
             self._drop(1, reason="closed")
             return
-        self._buffer.append(result)
-        if self.pending > self._buffer_limit:
-            self._buffer.popleft()
+        buffer = self._buffer
+        buffer.append(result)
+        waiting = len(buffer)
+        if waiting + len(self._in_flight) > self._buffer_limit:
+            buffer.popleft()
             # One line when dropping starts, not one per row: write_failed lines carry the running total.
             self._drop(1, reason="buffer_full", log=not self._dropping)
             self._dropping = True
-        if len(self._buffer) >= self._batch_size:
+        if waiting >= self._batch_size:
             self._batch_ready.set()
 
     def enqueue_alerts(self, entries: Iterable[OutboxEntry], states: Iterable[AlertState] = ()) -> None:
@@ -372,19 +374,7 @@ class Writer:
             learnt.models = await _name_ids(conn, NAME_MODEL, missing)
             model_ids = {**model_ids, **learnt.models}
         errors = _Errors(self._error_ids, self._errors_used)
-        seen: set[tuple[int, int]] = set()
-        records = []
-        for result in batch:
-            provider_id = provider_ids[result.provider]
-            ts = epoch_us(result.started_at)
-            key = (provider_id, ts)
-            if key in seen:
-                while key in seen:  # another probe of this provider in the same microsecond: 1 µs on
-                    ts += 1
-                    key = (provider_id, ts)
-            seen.add(key)
-            error = result.error
-            records.append(probe_record(result, provider_id, ts, None if error is None else errors.cite(error, ts)))
+        records = probe_records(batch, provider_ids, errors)
         sample_records = []
         seen_samples: set[tuple[int, int, int]] = set()
         for sample in samples:
@@ -537,6 +527,37 @@ class _Errors:
             elif used_s > row["last_used_s"]:
                 row["last_used_s"] = used_s
         return error_id
+
+
+def probe_records(batch: list[ProbeResult], provider_ids: dict[str, int], errors: _Errors) -> list[tuple[Any, ...]]:
+    """The probe_rows rows of a batch (the per-row hot path, kept flat). A provider's rows come mostly in time
+    order: only a row not later than the provider's last one in the batch is checked for a taken microsecond."""
+    records: list[tuple[Any, ...]] = []
+    newest: dict[int, int] = {}  # provider id -> its latest ts in this batch (rows come mostly in time order)
+    for result in batch:
+        provider_id = provider_ids[result.provider]
+        try:
+            ts = (result.started_at - EPOCH) // ONE_US
+        except TypeError:
+            ts = epoch_us(result.started_at)
+        latest = newest.get(provider_id)
+        if latest is not None and ts <= latest:
+            ts = _free_ts(records, provider_id, ts)  # maybe the same microsecond as another: 1 µs on
+            newest[provider_id] = max(latest, ts)
+        else:
+            newest[provider_id] = ts
+        error = result.error
+        records.append(probe_record(result, provider_id, ts, None if error is None else errors.cite(error, ts)))
+    return records
+
+
+def _free_ts(records: list[tuple[Any, ...]], provider_id: int, ts: int) -> int:
+    """`ts`, or the first microsecond after it no row of `records` holds for `provider_id` (the slow path: a
+    provider's rows out of order in one batch)."""
+    taken = {record[1] for record in records if record[0] == provider_id}
+    while ts in taken:
+        ts += 1
+    return ts
 
 
 async def _name_ids(conn: AsyncConnection, kind: int, wanted: set[str]) -> dict[str, int]:
