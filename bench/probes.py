@@ -105,6 +105,7 @@ class Outcome:
     rank_ms: float | None = None  # CPU of one recompute of the default ranking at the end of the window
     rows_written: int = 0
     rows_dropped: int = 0
+    waited_s: float = 0.0  # time the process's threads were ready to run but waited for a core (other work)
 
     @property
     def rate_per_s(self) -> float:
@@ -356,6 +357,16 @@ def measure(variant: str, plan: Plan) -> list[Outcome]:
     return [Outcome(**{**one, "paths": tuple(one["paths"])}) for one in raw]
 
 
+def run_queue_wait_s() -> float:
+    """Seconds this process's threads spent runnable but waiting for a core (/proc/<pid>/task/*/schedstat)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[1])
+    return total / 1e9
+
+
 class _Window:
     """Probe and lateness counts, split at the start of the measurement window."""
 
@@ -364,11 +375,17 @@ class _Window:
         self.failed = 0
         self.lateness_ms: deque[float] = deque(maxlen=100_000)
         self.meter = Meter()
+        self.waited_at = run_queue_wait_s()
 
     def start(self) -> None:
         self.probes = self.failed = 0
         self.lateness_ms.clear()
         self.meter.reset()
+        self.waited_at = run_queue_wait_s()
+
+    @property
+    def waited_s(self) -> float:
+        return run_queue_wait_s() - self.waited_at
 
     def count(self, failed: bool, calls: Sequence[Any], paths: list[tuple[str, ...]]) -> None:
         self.probes += 1
@@ -444,7 +461,7 @@ async def _run_monitord(plan: Plan) -> list[Outcome]:
                 lateness_p50_ms=percentile(lateness, 0.5), lateness_p99_ms=percentile(lateness, 0.99),
                 peak_rss_mb=peak_rss_mb(), paths=paths[0] if paths else (),
                 skipped=daemon.skipped_total - skipped0, rows_written=daemon.store.written_total,
-                rows_dropped=daemon.store.dropped_total,
+                rows_dropped=daemon.store.dropped_total, waited_s=window.waited_s,
             ))
         outcomes[-1] = replace(outcomes[-1], rank_ms=_ranking_cpu_ms(daemon))
     finally:
