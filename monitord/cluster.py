@@ -182,6 +182,12 @@ class Cluster:
             self._last_seen[provider] = at
 
 
+def next_beat(due: float, now: float, period: float) -> float:
+    """When the beat after the one due at `due` is due, `now` being when that beat ended: one period on from
+    `due`, or at once if that has passed (never a burst of beats to catch up)."""
+    return max(due + period, now)
+
+
 class ClusterBeat:
     """The daemon's side of the heartbeat: every lease_s / 3, renew leases, fold the other instances' new probes
     (through `fold_peer`, the result pipeline), refresh what peers may have changed (`refresh`: silences), and
@@ -203,10 +209,23 @@ class ClusterBeat:
         self.down = False
 
     async def run(self) -> None:
-        """Beat every lease_s / 3 until cancelled (the first beat is `beat()`, before the first probe)."""
+        """Beat every lease_s / 3 until cancelled (the first beat is `beat()`, before the first probe).
+
+        The cadence counts from each beat's start, not its end: a beat slowed by folding many peer rows does not
+        push the next renewal back. A beat that starts more than a third of a lease late (a starved process or
+        a blocked loop) is logged: two more such delays and this instance's leases pass to the others.
+        """
+        loop = asyncio.get_running_loop()
+        period = self.cluster.lease_s / 3
+        due = loop.time() + period
         while True:
-            await asyncio.sleep(self.cluster.lease_s / 3)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            late_s = loop.time() - due
+            if late_s > period:
+                log.warning("cluster.beat_late", late_s=round(late_s, 3), lease_s=self.cluster.lease_s,
+                            held=len(self.cluster.held))
             await self.beat()
+            due = next_beat(due, loop.time(), period)
 
     async def beat(self) -> None:
         cluster = self.cluster

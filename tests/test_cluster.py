@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitord.cluster import LEADER, Cluster, ClusterBeat, preference, ranked_for
+from monitord.cluster import LEADER, Cluster, ClusterBeat, next_beat, preference, ranked_for
 from monitord.model import ErrorClass, ModelInfo, ProbeResult, ProviderSpec, Status
 from monitord.store import Store, migrate
 
@@ -277,3 +277,13 @@ async def test_a_rebalance_commits_what_it_releases_first(open_store: OpenStore,
         assert all(c.owns(name) for name in taken.acquired)
     finally:
         await slow.close()
+
+
+@pytest.mark.parametrize(("due", "now", "expected"), [
+    (10.0, 10.1, 12.0),  # a quick beat: one period from its due time, not from its end
+    (10.0, 11.5, 12.0),  # a slow beat still renews on time
+    (10.0, 12.5, 12.5),  # slower than a period: the next one at once
+    (10.0, 19.0, 19.0),  # a long stall: one beat now, not one per missed period
+])
+def test_beats_keep_their_cadence_whatever_a_beat_takes(due: float, now: float, expected: float) -> None:
+    assert next_beat(due, now, 2.0) == expected
