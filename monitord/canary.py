@@ -43,7 +43,7 @@ from monitord.probe import (
 )
 from monitord.providers.base import HttpResponse, error_for_status
 from monitord.providers.generate import DIALECTS, CanaryRequest, Preflight, Skip, plan
-from monitord.providers.streams import StreamFormatError, StreamTally
+from monitord.providers.streams import StreamEvent, StreamFormatError, StreamTally
 from monitord.scheduler import Limit
 
 log = structlog.get_logger("monitord.canary")
@@ -176,17 +176,55 @@ class _Outcome(Exception):
         self.skipped = skipped
 
 
-@dataclass(slots=True)
 class _Clock:
-    """When the current wait must end: the first-token deadline, then each gap's, never past the timeout."""
+    """When the current wait must end: the first-token deadline, then each gap's, never past the timeout.
 
-    started: float
-    deadline_s: float
-    hard_end: float
-    waiting_since: float
+    Checked lazily, so a token costs one attribute store: a token only moves `waiting_since`, and one timer,
+    armed for the earliest moment the wait could end, looks again when it fires. If a token came meanwhile it
+    re-arms for the new end; if not, the wait is over and it expires the window at once. A stall is caught at
+    the same moment as by a timer re-armed at every token (the timer fires at the deadline of the last token
+    seen when it was armed, or re-arms to the later one), with one timer per deadline period instead of one per
+    token.
+    """
+
+    __slots__ = ("_armed", "_handle", "_loop", "_offset", "_window", "deadline_s", "hard_end", "started",
+                 "waiting_since")
+
+    def __init__(self, started: float, deadline_s: float, hard_end: float) -> None:
+        self.started = started
+        self.deadline_s = deadline_s
+        self.hard_end = hard_end
+        self.waiting_since = started
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0
 
     def next_end(self) -> float:
         return min(self.waiting_since + self.deadline_s, self.hard_end)
+
+    def watch(self, window: asyncio.Timeout) -> None:
+        """Start timing the wait; `window` (entered, with no deadline of its own) expires when the wait ends."""
+        self._loop = asyncio.get_running_loop()
+        self._offset = self._loop.time() - time.perf_counter()  # perf_counter deadlines on the loop's clock
+        self._window = window
+        self._arm(self.next_end())
+
+    def stop(self) -> None:
+        """The wait is over (the reply ended, or the window is being left): no more checks."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, end: float) -> None:
+        self._armed = end
+        self._handle = self._loop.call_at(end + self._offset, self._check)
+
+    def _check(self) -> None:
+        end = self.next_end()
+        if end > self._armed:  # a token came since this timer was armed: wait for the new end
+            self._arm(end)
+            return
+        self._handle = None
+        self._window.reschedule(self._loop.time())  # nothing since: the deadline has passed
 
 
 async def run_canary(spec: ProviderSpec, model: str, session: aiohttp.ClientSession, *,
@@ -197,11 +235,11 @@ async def run_canary(spec: ProviderSpec, model: str, session: aiohttp.ClientSess
     started_at = now()
     planned = plan(spec, model, kind)
     sample_kind = SampleKind.EMBEDDING if kind is ModelKind.EMBEDDING else SampleKind.GENERATION
-    base = GenerationSample(provider=spec.name, provider_type=spec.type, model=model, started_at=started_at,
-                            ok=False, kind=sample_kind)
     if isinstance(planned, Skip):
-        return replace(base, skipped=True, error=planned.reason)
-    base = replace(base, kind=planned.kind, streamed=planned.stream)
+        return GenerationSample(provider=spec.name, provider_type=spec.type, model=model, started_at=started_at,
+                                ok=False, kind=sample_kind, skipped=True, error=planned.reason)
+    base = GenerationSample(provider=spec.name, provider_type=spec.type, model=model, started_at=started_at,
+                            ok=False, kind=planned.kind, streamed=planned.stream)
     refusal = budget.refusal(spec, model, started_at) if budget is not None else None
     if refusal is not None:
         return replace(base, skipped=True, error_class=ErrorClass.BUDGET_EXHAUSTED, error=refusal)
@@ -232,8 +270,7 @@ async def _run(spec: ProviderSpec, model: str, session: aiohttp.ClientSession, r
                        error="model not loaded; canary.load is off, so it is not loaded to be tested")
     busy_before = bool(capacity is not None and capacity.saturated)
     started = time.perf_counter()
-    clock = _Clock(started, canary.deadline_s if request.stream else canary.timeout_s,
-                   started + canary.timeout_s, started)
+    clock = _Clock(started, canary.deadline_s if request.stream else canary.timeout_s, started + canary.timeout_s)
     tally = StreamTally()
     complete: bool | None = None
     error: _Outcome | None = None
@@ -278,10 +315,13 @@ async def _run(spec: ProviderSpec, model: str, session: aiohttp.ClientSession, r
 async def _preflight(spec: ProviderSpec, model: str, session: aiohttp.ClientSession,
                      ssl_context: Any, deadline: float) -> Preflight:
     """Ask the server whether the canary may run; a failed question is no answer (the canary still runs)."""
+    dialect = DIALECTS[spec.type]
+    if not dialect.asks_first:
+        return Preflight()
     http = AiohttpProbeHttp(session, spec, deadline, ssl_context, _Attempt())
     try:
-        return await asyncio.wait_for(DIALECTS[spec.type].preflight(http, spec, model),
-                                      max(deadline - time.perf_counter(), 0.001))
+        async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
+            return await dialect.preflight(http, spec, model)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -292,57 +332,58 @@ async def _preflight(spec: ProviderSpec, model: str, session: aiohttp.ClientSess
 async def _exchange(spec: ProviderSpec, session: aiohttp.ClientSession, ssl_context: Any, request: CanaryRequest,
                     tally: StreamTally, clock: _Clock) -> bool:
     """Send the request and read the reply into `tally`; True when the stream ended with its terminal marker."""
-    loop = asyncio.get_running_loop()
-    offset = loop.time() - time.perf_counter()  # perf_counter deadlines on the loop's clock
-    async with asyncio.timeout_at(clock.next_end() + offset) as window:
-        async with session.post(spec.base_url + request.path, json=request.payload,
-                                headers=request_headers(spec), ssl=ssl_context,
-                                timeout=aiohttp.ClientTimeout(total=None), max_redirects=5) as resp:
-            if resp.status >= 300:
-                body = await resp.content.read(64 * 1024)
-                raise _status_outcome(HttpResponse(resp.status, dict(resp.headers), body, request.path))
-            if not request.stream:
-                body = await _read_body(resp, spec.max_body_bytes, request.path)
-                try:
-                    parsed = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    raise _Outcome(ErrorClass.BAD_PAYLOAD, f"{request.path}: the reply is not JSON") from None
-                tally.add(request.read_reply(parsed), time.perf_counter())
-                return True
-            assert request.new_reader is not None
-            reader = request.new_reader()
-            size = 0
-            async for data in resp.content.iter_any():
-                size += len(data)
-                if size > spec.max_body_bytes:
-                    raise _Outcome(ErrorClass.TOO_LARGE, f"{request.path}: stream exceeds the "
-                                                         f"{spec.max_body_bytes}-byte cap")
-                if _fold(tally, reader.feed(data), clock):
-                    window.reschedule(clock.next_end() + offset)
-                if tally.done or tally.error is not None:
-                    window.reschedule(None)
-                    await _drain(resp)
-                    return tally.done
-            _fold(tally, reader.close(), clock)
-            return tally.done
+    async with asyncio.timeout(None) as window:
+        clock.watch(window)
+        try:
+            async with session.post(spec.base_url + request.path, json=request.payload,
+                                    headers=request_headers(spec), ssl=ssl_context,
+                                    timeout=aiohttp.ClientTimeout(total=None), max_redirects=5) as resp:
+                if resp.status >= 300:
+                    body = await resp.content.read(64 * 1024)
+                    raise _status_outcome(HttpResponse(resp.status, dict(resp.headers), body, request.path))
+                if not request.stream:
+                    body = await _read_body(resp, spec.max_body_bytes, request.path)
+                    try:
+                        parsed = orjson.loads(body)
+                    except orjson.JSONDecodeError:
+                        raise _Outcome(ErrorClass.BAD_PAYLOAD, f"{request.path}: the reply is not JSON") from None
+                    tally.add(request.read_reply(parsed), time.perf_counter())
+                    return True
+                assert request.new_reader is not None
+                reader = request.new_reader()
+                size, cap = 0, spec.max_body_bytes
+                async for data in resp.content.iter_any():
+                    size += len(data)
+                    if size > cap:
+                        raise _Outcome(ErrorClass.TOO_LARGE, f"{request.path}: stream exceeds the {cap}-byte cap")
+                    events = reader.feed(data)
+                    if events:
+                        _fold(tally, events, clock)
+                        if tally.done or tally.error is not None:
+                            clock.stop()
+                            await _drain(resp)
+                            return tally.done
+                _fold(tally, reader.close(), clock)
+                return tally.done
+        finally:
+            clock.stop()
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:
     """Read what follows the terminal marker (the chunked-encoding end) so the server finishes its reply and the
     connection is reused; a server that keeps writing is cut after a moment, without changing the verdict."""
     with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
-        await asyncio.wait_for(resp.content.read(64 * 1024), _DRAIN_S)
+        async with asyncio.timeout(_DRAIN_S):
+            await resp.content.read(64 * 1024)
 
 
-def _fold(tally: StreamTally, events: list[Any], clock: _Clock) -> bool:
-    """Fold events; True when one carried a token (the stall clock restarts at it)."""
-    moved = False
+def _fold(tally: StreamTally, events: list[StreamEvent], clock: _Clock) -> None:
+    """Fold the events of one read (they arrived together, so one time for all); a token restarts the stall
+    clock."""
+    at = time.perf_counter()
     for event in events:
-        at = time.perf_counter()
         if tally.add(event, at):
             clock.waiting_since = at
-            moved = True
-    return moved
 
 
 async def _read_body(resp: aiohttp.ClientResponse, cap: int, path: str) -> bytes:

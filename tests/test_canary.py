@@ -148,6 +148,33 @@ async def test_stall_mid_stream_is_stream_stalled(provider_double: StartDouble,
     assert sample.stream_complete is False
 
 
+async def test_tokens_that_keep_coming_within_the_deadline_are_not_a_stall(provider_double: StartDouble,
+                                                                           session: aiohttp.ClientSession) -> None:
+    """The idle deadline is checked lazily (one timer that looks again when it fires): a slow stream that lasts
+    several deadlines, each gap within it, must come through whole."""
+    double = await provider_double("vllm", token_interval_s=0.25, reply_tokens=10)
+
+    sample = await canary(double, session, max_tokens=10, deadline_s=1.0)
+
+    assert (sample.ok, sample.error_class, sample.completion_tokens) == (True, None, 10)
+    assert sample.total_ms is not None and sample.total_ms > 2000  # longer than two deadlines, never cut
+
+
+async def test_a_stall_after_tokens_is_called_at_the_deadline_of_the_last_token(
+        provider_double: StartDouble, session: aiohttp.ClientSession) -> None:
+    """The timer armed at the start must not end the wait early: the tokens moved the deadline past it."""
+    double = await provider_double("vllm", generation="stall_mid_stream", token_interval_s=0.3)
+
+    sample = await canary(double, session, deadline_s=0.5)
+
+    assert (sample.ok, sample.error_class) == (False, ErrorClass.STREAM_STALLED)
+    assert sample.error == "no token for 0.5s after 2 chunk(s)"
+    # two tokens 0.3 s apart, then nothing: the stall is called 0.5 s after the second token, not 0.5 s after the
+    # start (the first timer's moment) nor 0.5 s after the first token
+    assert sample.ttft_ms is not None and sample.total_ms is not None
+    assert sample.total_ms >= sample.ttft_ms + 300 + 500 - 5  # 5 ms: the loop's timers round to a millisecond
+
+
 async def test_keep_alive_comments_do_not_hide_a_stall(provider_double: StartDouble,
                                                        session: aiohttp.ClientSession) -> None:
     """A stalled engine behind sse-starlette still sends `: ping` comments; only tokens move the stall clock."""

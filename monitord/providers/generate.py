@@ -63,6 +63,11 @@ class Skip:
 class Dialect(Protocol):
     def request(self, spec: ProviderSpec, model: str, kind: ModelKind | None) -> CanaryRequest | Skip: ...
 
+    @property
+    def asks_first(self) -> bool:
+        """Whether `preflight` asks the server anything (when not, a canary does not call it)."""
+        ...
+
     async def preflight(self, http: ProbeHttp, spec: ProviderSpec, model: str) -> Preflight: ...
 
 
@@ -219,6 +224,10 @@ class OpenAIChat:
         return CanaryRequest(spec.chat_endpoint or self.chat_path, payload, SampleKind.GENERATION, canary.stream,
                              openai_reply, (lambda: SseReader(openai_chunk)) if canary.stream else None)
 
+    @property
+    def asks_first(self) -> bool:
+        return self.slots_path is not None or self.residency is not None
+
     async def preflight(self, http: ProbeHttp, spec: ProviderSpec, model: str) -> Preflight:
         if self.slots_path is not None:
             return read_slots(await http.get(self.slots_path))
@@ -255,6 +264,10 @@ class OllamaChat:
                              ollama_reply, (lambda: NdjsonReader(ollama_line)) if canary.stream else None,
                              terminal='"done": true')
 
+    @property
+    def asks_first(self) -> bool:
+        return True
+
     async def preflight(self, http: ProbeHttp, spec: ProviderSpec, model: str) -> Preflight:
         response = await http.get("/api/ps")
         if response.status != 200:
@@ -282,6 +295,10 @@ class KoboldGenerate:
                                  lambda: SseReader(kobold_event), terminal="a finish_reason")
         return CanaryRequest("/api/v1/generate", payload, SampleKind.GENERATION, False, kobold_reply)
 
+    @property
+    def asks_first(self) -> bool:
+        return self.streams
+
     async def preflight(self, http: ProbeHttp, spec: ProviderSpec, model: str) -> Preflight:
         if not self.streams:
             return Preflight()
@@ -301,6 +318,10 @@ class TGIGenerate:
             return CanaryRequest("/generate_stream", payload, SampleKind.GENERATION, True, tgi_reply,
                                  lambda: SseReader(tgi_event), terminal="generated_text")
         return CanaryRequest("/generate", payload, SampleKind.GENERATION, False, tgi_reply)
+
+    @property
+    def asks_first(self) -> bool:
+        return False
 
     async def preflight(self, http: ProbeHttp, spec: ProviderSpec, model: str) -> Preflight:
         return Preflight()  # /metrics queue size arrives with the health probe's Capacity
