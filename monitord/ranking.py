@@ -24,9 +24,9 @@ import bisect
 import heapq
 import math
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import translate
 
@@ -403,6 +403,7 @@ class Ranker:
     def __init__(self, policy: RankingPolicy | None = None) -> None:
         self.policy = policy or RankingPolicy()
         self._prepared: dict[str, _Prepared] = {}
+        self._contexts: Counter[int] = Counter()  # context lengths over every prepared provider's offers
 
     def rank(self, states: Mapping[str, ProviderState], specs: Mapping[str, ProviderSpec], criteria: Criteria,
              now: datetime, *, limit: int | None = None,
@@ -449,6 +450,7 @@ class Ranker:
                 excluded[name] = ("not configured",)
         if len(self._prepared) > 2 * len(specs) + 16:
             self._prepared = {name: p for name, p in self._prepared.items() if name in specs}
+            self._contexts = Counter(c for p in self._prepared.values() for c in p.contexts)
         entries = self._score(candidates, query, now, limit)
         return Ranking(generated_at=now, criteria=criteria, entries=entries, excluded=excluded)
 
@@ -475,8 +477,28 @@ class Ranker:
         prepared = self._prepared.get(name)
         if (prepared is None or prepared.state is not state or prepared.spec is not spec
                 or prepared.generation is not measured):
+            if prepared is not None:
+                self._contexts.subtract(prepared.contexts)
             prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured)
+            self._contexts.update(prepared.contexts)
         return prepared
+
+    def context_bounds(self) -> list[int]:
+        """Every context length a prepared provider's models have, ascending (see `canonical`)."""
+        return sorted(length for length, count in self._contexts.items() if count > 0)
+
+    @staticmethod
+    def canonical(criteria: Criteria, bounds: list[int]) -> Criteria:
+        """`criteria` with max_tokens moved to the least context length in `bounds` (context_bounds()) at or
+        above it: the same ranking whenever `bounds` holds every context length of the states ranked, since
+        max_tokens only ever meets a known context length (is it at least max_tokens) and no reason names it.
+        Callers send a new max_tokens nearly every time; this lets them share one ranking per interval."""
+        wanted = criteria.max_tokens
+        if wanted is None:
+            return criteria
+        index = bisect.bisect_left(bounds, wanted)
+        moved = bounds[index] if index < len(bounds) else (bounds[-1] + 1 if bounds else 1)
+        return criteria if moved == wanted else replace(criteria, max_tokens=moved)
 
 
 # score, speed, reported_speed, latency, recency, warm

@@ -25,7 +25,7 @@ import asyncio
 import gzip
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -78,6 +78,7 @@ class RankingCache:
         self._born_s = 0.0
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
         self.standing = Standing(ranker, DEFAULT_CRITERIA, stale_s=max_age_s)
+        self._bounds: list[int] | None = None  # the fleet's context lengths, fixed per generation
         self._noted: set[str] = set()  # providers reported since the standing's last update
         self._seen_versions = (-1, -1)  # the versions at the standing's last update
         self._expired_s = float("-inf")
@@ -110,6 +111,7 @@ class RankingCache:
                 or (self._versions() != self._version and age_s >= self.refresh_s)):
             self._stale = False
             self._entries.clear()
+            self._bounds = None
             if now_s - self._expired_s >= self.max_age_s or now_s < self._expired_s:
                 # canary samples leave their window with time, not only with new ones
                 self.generation.expire(now)
@@ -138,14 +140,20 @@ class RankingCache:
         specs, now = self._current()
         if criteria == DEFAULT_CRITERIA:
             return self.standing.ranking(limit)
+        if criteria.max_tokens is not None:  # one ranking per interval between the fleet's context lengths
+            if self._bounds is None:
+                self._bounds = self.ranker.context_bounds()
+            asked, criteria = criteria, self.ranker.canonical(criteria, self._bounds)
+        else:
+            asked = criteria
         key = ("ranking", criteria, limit)
         found = self._entries.get(key)
         if isinstance(found, Ranking):
-            return found
+            return found if asked is criteria else replace(found, criteria=asked)
         result = self.ranker.rank(self.live.all(), specs, criteria, now, limit=limit,
                                   generation=self.generation.all())
         self._remember(key, result)
-        return result
+        return result if asked is criteria else replace(result, criteria=asked)
 
     def default_body(self) -> tuple[bytes, str]:
         """The default ranking's JSON (spliced by the Standing) and its entity tag."""

@@ -196,3 +196,25 @@ def test_evidence_ages_are_rebuilt_once_older_than_stale_s() -> None:
     assert standing.ranking().entries[0].evidence["availability"].age_s == STALE_S * 2
     assert b'"age_s":10.0' in standing.body()
     assert standing.body() == ranking_body(rank(states, specs, Criteria(), later))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_max_tokens_moved_to_the_next_known_context_ranks_the_same(seed: int) -> None:
+    """RankingCache shares one ranking per interval between the fleet's context lengths (Ranker.canonical)."""
+    rng = random.Random(seed)
+    specs = {f"p{i:02d}": random_spec(rng, f"p{i:02d}") for i in range(30)}
+    states = {name: random_state(rng, name, START) for name in specs}
+    generation = {name: random_stats(rng, name, states[name], START) for name in states if rng.random() < 0.5}
+    ranker = Ranker(POLICY)
+    ranker.rank(states, specs, Criteria(), START, generation=generation)  # prepares every provider
+    bounds = ranker.context_bounds()
+    assert bounds == sorted({m.info.context_length for s in states.values() for m in s.models
+                             if m.info is not None and m.info.context_length is not None})
+    for wanted in (1, 2047, 2048, 2049, 4096, 5000, 8192, 32767, 32768, 40000, rng.randint(1, 50000)):
+        for task in (None, "chat"):
+            asked = Criteria(max_tokens=wanted, task_type=task)  # type: ignore[arg-type]
+            moved = Ranker.canonical(asked, bounds)
+            assert moved.max_tokens is not None and (moved.max_tokens >= wanted or moved.max_tokens > bounds[-1])
+            plain = rank(states, specs, asked, START, generation=generation, policy=POLICY)
+            shared = rank(states, specs, moved, START, generation=generation, policy=POLICY)
+            assert (shared.entries, shared.excluded) == (plain.entries, plain.excluded), wanted
