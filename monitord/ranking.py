@@ -184,6 +184,22 @@ class _Offer:
         self.quality = model_quality(info, model_id)
 
 
+_OFFERS: dict[tuple[frozenset[str], ModelInfo | None, str | None], _Offer] = {}
+_OFFERS_KEPT = 4096
+
+
+def _offer(capabilities: frozenset[str], info: ModelInfo | None, model_id: str | None) -> _Offer:
+    """The _Offer for these inputs, shared: every probe brings a new state with the same models, and reading a
+    model's size, kind and capabilities again each time was most of a provider's preparation."""
+    key = (capabilities, info, model_id)
+    found = _OFFERS.get(key)
+    if found is None:
+        if len(_OFFERS) >= _OFFERS_KEPT:
+            _OFFERS.clear()
+        found = _OFFERS[key] = _Offer(capabilities, info, model_id)
+    return found
+
+
 class _Fit:
     """How one provider meets one query: the offers that fit and the parts of the score they decide."""
 
@@ -213,11 +229,12 @@ class _Prepared:
                  "tier", "urls", "weight")
 
     def __init__(self, state: ProviderState | None, spec: ProviderSpec, policy: RankingPolicy,
-                 generation: Mapping[str, GenerationStats] = _NO_GENERATION) -> None:
+                 generation: Mapping[str, GenerationStats] = _NO_GENERATION, *,
+                 urls: ProviderUrls | None = None) -> None:
         self.state = state
         self.spec = spec
         self.generation = generation
-        self.urls: ProviderUrls = provider_urls(spec)
+        self.urls: ProviderUrls = urls if urls is not None else provider_urls(spec)
         self.status = state.status if state is not None else Status.UNKNOWN
         self.suspect = state is not None and state.suspect
         tier, self.status_factor = _STATUS_TIER.get(self.status, (3, 0.0))
@@ -253,11 +270,11 @@ class _Prepared:
         if not spec.streaming_support:
             capabilities -= {"streaming"}
         if state is not None and state.models:
-            offers = [_Offer(capabilities, m.info, m.id) for m in state.models]
+            offers = [_offer(capabilities, m.info, m.id) for m in state.models]
         elif spec.models:  # a server whose list is empty or not yet seen: trust the config
-            offers = [_Offer(capabilities, None, model_id) for model_id in spec.models]
+            offers = [_offer(capabilities, None, model_id) for model_id in spec.models]
         else:
-            offers = [_Offer(capabilities, None, None)]
+            offers = [_offer(capabilities, None, None)]
         self.offers = tuple(sorted(offers, key=lambda offer: offer.id or ""))
         self.contexts = sorted({o.context_length for o in offers if o.context_length is not None})
         # Requests repeat the same few criteria while a state lives (one probe interval): remember the fits.
@@ -477,9 +494,11 @@ class Ranker:
         prepared = self._prepared.get(name)
         if (prepared is None or prepared.state is not state or prepared.spec is not spec
                 or prepared.generation is not measured):
+            urls = None
             if prepared is not None:
                 self._contexts.subtract(prepared.contexts)
-            prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured)
+                urls = prepared.urls if prepared.spec is spec else None
+            prepared = self._prepared[name] = _Prepared(state, spec, self.policy, measured, urls=urls)
             self._contexts.update(prepared.contexts)
         return prepared
 
@@ -638,6 +657,12 @@ def _entry(prepared: _Prepared, fit: _Fit, parts: _Parts, now: datetime) -> Rank
     )
 
 
+def entry_json(entry: RankedProvider) -> bytes:
+    """One entry as the API sends it (RankedProvider.to_dict: score and components to 6 decimals). Rounding
+    shortens the ranking's JSON by a fifth after gzip; entries are rendered once per change, so it is cheap."""
+    return orjson.dumps(entry.to_dict())
+
+
 # --- the default ranking, kept up to date entry by entry ---------------------------------------------------------
 
 RECENCY_SETTLED_TAUS = 7.0  # past 7 tau since its last failure, recency is within e^-7 (< 0.001) of 1: left alone
@@ -763,6 +788,7 @@ class Standing:
                 self._drop(name)
                 touched[name] = _GONE
             self._specs = specs
+            self._excluded_json = None  # allow-listed names that are not configured may have changed
         else:
             names = changed
         for name in names:
@@ -888,8 +914,17 @@ class Standing:
             keys = self._order if limit is None else self._order[:max(0, limit)]
             found = self._rankings[limit] = Ranking(
                 generated_at=self.now, criteria=self.criteria,
-                entries=tuple(self._entry(slots[key[4]]) for key in keys), excluded=dict(self._excluded))
+                entries=tuple(self._entry(slots[key[4]]) for key in keys), excluded=self._all_excluded())
         return found
+
+    def _all_excluded(self) -> dict[str, tuple[str, ...]]:
+        """The exclusions, and (as rank() says) every allow-listed name that is not configured."""
+        excluded = dict(self._excluded)
+        allowed = self.criteria.providers
+        if allowed is not None and self._specs is not None:
+            for name in sorted(allowed - self._specs.keys()):
+                excluded[name] = ("not configured",)
+        return excluded
 
     def body(self) -> bytes:
         """The JSON of `ranking()` (as GET /v1/ranking serves it), spliced from each entry's rendered fragment."""
@@ -903,10 +938,10 @@ class Standing:
             slot = slots[key[4]]
             fragment = slot.fragment
             if fragment is None or slot.rendered_s < now_s - self.stale_s:
-                fragment = slot.fragment = orjson.dumps(self._entry(slot))
+                fragment = slot.fragment = entry_json(self._entry(slot))
             fragments.append(fragment)
         if self._excluded_json is None:
-            self._excluded_json = orjson.dumps(dict(sorted(self._excluded.items())))
+            self._excluded_json = orjson.dumps(dict(sorted(self._all_excluded().items())))
         body = b"".join((
             b'{"generated_at":', orjson.dumps(self.now.isoformat()), b',"criteria":',
             orjson.dumps(self.criteria.to_dict()), b',"ranking":[', b",".join(fragments), b'],"excluded":',

@@ -26,7 +26,7 @@ import gzip
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 
@@ -44,13 +44,16 @@ from monitord.model import (
     Ranking,
 )
 from monitord.pipeline import Recorded
-from monitord.ranking import Ranker, Standing, headroom
+from monitord.ranking import Ranker, Standing, entry_json, headroom
 
 log = structlog.get_logger("monitord.ranking")
 
 FALLBACKS_IN_EVENTS = 3  # how many fallbacks a best-provider update names (the head of the default ranking)
 
 DEFAULT_CRITERIA = Criteria()
+MAX_FRAGMENTS = 4096
+MAX_STANDINGS = 16  # criteria besides the default kept incrementally (the ones asked in two generations)
+KEPT_CHANGES = 64  # generations whose changed providers are remembered for Standings brought up lazily
 GZIP_IN_THREAD_BYTES = 64 * 1024  # smaller bodies compress in well under a millisecond: not worth a thread
 
 
@@ -78,8 +81,15 @@ class RankingCache:
         self._born_s = 0.0
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
         self.standing = Standing(ranker, DEFAULT_CRITERIA, stale_s=max_age_s)
+        self._fragments: dict[int, tuple[RankedProvider, bytes]] = {}  # by id, the entry held so the id stays
         self._bounds: list[int] | None = None  # the fleet's context lengths, fixed per generation
         self._noted: set[str] = set()  # providers reported since the standing's last update
+        self._told = 0  # how many reports (a provider may report twice)
+        self._sequence = 0  # generations so far
+        self._changes: list[set[str] | None] = []  # per recent generation: who changed (None: check everyone)
+        self._standings: OrderedDict[Criteria, tuple[Standing, int]] = OrderedDict()  # kept, with their generation
+        self._asked: OrderedDict[Criteria, int] = OrderedDict()  # criteria asked lately, by generation
+        self.clock_now = datetime.fromtimestamp(0, UTC)  # `now` of the current generation
         self._seen_versions = (-1, -1)  # the versions at the standing's last update
         self._expired_s = float("-inf")
         self._gzip: tuple[bytes, bytes | asyncio.Future[bytes]] | None = None  # the default body's, by identity
@@ -88,6 +98,7 @@ class RankingCache:
         """The pipeline reported a result of `provider`: its entry of the default ranking is due at the next
         generation."""
         self._noted.add(provider)
+        self._told += 1
 
     def invalidate(self) -> None:
         """Something callers must see at once changed (a status, a model list): end the generation now."""
@@ -111,6 +122,7 @@ class RankingCache:
                 or (self._versions() != self._version and age_s >= self.refresh_s)):
             self._stale = False
             self._entries.clear()
+            self._fragments.clear()
             self._bounds = None
             if now_s - self._expired_s >= self.max_age_s or now_s < self._expired_s:
                 # canary samples leave their window with time, not only with new ones
@@ -120,6 +132,7 @@ class RankingCache:
             self._version = self._versions()
             self._specs = specs
             self._born_s = now_s
+            self.clock_now = now
         return specs, now
 
     def _update_standing(self, specs: Mapping[str, ProviderSpec], now: datetime) -> None:
@@ -129,10 +142,49 @@ class RankingCache:
         # every fold moves a version by one and is reported by one `note`: more moves than notes means changes
         # nobody reported, so every provider is checked
         told = specs is self._specs and seen_live >= 0 and max(
-            versions[0] - seen_live, versions[1] - seen_generation) <= len(noted)
+            versions[0] - seen_live, versions[1] - seen_generation) <= self._told
         self.standing.update(self.live.all(), specs, self.generation.all(), now, noted if told else None)
+        self._sequence += 1
+        self._changes.append(noted if told else None)
+        if len(self._changes) > KEPT_CHANGES:
+            del self._changes[0]
         self._noted = set()
+        self._told = 0
         self._seen_versions = versions
+
+    def _kept(self, criteria: Criteria) -> Standing | None:
+        """The Standing kept for `criteria`, brought up to this generation with the changes since its last one;
+        None when `criteria` is not asked for often enough to keep one. A criteria asked in two generations gets
+        one: from then on it costs what changed, like the default ranking."""
+        held = self._standings.get(criteria)
+        sequence = self._sequence
+        if held is None:
+            asked = self._asked.pop(criteria, None)
+            self._asked[criteria] = sequence
+            if len(self._asked) > MAX_STANDINGS * 4:
+                self._asked.popitem(last=False)
+            if asked is None or asked == sequence:
+                return None
+            standing = Standing(self.ranker, criteria, stale_s=self.max_age_s)
+            self._standings[criteria] = (standing, sequence)
+            if len(self._standings) > MAX_STANDINGS:
+                self._standings.popitem(last=False)
+            standing.update(self.live.all(), self._specs or {}, self.generation.all(), self.clock_now)
+            return standing
+        standing, seen = held
+        self._standings.move_to_end(criteria)
+        if seen != sequence:
+            missed = sequence - seen
+            changes = self._changes[-missed:] if missed <= len(self._changes) else [None]
+            names: set[str] | None = set()
+            for changed in changes:
+                if changed is None or names is None:
+                    names = None
+                    break
+                names |= changed
+            standing.update(self.live.all(), self._specs or {}, self.generation.all(), self.clock_now, names)
+            self._standings[criteria] = (standing, sequence)
+        return standing
 
     def ranking(self, criteria: Criteria = DEFAULT_CRITERIA, *, limit: int | None = None) -> Ranking:
         """The ranking for `criteria` in this generation, computed at most once per generation (the default one
@@ -150,8 +202,12 @@ class RankingCache:
         found = self._entries.get(key)
         if isinstance(found, Ranking):
             return found if asked is criteria else replace(found, criteria=asked)
-        result = self.ranker.rank(self.live.all(), specs, criteria, now, limit=limit,
-                                  generation=self.generation.all())
+        standing = self._kept(criteria)
+        if standing is not None:
+            result = standing.ranking(limit)
+        else:
+            result = self.ranker.rank(self.live.all(), specs, criteria, now, limit=limit,
+                                      generation=self.generation.all())
         self._remember(key, result)
         return result if asked is criteria else replace(result, criteria=asked)
 
@@ -177,6 +233,18 @@ class RankingCache:
         if self._gzip is not None and self._gzip[0] is body:
             self._gzip = (body, packed)
         return packed
+
+    def fragment(self, entry: RankedProvider) -> bytes:
+        """The JSON of one entry of a ranking of this generation, rendered once: selections that differ only in
+        their criteria or the chosen provider share their entries' JSON."""
+        held = self._fragments.get(id(entry))
+        if held is not None and held[0] is entry:
+            return held[1]
+        if len(self._fragments) >= MAX_FRAGMENTS:
+            self._fragments.clear()
+        body = entry_json(entry)
+        self._fragments[id(entry)] = (entry, body)
+        return body
 
     def rendered(self, key: Hashable, render: Callable[[], bytes], *, checked: bool = False) -> bytes:
         """Bytes for `key` rendered once per generation (render may call `ranking`).

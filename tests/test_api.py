@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitord.api import ApiServer, make_app
 from monitord.api.events import Event, EventHub, Subscription
-from monitord.model import ProviderSpec, Status
+from monitord.model import Criteria, ProviderSpec, Status
 from monitord.store import Store
 from tests.plugins.api import (
     CHAT,
@@ -330,6 +330,27 @@ async def test_select_gives_fallbacks_best_first(api: tuple[Client, World]) -> N
     resp = await client.post("/v1/select", data=b'{"task_type": "embedding"}',
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert (await resp.json())["provider"]["provider"] == "delta"
+
+
+async def test_select_bytes_are_the_whole_answer_as_orjson_renders_it(api: tuple[Client, World]) -> None:
+    """The select body is spliced from per-entry JSON kept per generation; it must be byte for byte what
+    orjson.dumps of the whole answer gives, whichever max_tokens shares the ranking."""
+    client, world = api
+    compared = 0
+    for max_tokens in (1, 1000, 5000, 100_000):
+        criteria = {"task_type": "chat", "max_tokens": max_tokens}
+        body = await (await client.post("/v1/select", json={**criteria, "fallbacks": 2})).read()
+        result = world.ctx.ranking.ranking(Criteria.from_mapping(criteria), limit=3)
+        if not result.entries:
+            continue
+        expected = orjson.dumps({"generated_at": result.generated_at.isoformat(),
+                                 "provider": result.entries[0].to_dict(),
+                                 "fallbacks": [e.to_dict() for e in result.entries[1:3]],
+                                 "criteria": result.criteria.to_dict(), "strategy": "best"})
+        assert body == expected
+        assert orjson.loads(body)["criteria"]["max_tokens"] == max_tokens
+        compared += 1
+    assert compared >= 2
 
 
 async def test_select_without_a_match_says_why_for_each_candidate(api: tuple[Client, World]) -> None:

@@ -24,9 +24,11 @@ from monitord.model import (
     ModelInfo,
     ProviderSpec,
     ProviderState,
+    QualityPreference,
     ResidentModel,
     ServedModel,
     Status,
+    TaskType,
 )
 from monitord.ranking import RECENCY_SETTLED_TAUS, Ranker, RankingPolicy, Standing, rank
 
@@ -105,15 +107,25 @@ def assert_agrees(standing: Standing, states: dict[str, ProviderState], specs: d
     assert [e.provider for e in head] == [e.provider for e in got.entries[:3]]
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_after_random_changes_the_standing_equals_a_fresh_ranking(seed: int) -> None:
+CRITERIA = (
+    Criteria(),
+    Criteria(task_type=TaskType.CHAT, max_tokens=8192),
+    Criteria(required_capabilities=frozenset({"vision"}), quality_preference=QualityPreference.FAST),
+    Criteria(model="llama*", max_queue=1, quality_preference=QualityPreference.QUALITY),
+    Criteria(providers=frozenset({"p00", "p01", "p03", "p05", "nowhere"}), task_type=TaskType.EMBEDDING),
+)
+
+
+@pytest.mark.parametrize("criteria", CRITERIA, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.to_dict().items()
+                                                                     if v not in (None, [], "balanced")) or "default")
+@pytest.mark.parametrize("seed", range(8))
+def test_after_random_changes_the_standing_equals_a_fresh_ranking(seed: int, criteria: Criteria) -> None:
     rng = random.Random(seed)
     now = START
     names = [f"p{i:02d}" for i in range(rng.randint(1, 40))]
     specs = {name: random_spec(rng, name) for name in names}
     states = {name: random_state(rng, name, now) for name in names if rng.random() < 0.9}
     generation = {name: random_stats(rng, name, states[name], now) for name in states if rng.random() < 0.5}
-    criteria = Criteria()
     standing = Standing(Ranker(POLICY), criteria, stale_s=STALE_S)
     standing.update(states, specs, generation, now)
     assert standing.body() == ranking_body(rank(states, specs, criteria, now, generation=generation, policy=POLICY))
@@ -218,3 +230,47 @@ def test_max_tokens_moved_to_the_next_known_context_ranks_the_same(seed: int) ->
             plain = rank(states, specs, asked, START, generation=generation, policy=POLICY)
             shared = rank(states, specs, moved, START, generation=generation, policy=POLICY)
             assert (shared.entries, shared.excluded) == (plain.entries, plain.excluded), wanted
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_cache_keeps_a_standing_for_criteria_asked_again_and_it_follows_every_change(seed: int) -> None:
+    """RankingCache ranks a criteria asked once with rank(); asked in a later generation it keeps a Standing,
+    brought up lazily with the providers reported since (or all of them after an unreported change)."""
+    from monitord.generation import GenerationState
+    from monitord.health import LiveState
+    from monitord.model import ProbeResult
+    from monitord.ranking_service import RankingService
+
+    rng = random.Random(seed)
+    specs = {f"p{i:02d}": random_spec(rng, f"p{i:02d}") for i in range(30)}
+    live, generation = LiveState(), GenerationState()
+    clock = [START]
+    service = RankingService(live, lambda: specs, clock=lambda: clock[0], generation=generation)
+    cache = service.cache
+    asked = Criteria(task_type=TaskType.CHAT, max_tokens=3000)
+
+    def probe(name: str) -> None:
+        spec = specs[name]
+        status = rng.choice((Status.UP, Status.UP, Status.UP, Status.DOWN, Status.DEGRADED))
+        models = tuple(rng.sample(MODELS, rng.randint(0, 2)))
+        result = ProbeResult(provider=name, provider_type=spec.type, started_at=clock[0], status=status,
+                             total_ms=rng.uniform(5, 300), models=models if status is not Status.DOWN else (),
+                             error_class=ErrorClass.REFUSED if status is Status.DOWN else None)
+        live.fold(result, clock[0])
+
+    for name in specs:
+        probe(name)
+    for step in range(40):
+        clock[0] += timedelta(seconds=rng.choice((1.0, 2.0, 6.0)))
+        for name in rng.sample(list(specs), rng.randint(0, 5)):
+            probe(name)
+            if rng.random() < 0.9:  # now and then a change nobody reports: the cache must notice it anyway
+                service.observed(name, rng.random() < 0.3)
+        got = cache.ranking(asked, limit=5)
+        assert got.criteria == asked
+        # as of the generation's `now` (a generation lives up to max_age_s when nothing changes)
+        expected = rank(live.all(), specs, asked, got.generated_at, limit=5, generation=generation.all())
+        assert got.excluded == expected.excluded
+        for mine, theirs in zip(got.entries, expected.entries, strict=True):
+            assert mine.score == pytest.approx(theirs.score, abs=TOLERANCE), (step, mine.provider)
+    assert len(cache._standings) == 1  # asked in many generations: kept
