@@ -199,6 +199,7 @@ class Store:
         )
         async with self._engine.begin() as conn:
             await conn.execute(stmt, [rows.provider_row(spec, now) for spec in specs])
+        self._writer.forget_versions()  # a row made now has no version yet
 
     async def history(
         self,

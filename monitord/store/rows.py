@@ -130,8 +130,15 @@ def probe_record(result: ProbeResult, provider_id: int, ts: int, error_id: int |
             error_id, None if connect_ms is None else round(connect_ms * 1000),
             None if ttfb_ms is None else round(ttfb_ms * 1000), total_us if total_us <= INT32_MAX else INT32_MAX,
             result.http_status, models if models <= SMALLINT_MAX else SMALLINT_MAX, result.attempts,
-            load.slots_total, load.slots_busy, load.queue_depth, load.requests_running,
-            None if kv_cache is None else round(kv_cache * 1_000_000))
+            _small(load.slots_total), _small(load.slots_busy), _small(load.queue_depth),
+            _small(load.requests_running), None if kv_cache is None else round(kv_cache * 1_000_000))
+
+
+def _small(count: int | None) -> int | None:
+    """A capacity count within SMALLINT (revision 0009): no server publishes more, but one could say anything."""
+    if count is None or -SMALLINT_MAX <= count <= SMALLINT_MAX:
+        return count
+    return SMALLINT_MAX if count > 0 else -SMALLINT_MAX
 
 
 def sample_record(sample: GenerationSample, provider_id: int, model_id: int, ts: int,

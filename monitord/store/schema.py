@@ -85,6 +85,10 @@ providers = Table(
     Column("server_version", Text, nullable=True),
 )
 
+# Capacity counts: SMALLINT on PostgreSQL (revision 0009), where it halves their bytes; SQLite sizes every integer
+# by its value anyway.
+SMALL_COUNT = Integer().with_variant(SmallInteger(), "postgresql")
+
 # Names the time series refer to by a small integer id (NAME_PROVIDER, NAME_MODEL): a row carries 1-2 bytes of
 # id instead of the name, repeated 2,880 times a day per provider at a 30 s interval. `digest` (store.rows.digest:
 # 63 bits of BLAKE2b of kind and name) is the unique key, so a long or odd name never meets an index's size limit.
@@ -130,10 +134,10 @@ probes = Table(
     # what the server published about its load (Capacity); NULL: not said or not read. kv_cache_ppm is the
     # KV-cache use in millionths (the API's ratio precision).
     Column("kv_cache_ppm", Integer, nullable=True),
-    Column("slots_total", Integer, nullable=True),
-    Column("slots_busy", Integer, nullable=True),
-    Column("queue_depth", Integer, nullable=True),
-    Column("requests_running", Integer, nullable=True),
+    Column("slots_total", SMALL_COUNT, nullable=True),
+    Column("slots_busy", SMALL_COUNT, nullable=True),
+    Column("queue_depth", SMALL_COUNT, nullable=True),
+    Column("requests_running", SMALL_COUNT, nullable=True),
     Column("status", SmallInteger, nullable=False),
     Column("error_class", SmallInteger, nullable=True),
     Column("http_status", SmallInteger, nullable=True),

@@ -127,6 +127,8 @@ class Writer:
         self._model_ids: dict[str, int] = {}
         self._error_ids: dict[str, int] = {}  # error text -> its digest (a cache of rows.error_id)
         self._errors_used: dict[int, int] = {}
+        # providers.server_version as last written: rewriting an unchanged one every batch only made dead rows
+        self._versions_written: dict[str, str] = {}
         # Alert events and states waiting for the next batch; never dropped for room (there are few of them).
         self._alerts: list[OutboxEntry] = []
         self._alert_states: dict[str, AlertState] = {}
@@ -393,7 +395,10 @@ class Writer:
         await dialects.insert_records(conn, generation_samples, rows.SAMPLE_COLUMNS, sample_records, dedupe=dedupe)
         if model_rows:
             await conn.execute(_model_upsert(conn.dialect.name), model_rows)
-        versions = rows.server_versions(batch)
+        written = self._versions_written
+        versions = {name: version for name, version in rows.server_versions(batch).items()
+                    if written.get(name) != version}
+        learnt.versions = versions
         if versions:
             await conn.execute(_versions_update(), [{"b_name": name, "b_version": v} for name, v in versions.items()])
         return learnt
@@ -423,6 +428,10 @@ class Writer:
         if forgotten:
             self._log.info("store.models_forgotten", rows=len(forgotten), providers=len({p for p, _ in forgotten}))
         return forgotten
+
+    def forget_versions(self) -> None:
+        """Write every provider's server version again with the next batch (providers rows were (re)written)."""
+        self._versions_written.clear()
 
     def _requeue_alerts(self, alerts: list[OutboxEntry], states: dict[str, AlertState]) -> None:
         self._alerts[:0] = alerts
@@ -496,6 +505,7 @@ class Learnt:
     providers: dict[str, int] = field(default_factory=dict)
     models: dict[str, int] = field(default_factory=dict)
     errors: dict[int, int] = field(default_factory=dict)  # error id -> last_used_s written
+    versions: dict[str, str] = field(default_factory=dict)  # provider -> server version written
 
     def keep(self, writer: Writer) -> None:
         writer._provider_ids.update(self.providers)
@@ -503,6 +513,7 @@ class Learnt:
         if len(writer._errors_used) > ERRORS_REMEMBERED:
             writer._errors_used.clear()  # errors that churn (an id in every message): start over rather than grow
         writer._errors_used.update(self.errors)
+        writer._versions_written.update(self.versions)
 
 
 class _Errors:
