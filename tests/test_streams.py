@@ -203,3 +203,22 @@ def test_decode_rate_comes_from_chunk_timing_else_the_servers_own() -> None:
     single = StreamTally()
     single.add(StreamEvent(content="x"), 3.0)
     assert single.tokens_per_s() is None
+
+
+
+@pytest.mark.parametrize("where", [("vllm", "chat-stream.sse"), ("tabbyapi", "chat-stream.sse"),
+                                   ("koboldcpp", "chat-stream-old.sse")], ids="/".join)
+def test_one_event_per_read_reads_as_the_whole_body(where: tuple[str, str]) -> None:
+    """Servers write an event per token, so most reads hold exactly one: the reader's shortcut for them must
+    give what the general path gives (CRLF events, comments and a last event without its blank line too)."""
+    body = fixture_bytes(*where)
+    separator = b"\r\n\r\n" if b"\r\n\r\n" in body else b"\n\n"
+    pieces = [piece + separator for piece in body.split(separator)]
+    pieces[-1] = pieces[-1][:-len(separator)]  # the body's own ending, whatever it is
+    assert b"".join(pieces) == body and len(pieces) >= 3
+
+    reader = SseReader(openai_chunk)
+    events = [event for piece in pieces for event in reader.feed(piece)] + reader.close()
+
+    assert events == read_all(SseReader(openai_chunk), body)
+    assert sum(1 for event in events if event.content) >= 1

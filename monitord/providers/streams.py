@@ -67,6 +67,11 @@ class _Lines:
             raise StreamFormatError(f"a line longer than {_MAX_LINE_BYTES} bytes")
         return lines
 
+    @property
+    def empty(self) -> bool:
+        """No partial line is waiting for the next piece."""
+        return not self._pending
+
     def close(self) -> bytes:
         rest, self._pending = self._pending.rstrip(b"\r"), b""
         return rest
@@ -83,6 +88,9 @@ class SseReader:
         self._data: list[bytes] = []
 
     def feed(self, data: bytes) -> list[StreamEvent]:
+        if (not self._data and data.startswith(b"data: ") and data.find(b"\n") == len(data) - 2
+                and data.endswith(b"\n\n") and b"\r" not in data and self._lines.empty):
+            return [self._decode(data[6:-2])]  # the usual read: exactly one event of one `data: ` line
         events: list[StreamEvent] = []
         pending = self._data
         for raw in self._lines.feed(data):
