@@ -15,7 +15,11 @@ requests (POST /v1/report): `report_weight` of each part, shown apart as `report
 of its status and above the next status: up, up-but-suspect, degraded, ...
 No I/O and no clock reads (`now` is an argument). `Ranker` keeps the criteria-independent preparation of each
 provider between calls, keyed by the identity of its immutable state and spec, so a request pays only for
-matching and scoring; `rank()` is the one-shot form.
+matching and scoring; `rank()` is the one-shot form. `Standing` keeps one criteria's ranking (the default one, and
+criteria asked repeatedly) up to date incrementally: only changed providers are re-scored; the fleet-relative
+figures (least latency, canary and reported TTFT, most tokens/s) are kept as extremes that trigger a full re-score
+only when they move; recency is refreshed every `stale_s` for providers that failed within 7 tau (so a score lags
+rank()'s by at most weight x 0.10 x max(stale_s / tau, e^-7)); see its docstring and docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -502,6 +506,12 @@ class Ranker:
             self._contexts.update(prepared.contexts)
         return prepared
 
+    def forget(self, name: str) -> None:
+        """Drop a provider's preparation (it left the configuration)."""
+        prepared = self._prepared.pop(name, None)
+        if prepared is not None:
+            self._contexts.subtract(prepared.contexts)
+
     def context_bounds(self) -> list[int]:
         """Every context length a prepared provider's models have, ascending (see `canonical`)."""
         return sorted(length for length, count in self._contexts.items() if count > 0)
@@ -786,6 +796,7 @@ class Standing:
             names: Iterable[str] = list(specs)
             for name in [name for name in (*self._slots, *self._excluded) if name not in specs]:
                 self._drop(name)
+                self.ranker.forget(name)  # removed from the config
                 touched[name] = _GONE
             self._specs = specs
             self._excluded_json = None  # allow-listed names that are not configured may have changed
