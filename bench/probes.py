@@ -734,9 +734,7 @@ def tables(samples: list[Sample], quick: bool) -> list[Table]:
     ]
     if quick:
         main.notes.append("Quick mode: tiny fleets and a 1 s window; figures are not meaningful.")
-    targets = _targets(samples, quick)
-    main.targets = targets.targets
-    return [main, targets]
+    return [main, _targets(samples, quick)]  # the targets table carries the Target records
 
 
 def _targets(samples: list[Sample], quick: bool) -> Table:
