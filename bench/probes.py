@@ -669,7 +669,8 @@ def measure_size(count: int, quick: bool, *, breakdown: bool | None = None, repe
             for variant in variants:
                 progress(f"    run {repeat + 1}/{repeats}: {variant}")
                 paths = runs[MONITORD][0].paths if runs[MONITORD] else ()
-                runs[variant] += measure(variant, replace(plan, paths=paths))
+                one = replace(plan, paths=paths, windows=1 if variant == MONITORD_PROBE_ONLY else plan.windows)
+                runs[variant] += measure(variant, one)  # the breakdown needs no spread: one window
                 if not runs[MONITORD][0].paths:
                     raise RuntimeError("monitord completed no probe; nothing to repeat in the baseline")
     probe_only = runs.get(MONITORD_PROBE_ONLY)
