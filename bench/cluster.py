@@ -63,7 +63,6 @@ INSTANCES = 3
 PORTS_PER_SERVER = 2_500
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "vllm"
 SPAWN_TIMEOUT_S = 120.0
-START_TIMEOUT_S = 90.0
 DUPLICATE_SHARE = 0.5  # two probes of one provider closer than this share of the interval: probed twice
 GAP_SHARE = 1.5  # no probe for longer than this share of the interval: an interval without a probe
 CONTENDED = 0.10  # an instance runnable but waiting for a core this share of the time: a miss is not measured
@@ -78,13 +77,14 @@ class Plan:
     lease_s: float
     steady_intervals: int
     failing: int  # providers made to fail (and recover) in the steady window, and again at the SIGKILL
+    start_timeout_s: float = 90.0  # for three instances to start and share the leases out (and one to restart)
 
     @property
     def names(self) -> list[str]:
         return [f"p{i:05d}" for i in range(self.providers)]
 
 
-QUICK = Plan(providers=150, interval_s=2.0, lease_s=1.2, steady_intervals=3, failing=6)
+QUICK = Plan(providers=150, interval_s=2.0, lease_s=1.2, steady_intervals=3, failing=6, start_timeout_s=40.0)
 # 10,000 providers do not fit a 2-core machine beside their doubles, PostgreSQL and three instances that each fold
 # the whole fleet (README, "How far one PostgreSQL goes"). FULL runs the fleet that held on the shared development
 # machine, then a larger one, reported as not holding if it does not.
@@ -339,6 +339,7 @@ class Instance:
 
     async def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))  # this checkout's code
+        self.close()
         self._log_handle = self.log.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "monitord", "run", "-c", str(self.config), cwd=REPO_ROOT, env=env,
@@ -376,10 +377,14 @@ class Instance:
         except TimeoutError:
             self.proc.kill()
             code = await self.proc.wait()
+        self.close()
+        return code
+
+    def close(self) -> None:
+        """Close this process's log file (the process keeps its own descriptor)."""
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
-        return code
 
 
 async def until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.25) -> float:
@@ -560,8 +565,8 @@ async def _run(plan: Plan, fleet: Fleet, receiver: Receiver, workdir: Path, dsn:
         started = time.monotonic()
         for instance in instances:  # one after the other: the first migrates, the others wait on its lock anyway
             await instance.start()
-        await until(lambda: all(i.api_port for i in instances), START_TIMEOUT_S, "all instances started")
-        await until(_balanced(dsn, names, [i.name for i in instances]), START_TIMEOUT_S, "leases shared out")
+        await until(lambda: all(i.api_port for i in instances), plan.start_timeout_s, "all instances started")
+        await until(_balanced(dsn, names, [i.name for i in instances]), plan.start_timeout_s, "leases shared out")
         startup_s = time.monotonic() - started
         progress(f"  {plan.providers:,} providers, {INSTANCES} instances up and balanced in {startup_s:.1f} s")
         await asyncio.sleep(interval)  # every provider probed once by its holder; connections open
@@ -608,7 +613,7 @@ async def _run(plan: Plan, fleet: Fleet, receiver: Receiver, workdir: Path, dsn:
         # 3. the killed instance comes back; leases rebalance
         marks.rejoin_at = time.time()
         await victim.start()
-        await until(lambda: victim.api_port is not None, START_TIMEOUT_S, "restarted instance")
+        await until(lambda: victim.api_port is not None, plan.start_timeout_s, "restarted instance")
         await until(_balanced(dsn, names, [i.name for i in instances]), 6 * plan.lease_s + 2 * interval,
                     "rebalanced after the rejoin")
         await asyncio.sleep(interval)
@@ -638,6 +643,7 @@ async def _run(plan: Plan, fleet: Fleet, receiver: Receiver, workdir: Path, dsn:
             if instance.proc is not None and instance.proc.returncode is None:
                 code = await instance.wait()
                 codes.setdefault(instance.name, code)
+            instance.close()
     by_port = fleet.hits()
     hits = {name: sorted(by_port.get(port_of[name], [])) for name in names}
     rows_steady, per_provider = await _rows(dsn, marks.steady_from, marks.steady_until)
