@@ -181,10 +181,15 @@ async def insert_records(conn: AsyncConnection, table: Table, columns: Sequence[
         await conn.execute(insert_ignore(POSTGRESQL, table), [dict(zip(columns, record, strict=True))
                                                               for record in records])
         return
-    # The driver opens its transaction lazily, on the first statement: open it, so the COPY joins it and the
-    # batch stays all or nothing with the statements that follow.
-    await conn.execute(text("SELECT 1"))
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement: send it now, so the COPY joins
+    # the transaction and the batch stays all or nothing with the statements that follow.
     raw = await conn.get_raw_connection()
+    adapted = raw.dbapi_connection
+    start = getattr(adapted, "_start_transaction", None)
+    if start is not None and getattr(adapted, "_transaction", False) is None:
+        await start()  # the BEGIN alone (a statement would cost a round trip more)
+    else:
+        await conn.execute(text("SELECT 1"))
     try:
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
             table.name, records=records, columns=list(columns))

@@ -8,6 +8,7 @@ Buffers while the database is away (bounded, oldest dropped and counted) and nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -248,10 +249,14 @@ class Writer:
             async with self._write_lock:
                 pass
         batches = max(-(-len(self._buffer) // self._batch_size), 1 if self.alerts_pending else 0)
-        for _ in range(batches):
-            if not await self._write_one_batch():
-                return False
-        return True
+        held = _Held()
+        try:
+            for _ in range(batches):
+                if not await self._write_one_batch(held):
+                    return False
+            return True
+        finally:
+            await held.release()
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -263,7 +268,7 @@ class Writer:
             backoff_s = min(MAX_BACKOFF_S, self._flush_interval_s * 2 ** min(self._failures_in_a_row, 16))
             await wait_event(self._stopping, backoff_s)
 
-    async def _write_one_batch(self) -> bool:
+    async def _write_one_batch(self, held: _Held | None = None) -> bool:
         async with self._write_lock:
             if not self._buffer and not self.alerts_pending:
                 return True
@@ -278,11 +283,12 @@ class Writer:
             states, self._alert_states = self._alert_states, {}
             try:
                 try:
-                    await self._commit(results, model_rows, samples, alerts, list(states.values()))
+                    await self._commit(results, model_rows, samples, alerts, list(states.values()), held)
                 except IntegrityError:
                     # a row already stored (a batch retried after a commit whose answer was lost): write again,
                     # skipping rows whose key is taken, which the fast path (COPY) cannot do
-                    await self._commit(results, model_rows, samples, alerts, list(states.values()), dedupe=True)
+                    await self._commit(results, model_rows, samples, alerts, list(states.values()), held,
+                                       dedupe=True)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
                 if batch:  # the probe rows are the poison (or may be): alerts get a batch of their own next
@@ -324,13 +330,16 @@ class Writer:
 
     async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
                       samples: list[GenerationSample], alerts: list[OutboxEntry], states: list[AlertState],
-                      dedupe: bool = False) -> None:
+                      held: _Held | None = None, dedupe: bool = False) -> None:
         """One transaction, bounded by the write timeout whatever the database or the network does.
 
         A silent peer (half-open TCP) never answers, not even a rollback or a goodbye: when the time is up the
         connection is cut from outside (dialects.abort_connection), so every await on it fails at once and the
         pool forgets it; the batch is then retried on a new connection. The outer timeout covers a checkout that
         hangs before there is a connection to cut.
+
+        The batches of one flush share a connection (`held`): checked out of the pool, and pinged, once, not per
+        batch; a batch that fails in any way closes it, so the next one checks out a fresh one.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_timeout_s
@@ -341,8 +350,11 @@ class Writer:
             aborted = True
             dialects.abort_connection(driver_connection)
 
+        conn = held.take() if held is not None else None
         try:
-            async with asyncio.timeout_at(deadline + ABORT_GRACE_S), self._engine.connect() as conn:
+            async with asyncio.timeout_at(deadline + ABORT_GRACE_S):
+                if conn is None:
+                    conn = await self._engine.connect().start()
                 raw = await conn.get_raw_connection()
                 watchdog = loop.call_at(deadline, abort, raw.driver_connection)
                 try:
@@ -353,6 +365,11 @@ class Writer:
                             await write_entries(conn, alerts, states, datetime.now(UTC))
                 finally:
                     watchdog.cancel()
+                if held is not None:
+                    held.conn, conn = conn, None  # for the flush's next batch
+                else:
+                    done, conn = conn, None
+                    await done.close()
             for key in forgotten:
                 self._models_written.pop(key, None)
             learnt.keep(self)
@@ -360,6 +377,9 @@ class Writer:
             if aborted or isinstance(exc, TimeoutError):
                 raise WriteTimedOut(f"no answer within {self._write_timeout_s:g}s; connection discarded") from exc
             raise
+        finally:
+            if conn is not None:  # the batch failed or was cancelled: this connection is not used again
+                await _close(conn)
 
     async def _write(self, conn: AsyncConnection, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
                      samples: list[GenerationSample], dedupe: bool) -> Learnt:
@@ -496,6 +516,32 @@ def describe_error(exc: BaseException) -> str:
     """Class and first line of an error: enough to act on, short enough for a log line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class _Held:
+    """The connection the batches of one flush share (see Writer._commit)."""
+
+    def __init__(self) -> None:
+        self.conn: AsyncConnection | None = None
+
+    def take(self) -> AsyncConnection | None:
+        conn, self.conn = self.conn, None
+        return conn
+
+    async def release(self) -> None:
+        conn = self.take()
+        if conn is not None:
+            await _close(conn)
+
+
+async def _close(conn: AsyncConnection) -> None:
+    """Give a connection back (or, broken, to the pool to discard), within ABORT_GRACE_S whatever the peer does."""
+    try:
+        async with asyncio.timeout(ABORT_GRACE_S):
+            await conn.close()
+    except Exception:  # a dead or silent peer: the pool forgets the connection
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
 
 
 @dataclass(slots=True)
