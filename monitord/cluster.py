@@ -105,6 +105,11 @@ class Cluster:
         """
         return provider in self._held and provider not in self._unsettled
 
+    @property
+    def unsettled(self) -> frozenset[str]:
+        """Acquired, and not yet scheduled from their last probe (see `owns`)."""
+        return self._unsettled
+
     def settle(self, names: Iterable[str]) -> None:
         """`names` (acquired) are scheduled from their last probe by anyone: probe them from now on."""
         self._unsettled -= frozenset(names)
@@ -237,6 +242,9 @@ class ClusterBeat:
             if not self.down:
                 self.down = True
                 log.warning("cluster.heartbeat_failed", error=type(exc).__name__, held=len(cluster.held))
+            # taken, but their previous holder's last probes unread: schedule them from what is known rather
+            # than leave them unprobed while the database is away
+            self._schedule(cluster.unsettled, now)
             return
         if self.down:
             self.down = False
@@ -247,6 +255,9 @@ class ClusterBeat:
         await self.refresh(now)  # another instance may have added or ended a silence
         if beat.acquired and self.taken_over is not None:
             await self.taken_over(beat.acquired)
-        for name in beat.acquired:
+        self._schedule(beat.acquired, now)
+
+    def _schedule(self, names: Collection[str], now: datetime) -> None:
+        for name in names:
             self.probe_soon(name, now)
-        cluster.settle(beat.acquired)
+        self.cluster.settle(names)

@@ -287,3 +287,24 @@ async def test_a_rebalance_commits_what_it_releases_first(open_store: OpenStore,
 ])
 def test_beats_keep_their_cadence_whatever_a_beat_takes(due: float, now: float, expected: float) -> None:
     assert next_beat(due, now, 2.0) == expected
+
+
+async def test_providers_taken_just_before_the_database_went_away_are_still_probed(open_store: OpenStore) -> None:
+    """The heartbeat took them, the peer poll that should tell when they are due failed: they are scheduled from
+    what is known and probed, not left to nobody for the length of the outage."""
+    a = (await instances(open_store, ["a"]))[0]
+    scheduled: list[str] = []
+
+    async def no_refresh(_now: datetime) -> None:
+        return None
+
+    async def database_away(_since: datetime) -> list[ProbeResult]:
+        raise ConnectionRefusedError("database away")
+
+    a.peer_results = database_away  # type: ignore[method-assign]
+    beat_a = ClusterBeat(a, clock=lambda: datetime.now(UTC), window_s=lambda: 5.0, is_configured=lambda _: True,
+                         fold_peer=lambda _result: None, refresh=no_refresh,
+                         probe_soon=lambda name, _now: scheduled.append(name))
+    await beat_a.beat()
+    assert beat_a.down
+    assert sorted(scheduled) == sorted(PROVIDERS) and all(a.owns(name) for name in PROVIDERS)
