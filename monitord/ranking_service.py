@@ -92,7 +92,8 @@ class RankingCache:
         self.clock_now = datetime.fromtimestamp(0, UTC)  # `now` of the current generation
         self._seen_versions = (-1, -1)  # the versions at the standing's last update
         self._expired_s = float("-inf")
-        self._gzip: tuple[bytes, bytes | asyncio.Future[bytes]] | None = None  # the default body's, by identity
+        self._gzip_done: tuple[bytes, str, bytes] | None = None  # the default body last compressed: tag, gzip
+        self._gzip_task: asyncio.Future[None] | None = None  # compressing in a worker thread
 
     def note(self, provider: str) -> None:
         """The pipeline reported a result of `provider`: its entry of the default ranking is due at the next
@@ -217,22 +218,36 @@ class RankingCache:
         body = self.standing.body()
         return body, f'"r{self.standing.version}-{self._born_s:.3f}"'
 
-    async def default_gzip(self, body: bytes, level: int) -> bytes:
-        """`body` gzipped, once per body: in a worker thread (zlib lets go of the GIL), so a 1 MB ranking does not
-        block the loop for the ~5 ms it takes; requests that come meanwhile wait for the same result."""
-        held = self._gzip
-        if held is not None and held[0] is body:
-            return await held[1] if isinstance(held[1], asyncio.Future) else held[1]
+    async def default_gzip(self, body: bytes, tag: str, level: int) -> tuple[bytes, str]:
+        """The default ranking gzipped, with its tag: `body` once it is compressed, the previous one meanwhile.
+
+        Compressing a 1 MB ranking takes ~10 ms, and a busy fleet changes it several times a second; that runs in
+        a worker thread (zlib lets go of the GIL) so it never blocks the loop, and requests that come meanwhile
+        get the ranking compressed before (a few ms older; its own ETag) rather than waiting. Only the first
+        request ever waits. One compression at a time; the newest body is taken up when it ends.
+        """
+        done = self._gzip_done
+        if done is not None and done[0] is body:
+            return done[2], done[1]
         if len(body) < GZIP_IN_THREAD_BYTES:
             packed = gzip.compress(body, compresslevel=level, mtime=0)
-            self._gzip = (body, packed)
-            return packed
-        future = asyncio.ensure_future(asyncio.to_thread(gzip.compress, body, level, mtime=0))
-        self._gzip = (body, future)
-        packed = await future
-        if self._gzip is not None and self._gzip[0] is body:
-            self._gzip = (body, packed)
-        return packed
+            self._gzip_done = (body, tag, packed)
+            return packed, tag
+        if self._gzip_task is None:
+            self._gzip_task = asyncio.ensure_future(self._compress(body, tag, level))
+        if done is not None:
+            return done[2], done[1]
+        await asyncio.shield(self._gzip_task)
+        done = self._gzip_done
+        assert done is not None
+        return done[2], done[1]
+
+    async def _compress(self, body: bytes, tag: str, level: int) -> None:
+        try:
+            packed = await asyncio.to_thread(gzip.compress, body, level, mtime=0)
+            self._gzip_done = (body, tag, packed)
+        finally:
+            self._gzip_task = None
 
     def fragment(self, entry: RankedProvider) -> bytes:
         """The JSON of one entry of a ranking of this generation, rendered once: selections that differ only in

@@ -29,7 +29,8 @@ COMPRESS_MIN_BYTES = 8 * 1024
 GZIP_LEVEL = 6
 VARY = {"Vary": "Accept-Encoding"}
 _VARY = VARY
-_GZIP = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+GZIPPED = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+_GZIP = GZIPPED
 
 
 def accepts_gzip(request: web.Request) -> bool:

@@ -21,6 +21,7 @@ from monitord.api.errors import JSON, ApiError
 from monitord.api.replies import (
     COMPRESS_MIN_BYTES,
     GZIP_LEVEL,
+    GZIPPED,
     VARY,
     accepts_gzip,
     cached_reply,
@@ -83,13 +84,13 @@ async def ranking(request: web.Request) -> web.Response:
     cache = ctx.ranking
     if not request.query_string:  # the common case: the default ranking, already spliced
         body, tag = cache.default_body()
+        headers = VARY
+        if len(body) >= COMPRESS_MIN_BYTES and accepts_gzip(request):
+            body, tag = await cache.default_gzip(body, tag, GZIP_LEVEL)  # may be the one before, for a few ms
+            headers = GZIPPED
         if request.headers.get("If-None-Match") == tag:
             return web.Response(status=304, headers={"ETag": tag, **VARY})
-        headers = {"ETag": tag, **VARY}
-        if len(body) >= COMPRESS_MIN_BYTES and accepts_gzip(request):
-            body = await cache.default_gzip(body, GZIP_LEVEL)
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, content_type=JSON, headers=headers)
+        return web.Response(body=body, content_type=JSON, headers={"ETag": tag, **headers})
     query = request.query
 
     def parse() -> tuple[Criteria, int | None]:
