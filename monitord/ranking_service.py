@@ -94,6 +94,7 @@ class RankingCache:
         self._expired_s = float("-inf")
         self._gzip_done: tuple[bytes, str, bytes] | None = None  # the default body last compressed: tag, gzip
         self._gzip_task: asyncio.Future[None] | None = None  # compressing in a worker thread
+        self._gzip_started_s = 0.0  # loop time the last compression started
 
     def note(self, provider: str) -> None:
         """The pipeline reported a result of `provider`: its entry of the default ranking is due at the next
@@ -221,10 +222,11 @@ class RankingCache:
     async def default_gzip(self, body: bytes, tag: str, level: int) -> tuple[bytes, str]:
         """The default ranking gzipped, with its tag: `body` once it is compressed, the previous one meanwhile.
 
-        Compressing a 1 MB ranking takes ~10 ms, and a busy fleet changes it several times a second; that runs in
-        a worker thread (zlib lets go of the GIL) so it never blocks the loop, and requests that come meanwhile
-        get the ranking compressed before (a few ms older; its own ETag) rather than waiting. Only the first
-        request ever waits. One compression at a time; the newest body is taken up when it ends.
+        Compressing a 1 MB ranking takes ~10 ms, and a busy fleet changes it several times a second (each status,
+        suspect or load-shape change ends a generation). So it runs in a worker thread (zlib lets go of the GIL),
+        never blocking the loop; at most one starts per refresh_s; and requests meanwhile get the ranking
+        compressed before (at most refresh_s plus a compression older; its own ETag) rather than waiting. Only
+        the first request ever waits.
         """
         done = self._gzip_done
         if done is not None and done[0] is body:
@@ -233,11 +235,15 @@ class RankingCache:
             packed = gzip.compress(body, compresslevel=level, mtime=0)
             self._gzip_done = (body, tag, packed)
             return packed, tag
-        if self._gzip_task is None:
+        now_s = asyncio.get_running_loop().time()
+        if self._gzip_task is None and (done is None or now_s - self._gzip_started_s >= self.refresh_s):
+            self._gzip_started_s = now_s
             self._gzip_task = asyncio.ensure_future(self._compress(body, tag, level))
         if done is not None:
             return done[2], done[1]
-        await asyncio.shield(self._gzip_task)
+        task = self._gzip_task
+        assert task is not None  # nothing compressed yet: one was started above, or before
+        await asyncio.shield(task)
         done = self._gzip_done
         assert done is not None
         return done[2], done[1]
