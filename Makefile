@@ -27,8 +27,12 @@ run: runtime  ## run the daemon on the sample config (SQLite file monitord.db he
 demo: runtime  ## simulated servers through a two-minute story, the status page and the alerts (no config needed)
 	$(BIN)/monitord demo
 
+# Two workers: most of the suite waits (subprocesses, timers, servers), so two halve it on 2 cores. A worker takes
+# whole files (module-scoped fixtures such as the installed wheel are built once); `TEST_WORKERS=0` runs it serially.
+TEST_WORKERS ?= 2
+
 test: install lint typecheck  ## lint, type-check and run the whole test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check monitord tests bench docs

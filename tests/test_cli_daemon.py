@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from monitord.config import parse_config
 from monitord.daemon import Daemon
 from monitord.model import Status
 from tests.test_outage import eventually
+from tests.tools.ports import refused_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,12 +32,6 @@ async def monitord(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
         stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **(env or {})})
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -78,7 +72,7 @@ async def test_url_and_monitord_url_need_no_config_file(running: Any, tmp_path: 
     code, out, err = await monitord("monitor", "--once", cwd=elsewhere, env={"MONITORD_URL": url})
     assert code == 0, err
     assert {line.split()[1] for line in out.splitlines()} == {"gpu", "cpu", "old"}
-    code, _, err = await monitord("health", "--url", f"http://127.0.0.1:{free_port()}", cwd=elsewhere)
+    code, _, err = await monitord("health", "--url", f"http://127.0.0.1:{refused_port()}", cwd=elsewhere)
     assert code == 1 and "no daemon answers" in err
 
 
@@ -145,7 +139,7 @@ async def test_monitor_json_lines_and_the_state_of_the_connection(running: Any, 
 
 
 async def test_monitor_once_without_a_daemon_fails(tmp_path: Path) -> None:
-    code, out, err = await monitord("monitor", "--once", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    code, out, err = await monitord("monitor", "--once", "--url", f"http://127.0.0.1:{refused_port()}", cwd=tmp_path)
     assert code == 1 and out == "" and "did not answer" in err
 
 
@@ -166,7 +160,7 @@ def test_health_shows_the_last_error_only_while_it_is_current(error_at: datetime
 
 
 async def test_check_reports_the_last_attempt_apart_from_the_back_off(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens: every attempt is refused at once
+    port = refused_port()  # nothing listens: every attempt is refused at once
     config = tmp_path / "c.yaml"
     config.write_text(f"""providers:
   gone: {{type: vllm, endpoint: "http://127.0.0.1:{port}", parameters: {{max_retries: 2, retry_backoff: 300ms}}}}

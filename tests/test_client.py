@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -40,6 +39,7 @@ from tests.doubles import ProviderDouble, Scenario
 from tests.doubles.llamacpp import llamacpp_app
 from tests.plugins.api import NOW, TOKEN, World, probe
 from tests.test_outage import eventually
+from tests.tools.ports import refused_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,13 +79,6 @@ async def daemon(sqlite_store: Store) -> AsyncIterator[Daemon]:
 async def client(daemon: Daemon) -> AsyncIterator[MonitordClient]:
     async with MonitordClient(daemon.url, timeout_s=1.0) as monitord:
         yield monitord
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- answers ---
@@ -182,7 +175,7 @@ async def test_stopped_daemon_is_unavailable_then_stale(daemon: Daemon) -> None:
         await daemon.server.close()
         answer = await client.ranking()
         assert answer.stale and [e.provider for e in answer.entries] == ["alpha", "delta", "beta"]
-    async with MonitordClient(f"http://127.0.0.1:{free_port()}", timeout_s=1.0) as nobody:
+    async with MonitordClient(f"http://127.0.0.1:{refused_port()}", timeout_s=1.0) as nobody:
         with pytest.raises(DaemonUnavailable):
             await nobody.providers()
 
@@ -235,7 +228,7 @@ async def test_events_follow_changes_and_end_on_shutdown(daemon: Daemon, client:
 
 
 async def test_events_without_a_daemon() -> None:
-    async with MonitordClient(f"http://127.0.0.1:{free_port()}", timeout_s=0.5) as client:
+    async with MonitordClient(f"http://127.0.0.1:{refused_port()}", timeout_s=0.5) as client:
         with pytest.raises(DaemonUnavailable):
             async for _ in client.events():
                 pass
@@ -287,7 +280,7 @@ async def test_cli_health_asks_the_daemon(daemon: Daemon, tmp_path: Path) -> Non
 
 async def test_cli_health_probes_directly_when_no_daemon_answers(tmp_path: Path, provider_double: Any) -> None:
     double = await provider_double("ollama")
-    config = config_file(tmp_path / "m.yaml", free_port(), {"local": ("ollama", double.url)})
+    config = config_file(tmp_path / "m.yaml", refused_port(), {"local": ("ollama", double.url)})
     code, out, err = await run_cli("health", "-c", config)
     assert "no daemon answers" in err and "probing directly instead" in err
     assert code == 0 and "local" in out and "1/1 up" in out
@@ -351,7 +344,7 @@ async def test_cli_health_and_rank_show_ttft_and_tokens_per_second_where_measure
 
 
 async def test_cli_rank_without_a_daemon(tmp_path: Path) -> None:
-    config = config_file(tmp_path / "m.yaml", free_port(), WORLD_PROVIDERS)
+    config = config_file(tmp_path / "m.yaml", refused_port(), WORLD_PROVIDERS)
     code, _, err = await run_cli("rank", "-c", config)
     assert code == 1 and "no daemon answers" in err and "monitord run" in err
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -15,17 +14,12 @@ from monitord.model import ErrorClass, ProviderSpec, Secret, Status
 from monitord.probe import create_session, probe_provider
 from monitord.providers.base import Observation, ProbeHttp, TypeDefaults
 from monitord.providers.openai import OpenAICompatible
+from tests.tools.ports import refused_port
 
 MODELS = {"object": "list", "data": [{"id": "m1", "object": "model", "max_model_len": 4096}]}
 ADAPTER = OpenAICompatible(TypeDefaults(port=8000, health_path="/health"))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -81,13 +75,13 @@ async def test_up_reads_models_and_timings(serve: Any, session: Any) -> None:
 
 
 async def test_refused(session: Any) -> None:
-    result = await probe_provider(spec_for(f"http://127.0.0.1:{free_port()}"), ADAPTER, session)
+    result = await probe_provider(spec_for(f"http://127.0.0.1:{refused_port()}"), ADAPTER, session)
     assert (result.status, result.error_class) == (Status.DOWN, ErrorClass.REFUSED)
     assert result.calls[0].status is None and result.http_status is None
 
 
 async def test_retries_follow_max_retries_inside_the_timeout(session: Any) -> None:
-    spec = spec_for(f"http://127.0.0.1:{free_port()}", max_retries=2)
+    spec = spec_for(f"http://127.0.0.1:{refused_port()}", max_retries=2)
     result = await probe_provider(spec, ADAPTER, session)
     assert result.attempts == 3 and len(result.calls) == 3
     assert result.total_ms < spec.timeout_s * 1000 + 200

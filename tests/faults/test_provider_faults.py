@@ -8,7 +8,6 @@ faulty server saw.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +29,13 @@ from tests.faults.conftest import (
     wait_for_samples,
 )
 from tests.faults.servers import Behaviour, FaultServer
+from tests.tools.ports import refused_port
 
 TEN_MB = 10 << 20
 MEMORY_BUDGET_BYTES = 20 << 20
 LLAMACPP_LOADING = json.dumps({"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}})
 RATE_LIMITED = json.dumps({"error": {"message": "Rate limit reached", "type": "rate_limit_error"}})
 DNS_FAILURE = "http://monitord-fault.invalid:8000"  # RFC 6761: .invalid never resolves
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +104,7 @@ async def endpoint_for(fault: Fault, fault_server: StartServer) -> tuple[str, Fa
     if fault.behaviour is not None:
         server = await fault_server(fault.behaviour())
         return server.url, server
-    return fault.endpoint or f"http://127.0.0.1:{free_port()}", None
+    return fault.endpoint or f"http://127.0.0.1:{refused_port()}", None
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.id)
