@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -122,15 +122,16 @@ class CanaryBudget:
     """Tokens each (provider, model) spent on canaries in the current UTC day. In memory: a restart starts over."""
 
     def __init__(self) -> None:
-        self._spent: dict[tuple[str, str], tuple[datetime, int]] = {}
+        self._spent: dict[tuple[str, str], tuple[int, int]] = {}  # (provider, model) -> (UTC day number, tokens)
 
     @staticmethod
-    def _day(at: datetime) -> datetime:
-        return at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    def _day(at: datetime) -> int:
+        """The UTC day `at` falls in, as days since the epoch (a division, not a calendar)."""
+        return int(at.timestamp() // 86_400)
 
     def spent(self, provider: str, model: str, at: datetime) -> int:
-        day, tokens = self._spent.get((provider, model), (self._day(at), 0))
-        return tokens if day == self._day(at) else 0
+        found = self._spent.get((provider, model))
+        return found[1] if found is not None and found[0] == self._day(at) else 0
 
     def refusal(self, spec: ProviderSpec, model: str, at: datetime) -> str | None:
         """Why the next canary may not run (it could overrun the budget), or None."""
@@ -138,7 +139,7 @@ class CanaryBudget:
         spent = self.spent(spec.name, model, at)
         if spent + spec.canary.max_tokens <= limit:
             return None
-        resumes = (self._day(at) + timedelta(days=1)).isoformat()
+        resumes = datetime.fromtimestamp((self._day(at) + 1) * 86_400, UTC).isoformat()
         return f"daily canary budget spent: {spent} of {limit} tokens; resumes at {resumes}"
 
     def charge(self, sample: GenerationSample, spec: ProviderSpec) -> int:

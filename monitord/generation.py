@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from monitord.health import percentile
 from monitord.model import MS_DIGITS, RATE_DIGITS, ErrorClass, GenerationSample, GenerationStats, SampleKind
@@ -84,8 +84,7 @@ class _Sorted:
             del self.values[bisect.bisect_left(self.values, value)]
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     ts_s: float
     outcome: int  # _OK, _FAILED or _SKIPPED
     ttft_ms: float | None
@@ -111,32 +110,35 @@ class ModelTracker:
         self._ttft, self._tps, self._total = _Sorted(), _Sorted(), _Sorted()
 
     def fold(self, sample: SampleRecord, now: datetime) -> GenerationStats:
-        """Take one sample; returns the new snapshot."""
+        """Take one sample; returns the new snapshot (built once, not copied and replaced: a canary's path)."""
         outcome = _SKIPPED if sample.skipped else _OK if sample.ok else _FAILED
         ok = outcome == _OK
-        entry = _Entry(sample.started_at.timestamp(), outcome, sample.ttft_ms if ok else None,
-                       sample.tokens_per_s if ok else None, sample.total_ms if ok else None, tokens_spent(sample))
+        at = sample.started_at
+        entry = _Entry(at.timestamp(), outcome, sample.ttft_ms if ok else None, sample.tokens_per_s if ok else None,
+                       sample.total_ms if ok else None, tokens_spent(sample))
         self._entries.append(entry)
         self._counts[outcome] += 1
         self._tokens += entry.tokens
-        self._ttft.add(entry.ttft_ms)
-        self._tps.add(entry.tokens_per_s)
-        self._total.add(entry.total_ms)
+        if ok:
+            self._ttft.add(entry.ttft_ms)
+            self._tps.add(entry.tokens_per_s)
+            self._total.add(entry.total_ms)
         old = self.stats
-        at = sample.started_at
         newest = old.last_sample_at is None or at >= old.last_sample_at
         self._expire(now.timestamp())
-        changes: dict[str, object] = {"kind": sample.kind} if newest else {}
-        if newest:
-            changes["last_sample_at"] = at
-        if ok and (old.last_ok_at is None or at >= old.last_ok_at):
-            changes["last_ok_at"] = at
-        if outcome == _FAILED and (old.last_error_at is None or at >= old.last_error_at):
-            changes.update(last_error_class=sample.error_class or ErrorClass.INTERNAL, last_error=sample.error,
-                           last_error_at=at)
-        if outcome == _SKIPPED and (old.last_skip_at is None or at >= old.last_skip_at):
-            changes.update(last_skip_class=sample.error_class, last_skip_at=at)
-        self.stats = replace(old, **changes, **self._window())  # type: ignore[arg-type]
+        error_class, error, error_at = old.last_error_class, old.last_error, old.last_error_at
+        if outcome == _FAILED and (error_at is None or at >= error_at):
+            error_class, error, error_at = sample.error_class or ErrorClass.INTERNAL, sample.error, at
+        skip_class, skip_at = old.last_skip_class, old.last_skip_at
+        if outcome == _SKIPPED and (skip_at is None or at >= skip_at):
+            skip_class, skip_at = sample.error_class, at
+        self.stats = GenerationStats(
+            provider=old.provider, model=old.model, kind=sample.kind if newest else old.kind,
+            last_sample_at=at if newest else old.last_sample_at,
+            last_ok_at=at if ok and (old.last_ok_at is None or at >= old.last_ok_at) else old.last_ok_at,
+            last_error_class=error_class, last_error=error, last_error_at=error_at,
+            last_skip_class=skip_class, last_skip_at=skip_at, **self._window(),  # type: ignore[arg-type]
+        )
         return self.stats
 
     def expire(self, now: datetime) -> GenerationStats:

@@ -122,11 +122,13 @@ class Metrics:
             "monitord_canary_samples", "Generation canary samples by outcome (ok, failed, skipped) and error class.",
             [*labels, "outcome", "error_class"], registry=self.registry)
         self._sample_labels: dict[str, set[tuple[str, ...]]] = {}  # provider -> canary label sets, to forget
+        self._sample_series: dict[tuple[Any, ...], Any] = {}  # (family, *canary label set) -> its series
         self.reports = Counter(
             "monitord_reports", "Outcomes of real requests reported with POST /v1/report, by outcome (ok or the "
             "error class); those over the per-provider rate budget are in the provider's reports_dropped.",
             ["provider", "outcome"], registry=self.registry)
         self._report_labels: dict[str, set[tuple[str, str]]] = {}
+        self._report_counts: dict[tuple[str, str], Any] = {}  # report label set -> its series
         self.reload_success = Gauge(
             "monitord_config_last_reload_success", "1 when the last config reload (SIGHUP) applied, 0 when refused.",
             registry=self.registry)
@@ -155,33 +157,46 @@ class Metrics:
         count.inc()
 
     def observe_sample(self, sample: GenerationSample) -> None:
-        """Count one generation canary sample; timings only for a successful one."""
+        """Count one generation canary sample; timings only for a successful one (series kept per label set, as
+        the probe counters: prometheus_client's labels() costs more than the update)."""
         labels = (sample.provider, sample.provider_type, sample.model)
         outcome = "skipped" if sample.skipped else "ok" if sample.ok else "failed"
         error_class = sample.error_class.value if sample.error_class else NO_ERROR
-        self.canary_samples.labels(*labels, outcome, error_class).inc()
-        seen = self._sample_labels.setdefault(sample.provider, set())
-        seen.add((*labels, outcome, error_class))
+        self._sample_series_of(self.canary_samples, (*labels, outcome, error_class)).inc()
         spent = (sample.prompt_tokens or 0) + (sample.completion_tokens or 0)
-        counter = self.canary_tokens.labels(*labels)
+        counter = self._sample_series_of(self.canary_tokens, labels)
         if spent:
             counter.inc(spent)
         if sample.ok and not sample.skipped:
             if sample.ttft_ms is not None:
-                self.ttft.labels(*labels).observe(sample.ttft_ms / 1000.0)
+                self._sample_series_of(self.ttft, labels).observe(sample.ttft_ms / 1000.0)
             if sample.tokens_per_s is not None:
-                self.tokens_per_s.labels(*labels).observe(sample.tokens_per_s)
+                self._sample_series_of(self.tokens_per_s, labels).observe(sample.tokens_per_s)
+
+    def _sample_series_of(self, family: Any, labels: tuple[str, ...]) -> Any:
+        key = (family, *labels)
+        series = self._sample_series.get(key)
+        if series is None:
+            series = self._sample_series[key] = family.labels(*labels)
+            if family is self.canary_samples:
+                self._sample_labels.setdefault(labels[0], set()).add(labels)
+        return series
 
     def observe_report(self, report: OutcomeReport) -> None:
         outcome = report.error_class.value if report.error_class is not None else "ok"
         labels = (report.provider, outcome)
-        self.reports.labels(*labels).inc()
-        self._report_labels.setdefault(report.provider, set()).add(labels)
+        count = self._report_counts.get(labels)
+        if count is None:
+            count = self._report_counts[labels] = self.reports.labels(*labels)
+            self._report_labels.setdefault(report.provider, set()).add(labels)
+        count.inc()
 
     def forget(self, provider: str) -> None:
         """Drop a removed provider's probe, canary and report series."""
         for report_labels in self._report_labels.pop(provider, set()):
             self.reports.remove(*report_labels)
+            self._report_counts.pop(report_labels, None)
+        self._sample_series = {key: series for key, series in self._sample_series.items() if key[1] != provider}
         seen = self._labels.pop(provider, set())
         for labels in seen:
             self.probes.remove(*labels)
