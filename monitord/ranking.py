@@ -18,8 +18,8 @@ provider between calls, keyed by the identity of its immutable state and spec, s
 matching and scoring; `rank()` is the one-shot form. `Standing` keeps one criteria's ranking (the default one, and
 criteria asked repeatedly) up to date incrementally: only changed providers are re-scored; the fleet-relative
 figures (least latency, canary and reported TTFT, most tokens/s) are kept as extremes that trigger a full re-score
-only when they move; recency is refreshed every `stale_s` for providers that failed within 7 tau (so a score lags
-rank()'s by at most weight x 0.10 x max(stale_s / tau, e^-7)); see its docstring and docs/ARCHITECTURE.md.
+only when one moves by more than 0.5%; recency is refreshed whenever it moved by 0.01 (so a score is within
+weight x (0.10 x 0.01 + w_speed x 0.005) of rank()'s); see its docstring and docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import bisect
 import heapq
 import math
 import re
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -549,6 +549,15 @@ class _Scale:
                                else self.ttft_floor_ms)
         self.speed = _SpeedScale(least_ttft_ms, most_tps, policy.ttft_floor_ms, SPEED_TTFT_SHARE[preference])
 
+    def close_to(self, other: _Scale, tolerance: float) -> bool:
+        """Every figure within `tolerance` (a share) of `other`'s, and the same ones known."""
+        for mine, theirs in ((self.best_ms, other.best_ms), (self.best_report_ms, other.best_report_ms),
+                             (self.speed.best_ttft_ms, other.speed.best_ttft_ms),
+                             (self.speed.best_tps, other.speed.best_tps)):
+            if mine != theirs and (mine is None or theirs is None or abs(mine - theirs) > tolerance * theirs):
+                return False
+        return True
+
     @classmethod
     def of(cls, candidates: list[tuple[_Prepared, _Fit]], policy: RankingPolicy,
            preference: QualityPreference) -> _Scale:
@@ -566,11 +575,13 @@ def _parts(prepared: _Prepared, fit: _Fit, scale: _Scale, w: Mapping[str, float]
     """One candidate's score and the parts of it that depend on the fleet (`scale`) or on the time (`now_s`)."""
     floor_ms = scale.floor_ms
     latency_ms = prepared.latency_ms
-    latency = scale.best_ms / (latency_ms + floor_ms) if latency_ms is not None else 0.0
+    # each relative figure is at most 1 (a Standing's scale may lag a new best by SCALE_TOLERANCE: it stays 1)
+    latency = min(1.0, scale.best_ms / (latency_ms + floor_ms)) if latency_ms is not None else 0.0
     fast = scale.speed.part(fit.speed) if fit.speed is not None else latency  # control plane: the fallback
     report_ms = prepared.report_ms
     # the TTFT real requests saw, against the fastest reported provider; the measured speed where none
-    reported_speed = scale.best_report_ms / (report_ms + scale.ttft_floor_ms) if report_ms is not None else fast
+    reported_speed = (min(1.0, scale.best_report_ms / (report_ms + scale.ttft_floor_ms)) if report_ms is not None
+                      else fast)
     failed_s = prepared.last_failure_s
     recency = 1.0 if failed_s is None else 1.0 - math.exp(-max(0.0, now_s - failed_s) / policy.recovery_tau_s)
     report_w = policy.report_weight
@@ -598,8 +609,8 @@ class _SpeedScale:
 
     def part(self, stats: GenerationStats) -> float:
         ttft_ms = _first_answer_ms(stats)
-        ttft = self.best_ttft_ms / (ttft_ms + self.floor_ms) if ttft_ms is not None else None
-        rate = stats.tokens_per_s_p50 / self.best_tps if stats.tokens_per_s_p50 and self.best_tps else None
+        ttft = min(1.0, self.best_ttft_ms / (ttft_ms + self.floor_ms)) if ttft_ms is not None else None
+        rate = min(1.0, stats.tokens_per_s_p50 / self.best_tps) if stats.tokens_per_s_p50 and self.best_tps else None
         if ttft is None:
             return rate or 0.0
         if rate is None:
@@ -675,7 +686,8 @@ def entry_json(entry: RankedProvider) -> bytes:
 
 # --- the default ranking, kept up to date entry by entry ---------------------------------------------------------
 
-RECENCY_SETTLED_TAUS = 7.0  # past 7 tau since its last failure, recency is within e^-7 (< 0.001) of 1: left alone
+RECENCY_STEP = 0.01  # a recovering provider is re-scored whenever its recency has moved by this much
+SCALE_TOLERANCE = 0.005  # the fleet figures move every score only once one moved by more than this share
 
 
 class _Extreme:
@@ -720,7 +732,7 @@ class _Slot:
     """One eligible provider in the Standing: its preparation, fit, score parts, sort key and, once asked for,
     its entry and rendered JSON."""
 
-    __slots__ = ("entry", "fit", "fragment", "key", "parts", "prepared", "rendered_s", "scored_s")
+    __slots__ = ("due_s", "entry", "failed_s", "fit", "fragment", "key", "parts", "prepared", "rendered_s")
 
     def __init__(self, prepared: _Prepared, fit: _Fit) -> None:
         self.prepared = prepared
@@ -730,7 +742,8 @@ class _Slot:
         self.entry: RankedProvider | None = None
         self.fragment: bytes | None = None
         self.rendered_s = 0.0
-        self.scored_s = 0.0
+        self.due_s: float | None = None  # when recency will have moved by RECENCY_STEP
+        self.failed_s: float | None = None  # the last failure due_s was reckoned from
 
 
 class Standing:
@@ -744,19 +757,22 @@ class Standing:
       reload). Each eligible provider keeps its sort key in one sorted list (bisect), so a change moves one key.
     - Scores are relative to fleet figures (the least latency, canary TTFT and reported TTFT, the most tokens/s
       among the candidates: `_Scale`). Each is kept by `_Extreme`, which recomputes it only when a change touches
-      the current extreme; when one really moves, every candidate is re-scored (a rescore is cheap floats; the
-      entries and JSON are rebuilt lazily, only where asked for). An extreme moves when the fastest provider's own
-      figure moves, i.e. about once per probe interval, not per second.
-    - Recency (1 - exp(-age / tau)) moves with time: a provider whose last failure is within RECENCY_SETTLED_TAUS
-      tau is re-scored at least every `stale_s`; past that recency is within e^-7 of 1 and is left alone. So a
-      score can lag the exact one by at most weight x status_factor x warm x w_recency x max(stale_s / tau, e^-7)
-      (0.1 x 5 / 300 = 0.0017 with the defaults), and two providers closer than that may sit in either order.
+      the current extreme. The scale in use moves (and every candidate is re-scored: cheap floats, entries and
+      JSON are rebuilt lazily) only once a figure is more than SCALE_TOLERANCE (0.5%) off it: the fastest
+      provider's own EWMA moves a little at every probe, and following it exactly re-scored the fleet every few
+      seconds. Each relative part is then within 0.5% of rank()'s (and capped at 1, as rank()'s always is).
+    - Recency (1 - exp(-age / tau)) moves with time: a provider that failed is re-scored whenever its recency has
+      moved by RECENCY_STEP (0.01), from a heap of due times (about 100 re-scores per failure in all); once within
+      0.01 of 1 it is left alone.
+    - So a score can differ from rank()'s by at most weight x status_factor x warm x (w_recency x RECENCY_STEP +
+      w_speed x SCALE_TOLERANCE): 0.003 for weight 1 and the balanced weights, and two providers closer than that
+      may sit in either order.
     - Entries (`RankedProvider`) and their JSON fragments are built when first asked for after a change, with
       evidence ages as of then; one older than `stale_s` is rebuilt, so ages lag generated_at by at most stale_s.
       `body()` splices the fragments in order (bytes joins, no per-entry work).
 
     What the rest of the fleet costs per update is nothing: the work is in proportion to the changed providers,
-    the recovering ones due for a recency refresh, and (rarely) a moved extreme.
+    the recovering ones due for a recency step, and (rarely) a fleet figure that moved by more than 0.5%.
     """
 
     def __init__(self, ranker: Ranker, criteria: Criteria | None = None, *, stale_s: float = 5.0) -> None:
@@ -773,8 +789,7 @@ class Standing:
         self._tps = _Extreme(largest=True)
         self._report = _Extreme()
         self._scale = _Scale(self.policy, self._query.preference, None, None, None, None)
-        self._rescore_due: deque[tuple[float, str]] = deque()  # (scored at, name): recovering providers
-        self._render_due: deque[tuple[float, str]] = deque()  # (rendered at, name): built entries
+        self._rescore_due: list[tuple[float, str]] = []  # heap of (due at, name): recovering providers
         self.now = datetime.fromtimestamp(0, UTC)
         self.version = 0  # grows whenever the order, a score, an entry or the exclusions may have changed
         self._rankings: dict[int | None, Ranking] = {}
@@ -806,20 +821,22 @@ class Standing:
             taken = self._take(name, states, specs, generation)
             if taken is not None:
                 touched[name] = taken
-        cutoff_s = now_s - self.stale_s
         due = self._rescore_due
-        while due and due[0][0] <= cutoff_s:
-            scored_s, name = due.popleft()
+        while due and due[0][0] <= now_s:
+            due_s, name = heapq.heappop(due)
             slot = self._slots.get(name)
-            if slot is not None and slot.scored_s == scored_s:
+            if slot is not None and slot.due_s == due_s:
                 touched[name] = slot
-        moved = self._latency.settle() | self._ttft.settle() | self._tps.settle() | self._report.settle()
+        self._latency.settle()
+        self._ttft.settle()
+        self._tps.settle()
+        self._report.settle()
+        scale = _Scale(self.policy, self._query.preference, self._latency.best, self._ttft.best, self._tps.best,
+                       self._report.best)
+        moved = not self._scale.close_to(scale, SCALE_TOLERANCE)
         if moved:
-            self._scale = _Scale(self.policy, self._query.preference, self._latency.best, self._ttft.best,
-                                 self._tps.best, self._report.best)
-        for slot in (self._slots if moved else touched).values():
-            if slot is not _GONE:
-                self._rescore(slot, now_s)
+            self._scale = scale
+        self._rescore_many(touched, moved, now_s)
         if touched or moved:
             self.version += 1
         self._rankings.clear()  # generated_at moved (and entries past stale_s are due for new evidence ages)
@@ -890,22 +907,42 @@ class Standing:
         index = bisect.bisect_left(order, key)
         del order[index]
 
-    def _rescore(self, slot: _Slot, now_s: float) -> None:
+    def _rescore_many(self, touched: Mapping[str, _Slot], everyone: bool, now_s: float) -> None:
+        if everyone:  # new keys, then one sort (not a bisect move each)
+            for slot in self._slots.values():
+                self._rescore(slot, now_s, reorder=False)
+            self._order = sorted([slot.key for slot in self._slots.values() if slot.key is not None])
+            return
+        for slot in touched.values():
+            if slot is not _GONE:
+                self._rescore(slot, now_s)
+
+    def _rescore(self, slot: _Slot, now_s: float, *, reorder: bool = True) -> None:
+        """New parts and sort key for `slot`; `reorder` False leaves the sorted order to the caller (a whole
+        re-score sorts once)."""
         prepared = slot.prepared
         parts = _parts(prepared, slot.fit, self._scale, self._query.weights, self.policy, now_s)
         key = (prepared.tier, prepared.saturated, -parts[0], -prepared.priority, prepared.spec.name)
         if key != slot.key:
-            if slot.key is not None:
-                self._unorder(slot.key)
-            bisect.insort(self._order, key)
+            if reorder:
+                if slot.key is not None:
+                    self._unorder(slot.key)
+                bisect.insort(self._order, key)
             slot.key = key
         slot.parts = parts
         slot.entry = slot.fragment = None
-        slot.scored_s = now_s
         self.rescored += 1
         failed_s = prepared.last_failure_s
-        if failed_s is not None and now_s - failed_s < RECENCY_SETTLED_TAUS * self.policy.recovery_tau_s:
-            self._rescore_due.append((now_s, prepared.spec.name))
+        if failed_s is not None and failed_s == slot.failed_s and slot.due_s is not None and slot.due_s > now_s:
+            return  # the same failure, its next recency step already due
+        slot.failed_s = failed_s
+        slot.due_s = None
+        if failed_s is not None:  # recency still moving: due again once it has moved by RECENCY_STEP
+            tau_s = self.policy.recovery_tau_s
+            remaining = math.exp(-max(0.0, now_s - failed_s) / tau_s)  # 1 - recency
+            if remaining > RECENCY_STEP:
+                slot.due_s = max(now_s, failed_s) - tau_s * math.log((remaining - RECENCY_STEP) / remaining)
+                heapq.heappush(self._rescore_due, (slot.due_s, prepared.spec.name))
 
     def _entry(self, slot: _Slot) -> RankedProvider:
         entry = slot.entry

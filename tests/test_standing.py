@@ -30,13 +30,14 @@ from monitord.model import (
     Status,
     TaskType,
 )
-from monitord.ranking import RECENCY_SETTLED_TAUS, Ranker, RankingPolicy, Standing, rank
+from monitord.ranking import RECENCY_STEP, SCALE_TOLERANCE, Ranker, RankingPolicy, Standing, rank
 
 START = datetime(2025, 1, 1, 12, tzinfo=UTC)
 POLICY = RankingPolicy()
 STALE_S = 5.0
-# weight x status_factor x warm <= 2 x 1 x 1 here; w_recency = 0.10; recency lags by at most stale_s / tau
-TOLERANCE = 2.0 * 0.10 * max(STALE_S / POLICY.recovery_tau_s, math.exp(-RECENCY_SETTLED_TAUS))
+# weight x status_factor x warm <= 2 x 1 x 1 here; w_recency = 0.10, w_speed at most 0.40 (fast)
+TOLERANCE = 2.0 * (0.10 * RECENCY_STEP + 0.40 * SCALE_TOLERANCE)
+SETTLED_S = POLICY.recovery_tau_s * math.log(1 / RECENCY_STEP)  # recency within RECENCY_STEP of 1
 MODELS = (ModelInfo("llama3.1:8b", parameter_size="8B", context_length=8192),
           ModelInfo("qwen2.5:32b", parameter_size="32B", context_length=32768),
           ModelInfo("nomic-embed-text", context_length=2048),
@@ -172,7 +173,7 @@ def test_nothing_changed_means_nothing_rescored_and_the_same_bytes() -> None:
     assert standing.rescored == rescored + (1 if name in {e.provider for e in standing.ranking().entries} else 0)
 
 
-def test_a_recent_failure_is_rescored_as_time_passes_and_settles_after_a_few_tau() -> None:
+def test_a_recent_failure_is_rescored_as_recency_moves_and_settles_after_a_few_tau() -> None:
     tau = POLICY.recovery_tau_s
     specs = {"a": ProviderSpec("a", "vllm", "http://a:8000"), "b": ProviderSpec("b", "vllm", "http://b:8000")}
     states = {name: ProviderState(name=name, type="vllm", status=Status.UP, samples=10, samples_ok=10,
@@ -181,17 +182,17 @@ def test_a_recent_failure_is_rescored_as_time_passes_and_settles_after_a_few_tau
     standing = Standing(Ranker(POLICY), stale_s=STALE_S)
     standing.update(states, specs, {}, START)
     recency = [standing.ranking().entries[-1].components["recency"]]
-    for seconds in (1.0, STALE_S, 2 * STALE_S, tau, RECENCY_SETTLED_TAUS * tau + 60):
+    for seconds in (1.0, STALE_S, 2 * STALE_S, tau, SETTLED_S + 60):
         now = START + timedelta(seconds=seconds)
         standing.update(states, specs, {}, now, ())
         entry = next(e for e in standing.ranking().entries if e.provider == "a")
         recency.append(entry.components["recency"])
         exact = next(e for e in rank(states, specs, Criteria(), now).entries if e.provider == "a")
-        assert entry.components["recency"] == pytest.approx(exact.components["recency"], abs=STALE_S / tau)
+        assert entry.components["recency"] == pytest.approx(exact.components["recency"], abs=RECENCY_STEP)
     assert recency == sorted(recency) and recency[1] == recency[0]  # 1 s later: not due yet
     settled = standing.rescored
-    standing.update(states, specs, {}, START + timedelta(seconds=RECENCY_SETTLED_TAUS * tau + 3600), ())
-    assert standing.rescored == settled  # past 7 tau nobody is re-scored for time
+    standing.update(states, specs, {}, START + timedelta(seconds=SETTLED_S + 3600), ())
+    assert standing.rescored == settled  # within RECENCY_STEP of 1: nobody is re-scored for time
 
 
 def test_evidence_ages_are_rebuilt_once_older_than_stale_s() -> None:
@@ -274,3 +275,21 @@ def test_the_cache_keeps_a_standing_for_criteria_asked_again_and_it_follows_ever
         for mine, theirs in zip(got.entries, expected.entries, strict=True):
             assert mine.score == pytest.approx(theirs.score, abs=TOLERANCE), (step, mine.provider)
     assert len(cache._standings) == 1  # asked in many generations: kept
+
+
+def test_the_fleet_is_rescored_only_when_its_best_figure_moves_past_the_tolerance() -> None:
+    specs = {f"p{i}": ProviderSpec(f"p{i}", "vllm", f"http://p{i}:8000") for i in range(20)}
+    states = {name: ProviderState(name=name, type="vllm", status=Status.UP, samples=10, samples_ok=10,
+                                  latency_ewma_ms=100.0 + 10 * i, last_probe_at=START)
+              for i, name in enumerate(specs)}
+    standing = Standing(Ranker(POLICY), stale_s=STALE_S)
+    standing.update(states, specs, {}, START)
+    before = standing.rescored
+    states["p0"] = replace(states["p0"], latency_ewma_ms=100.2)  # (100.2 + 50) / (100 + 50): 0.13% off
+    standing.update(states, specs, {}, START, {"p0"})
+    assert standing.rescored == before + 1
+    states["p0"] = replace(states["p0"], latency_ewma_ms=120.0)  # the best (now p1's 110 ms) moved 6.7%
+    standing.update(states, specs, {}, START, {"p0"})
+    assert standing.rescored == before + 1 + len(specs)
+    exact = {e.provider: e.score for e in rank(states, specs, Criteria(), START).entries}
+    assert all(e.score == pytest.approx(exact[e.provider], abs=1e-12) for e in standing.ranking().entries)
