@@ -205,6 +205,7 @@ def write_sqlite_raw(path: Path, results: Sequence[ProbeResult], *, same_rows: b
         upsert = _MODEL_UPSERT.format(*"?????")
         with Meter() as meter:
             ids: dict[str, int] = {}
+            known: set[int] = set()  # error texts written (committed) already
             for batch in chunks(results, BATCH_SIZE):
                 conn.execute("BEGIN")
                 new = {r.provider for r in batch} - ids.keys()
@@ -213,8 +214,10 @@ def write_sqlite_raw(path: Path, results: Sequence[ProbeResult], *, same_rows: b
                                      [(rows.digest(rows.NAME_PROVIDER, name), name) for name in new])
                     ids.update((name, id_) for id_, name in conn.execute("SELECT id, name FROM names"))
                 errors = _errors(batch)
-                conn.executemany("INSERT INTO error_texts (id, text, last_used_s) VALUES (?, ?, 0) "
-                                 "ON CONFLICT (id) DO NOTHING", [(v, k) for k, v in errors.items()])
+                new_errors = [(v, k) for k, v in errors.items() if v not in known]
+                if new_errors:
+                    conn.executemany("INSERT INTO error_texts (id, text, last_used_s) VALUES (?, ?, 0) "
+                                     "ON CONFLICT (id) DO NOTHING", new_errors)
                 conn.executemany(insert, [_probe_tuple(r, ids[r.provider], None if r.error is None
                                                        else errors[r.error]) for r in batch])
                 if same_rows:
@@ -224,6 +227,7 @@ def write_sqlite_raw(path: Path, results: Sequence[ProbeResult], *, same_rows: b
                     conn.executemany("UPDATE providers SET server_version = ? WHERE name = ?",
                                      [(v, name) for name, v in rows.server_versions(batch).items()])
                 conn.execute("COMMIT")
+                known.update(v for v, _ in new_errors)
     finally:
         conn.close()
     return Run(len(results), meter.usage)
@@ -233,6 +237,7 @@ async def write_postgres_raw(conn: asyncpg.Connection, results: Sequence[ProbeRe
     upsert = _MODEL_UPSERT.format("$1", "$2", "$3", "$4", "$5")
     with Meter() as meter:
         ids: dict[str, int] = {}
+        known: set[int] = set()  # error texts written (committed) already
         for batch in chunks(results, BATCH_SIZE):
             async with conn.transaction():
                 new = {r.provider for r in batch} - ids.keys()
@@ -242,8 +247,10 @@ async def write_postgres_raw(conn: asyncpg.Connection, results: Sequence[ProbeRe
                                            [(rows.digest(rows.NAME_PROVIDER, name), name) for name in new])
                     ids.update((row["name"], row["id"]) for row in await conn.fetch("SELECT id, name FROM names"))
                 errors = _errors(batch)
-                await conn.executemany("INSERT INTO error_texts (id, text, last_used_s) VALUES ($1, $2, 0) "
-                                       "ON CONFLICT (id) DO NOTHING", [(v, k) for k, v in errors.items()])
+                new_errors = [(v, k) for k, v in errors.items() if v not in known]
+                if new_errors:
+                    await conn.executemany("INSERT INTO error_texts (id, text, last_used_s) VALUES ($1, $2, 0) "
+                                           "ON CONFLICT (id) DO NOTHING", new_errors)
                 await conn.copy_records_to_table(
                     "probe_rows", records=[_probe_tuple(r, ids[r.provider], None if r.error is None
                                                         else errors[r.error]) for r in batch],
@@ -254,6 +261,7 @@ async def write_postgres_raw(conn: asyncpg.Connection, results: Sequence[ProbeRe
                         for m in rows.model_rows(batch)])
                     await conn.executemany("UPDATE providers SET server_version = $1 WHERE name = $2",
                                            [(v, name) for name, v in rows.server_versions(batch).items()])
+            known.update(v for v, _ in new_errors)
     return Run(len(results), meter.usage)
 
 
@@ -405,7 +413,8 @@ def tables(measured: dict[str, dict[str, list[Run]]], results: Sequence[ProbeRes
         "side builds them with plain code (bench/ingest.py's _probe_tuple) and resolves names and error texts "
         "itself. \"probe rows only\": the same results without models or server versions.",
         "Raw: sqlite3 executemany; asyncpg copy_records_to_table for probe rows and executemany for the rest (it "
-        "upserts every sighting of a batch; the writer skips sightings unchanged since it wrote them). Transactions "
+        "upserts every sighting and version of a batch, the writer those changed since it wrote them; both write "
+        "an error text once). Transactions "
         f"of {BATCH_SIZE} rows everywhere (storage.batch_size's default); {repeats} interleaved repetition(s), each "
         "into a fresh migrated database; the table shows the median run, the targets each repetition's ratio.",
         "rows/s is probe rows per second of wall time from the first enqueue to the end of the flush; client CPU "

@@ -130,7 +130,7 @@ def bare(observations: Sequence[Observation]) -> list[Observation]:
 class Measured:
     days: list[dict[str, int]]  # table -> bytes at the end of each simulated day (and "total")
     tiers: dict[str, int]  # after the job ran 8 days later: rollup tables' bytes
-    rows: dict[str, int]
+    rows: dict[str, int]  # rollup rows by step then
 
 
 async def feed(url: str, observations: Sequence[Observation], seconds: int,
@@ -156,9 +156,9 @@ async def feed(url: str, observations: Sequence[Observation], seconds: int,
             if elapsed % DAY_S == 0 or elapsed == seconds:
                 days.append(await size(url))
         await store.flush()
-        rows = await _rows(url)
         await retention.run_once(T0 + timedelta(seconds=seconds) + timedelta(days=8))
         tiers = await size(url)
+        rows = await _rows(url)  # rollups only now: the raw rows are gone
     finally:
         await store.close()
     return Measured(days, tiers, rows)
@@ -305,6 +305,8 @@ def tables(measured: dict[str, tuple[Measured, Measured]], observations: Sequenc
         # older tiers: the rollup tables once the job rolled every minute up (8 days on), per provider-day
         days_simulated = seconds / DAY_S
         minute_and_hour = (full.tiers["probe_rollups"] + full.tiers["generation_rollups"]) / len(FLEET) / days_simulated
+        # the rollup tables' bytes split between the tiers by their rows (an hour row's histogram is a little
+        # longer than a minute row's: the hour tier is slightly under-, the minute tier over-counted)
         hour_rows = full.rows["probe_rollups_3600"] / max(1, full.rows["probe_rollups_60"] + full.rows[
             "probe_rollups_3600"])
         minute_day, hour_day = minute_and_hour * (1 - hour_rows), minute_and_hour * hour_rows
