@@ -28,11 +28,12 @@ demo: runtime  ## simulated servers through a two-minute story, the status page 
 	$(BIN)/monitord demo
 
 # Two workers: most of the suite waits (subprocesses, timers, servers), so two halve it on 2 cores. A worker takes
-# whole files (module-scoped fixtures such as the installed wheel are built once); `TEST_WORKERS=0` runs it serially.
+# whole files (module-scoped fixtures such as the installed wheel are built once), in collection order, where
+# tests/conftest.py puts the slow files first; `TEST_WORKERS=0` runs it serially.
 TEST_WORKERS ?= 2
 
 test: install lint typecheck  ## lint, type-check and run the whole test suite
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check monitord tests bench docs

@@ -1,6 +1,7 @@
 """Root conftest: the shared fixtures live in plugin modules owned by their subsystems."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -18,3 +19,12 @@ def _fresh_structlog() -> Iterator[None]:
     capture_logs() swaps processors but not the level filter, so a leftover filter would hide info events."""
     yield
     structlog.reset_defaults()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a slow or e2e test run first, the rest keep their order: `make test`'s two xdist workers take
+    whole files in this order (--no-loadscope-reorder), so the long files start early and the many short ones
+    even out the end, instead of a long file starting last while the other worker has nothing left to do."""
+    slow: set[Path] = {item.path for item in items
+                       if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -14,6 +14,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
 from playwright.async_api import expect
 
 from monitord.model import Status
@@ -149,6 +150,7 @@ async def test_with_a_token_the_page_asks_for_it_once(running_daemon: StartDaemo
     assert await page.evaluate("sessionStorage.getItem('monitord.token')") == token
 
 
+@pytest.mark.slow  # the demo plays at 3x until a server dies
 async def test_screenshots_of_the_demo(open_page: OpenPage) -> None:
     """The README's screenshots: the demo mid-story (one server down, one slowed, alerts delivered)."""
     demo = await start_demo("--speed", "3")
