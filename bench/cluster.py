@@ -511,7 +511,8 @@ async def db_counters(dsn: str, database: str) -> dict[str, float]:
 async def holders(dsn: str) -> dict[str, str]:
     conn = await _pg(dsn)
     try:
-        rows = await conn.fetch("SELECT name, holder FROM cluster_leases WHERE expires_at > now() "
+        rows = await conn.fetch("SELECT name, holder FROM cluster_leases JOIN cluster_instances "
+                                "ON instance_id = holder WHERE cluster_instances.expires_at > now() "
                                 "AND name NOT LIKE 'role:%'")
     except Exception:  # not migrated yet
         return {}

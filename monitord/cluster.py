@@ -121,7 +121,7 @@ class Cluster:
         """
         expires_at = now + timedelta(seconds=self.lease_s)
         live = await self._leases.register(self.instance_id, now, expires_at)
-        renewed = await self._leases.renew(self.instance_id, now, expires_at)
+        renewed = await self._leases.renew(self.instance_id)
         leader = LEADER in renewed
         keep = {name for name in renewed if name in self._wanted}
         share = math.ceil(len(self._wanted) / max(1, len(live)))

@@ -308,3 +308,59 @@ async def test_providers_taken_just_before_the_database_went_away_are_still_prob
     await beat_a.beat()
     assert beat_a.down
     assert sorted(scheduled) == sorted(PROVIDERS) and all(a.owns(name) for name in PROVIDERS)
+
+
+async def test_a_heartbeat_writes_one_row_whatever_the_leases_held(open_store: OpenStore, postgres_url: str) -> None:
+    """Leases stay valid through their holder's registration: steady beats rewrite no lease row (renewing every
+    lease row each beat was the cluster's biggest write load)."""
+    clusters = await instances(open_store, ["a", "b", "c"])
+    now = T0
+    for _ in range(3):
+        await beat(clusters, now)
+        now += BEAT
+    versions = await lease_versions(postgres_url)
+    for _ in range(6):  # two lease lengths: every lease would have been renewed six times
+        await beat(clusters, now)
+        now += BEAT
+    assert_partition(clusters)
+    assert await lease_versions(postgres_url) == versions
+
+
+async def lease_versions(url: str) -> dict[str, str]:
+    """Each lease row's name -> its row version (xmin): it changes whenever the row is written."""
+    from sqlalchemy import text
+
+    from monitord.store.dialects import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT name, xmin::text AS version FROM cluster_leases"))).all()
+    finally:
+        await engine.dispose()
+    return {row.name: row.version for row in rows}
+
+
+async def test_an_instance_presumed_dead_gives_up_its_leases_when_it_beats_again(open_store: OpenStore) -> None:
+    """A starved instance that beats after its registration ran out may have lost any of its leases to the
+    others meanwhile: it holds none of its old ones until it takes them again, so none is held twice."""
+    a, b = await instances(open_store, ["a", "b"])
+    now = T0
+    for _ in range(3):
+        await beat([a, b], now)
+        now += BEAT
+    silent_from = now
+    while now - silent_from <= timedelta(seconds=LEASE_S):  # b is starved for over a lease; a beats on
+        await beat([a], now)
+        now += BEAT
+    assert a.held == frozenset(PROVIDERS)
+    revived = await b.heartbeat(now)
+    assert b.held == frozenset() and not revived.acquired
+    assert set(revived.lost) and a.held == frozenset(PROVIDERS)
+    for _ in range(3):
+        await beat([a, b], now)
+        held = [x.held for x in (a, b)]
+        assert not (held[0] & held[1])
+        now += BEAT
+    assert_partition([a, b])
+    assert sorted(len(x.held) for x in (a, b)) == [4, 5]

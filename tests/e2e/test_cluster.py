@@ -98,7 +98,8 @@ def query(url: str, sql: str) -> list[Any]:
 
 def holders(url: str) -> dict[str, str]:
     return {name: holder for name, holder in query(
-        url, "SELECT name, holder FROM cluster_leases WHERE expires_at > now() AND name NOT LIKE 'role:%'")}
+        url, "SELECT name, holder FROM cluster_leases JOIN cluster_instances ON instance_id = holder "
+             "WHERE cluster_instances.expires_at > now() AND name NOT LIKE 'role:%'")}
 
 
 async def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
