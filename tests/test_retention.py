@@ -463,3 +463,17 @@ async def test_error_texts_go_with_the_last_raw_row_that_cites_them(store: Store
     await retention.run_once(T0 + 3 * DAY + timedelta(minutes=5))  # raw rows before day 1 are gone
     assert await count_rows(db_url, error_texts) == 1
     assert [s.error for s in await store.history("p0")] == ["timed out"]
+
+
+async def test_a_late_row_reaches_its_hour_when_the_next_hour_ends(store: Store) -> None:
+    """Hours are rolled up (from the raw rows) once an hour ends, not on every run; a row that lands late for an
+    hour already rolled up is counted when the next hour is."""
+    await write_all(store, workload(providers=1, start=T0, minutes=120, per_minute=1))
+    retention = store.retention(POLICY)
+    assert (await retention.run_once(T0 + timedelta(hours=1, minutes=5))).rolled_up[HOUR_S] == 1
+    assert (await retention.run_once(T0 + timedelta(hours=1, minutes=6))).rolled_up[HOUR_S] == 0
+    await write_all(store, [result("p0", T0 + timedelta(minutes=30, seconds=30), 999.0)])
+    report = await retention.run_once(T0 + timedelta(hours=2, minutes=5))
+    assert report.rolled_up[HOUR_S] == 2  # the late row's hour again, and the one that just ended
+    hours = await store.aggregate("p0", step_s=3600, since=T0, until=T0 + timedelta(hours=2))
+    assert [b.count for b in hours] == [61, 60]

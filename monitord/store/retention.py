@@ -394,17 +394,22 @@ class Retention:
 
     async def _roll_hours(self, series: Series, now: datetime) -> int:
         """Hour rollups are made from the raw rows as soon as an hour is complete (queries with hour steps read
-        them at once, and the raw rows that make them are pruned only after)."""
+        them at once, and the raw rows that make them are pruned only after); the hour before is looked at again
+        then, for rows that landed late."""
+        until = self._complete_until(now, HOUR_S)
         async with self._engine.connect() as conn:
             mark = (await read_marks(conn)).get(series.mark(HOUR_S))
+            if mark is not None and until <= mark:
+                # no hour ended since the last roll: nothing to read (an hour of every provider's raw rows); late
+                # rows of the hours before are looked for when the next one ends
+                return 0
             oldest = await _oldest(conn, series)
         if oldest is None:
             return 0
         lookback_s = max(self.policy.lookback_s, HOUR_S)
         start = floor_time(oldest, HOUR_S) if mark is None else max(
             floor_time(mark - timedelta(seconds=lookback_s), HOUR_S), floor_time(oldest, HOUR_S))
-        return await self._roll(series, HOUR_S, start, self._complete_until(now, HOUR_S), mark,
-                                self._raw_chunk(HOUR_S))
+        return await self._roll(series, HOUR_S, start, until, mark, self._raw_chunk(HOUR_S))
 
     async def _roll(self, series: Series, step_s: int, start: datetime, until: datetime, mark: datetime | None,
                     chunk: Callable[[AsyncConnection, Series, datetime, datetime], Any]) -> int:
