@@ -49,6 +49,7 @@ from monitord.scheduler import Limit
 log = structlog.get_logger("monitord.canary")
 
 _DRAIN_S = 1.0
+_NO_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None)  # the canary's own clock ends the wait, not aiohttp's
 _NOT_GENERATING = frozenset({ModelKind.EMBEDDING, ModelKind.RERANK})
 _BUSY_MESSAGES = ("busy", "no slot", "overloaded")  # 503 KoboldCpp, 503 llama.cpp, 429 TGI
 # failures after which the server may still have generated up to max_tokens (charged to the budget as such)
@@ -338,7 +339,7 @@ async def _exchange(spec: ProviderSpec, session: aiohttp.ClientSession, ssl_cont
         try:
             async with session.post(spec.base_url + request.path, json=request.payload,
                                     headers=request_headers(spec), ssl=ssl_context,
-                                    timeout=aiohttp.ClientTimeout(total=None), max_redirects=5) as resp:
+                                    timeout=_NO_CLIENT_TIMEOUT, max_redirects=5) as resp:
                 if resp.status >= 300:
                     body = await resp.content.read(64 * 1024)
                     raise _status_outcome(HttpResponse(resp.status, dict(resp.headers), body, request.path))
