@@ -132,7 +132,7 @@ class Cluster:
             keep -= set(extra)
         if release:
             # their last probes committed first: the taker reads them and probes on, not again at once
-            await self._store.flush()
+            await self._flush_briefly()
             await self._leases.release(self.instance_id, release)
         wanted_roles = [] if leader else [LEADER]
         if len(keep) < share or wanted_roles:
@@ -160,9 +160,18 @@ class Cluster:
     async def leave(self) -> None:
         """A clean stop: hand every lease back so the others take over at their next heartbeat (after committing
         the last probes, so the takers continue the schedule instead of probing everything again at once)."""
-        await self._store.flush()
+        await self._flush_briefly()
         await self._leases.leave(self.instance_id)
         self._apply(frozenset(), False, 0)
+
+    async def _flush_briefly(self) -> None:
+        """Commit the buffered probes before leases go, waiting a sixth of a lease at most: a slow database must
+        not hold the beat past the registration's expiry (the flush goes on, shielded, and the leases go)."""
+        flushing = asyncio.ensure_future(self._store.flush())
+        try:
+            await asyncio.wait_for(asyncio.shield(flushing), self.lease_s / 6)
+        except TimeoutError:
+            log.warning("cluster.flush_slow", waited_s=round(self.lease_s / 6, 3))
 
     def observed(self, result: ProbeResult) -> None:
         """Note a probe this instance made, so peer_results never hands it back."""

@@ -364,3 +364,30 @@ async def test_an_instance_presumed_dead_gives_up_its_leases_when_it_beats_again
         now += BEAT
     assert_partition([a, b])
     assert sorted(len(x.held) for x in (a, b)) == [4, 5]
+
+
+async def test_a_slow_flush_does_not_hold_a_rebalance_past_the_lease(open_store: OpenStore) -> None:
+    """Releasing for balance commits the last probes first, but a database slow to take them must not keep the
+    beat (and the registration's renewal after it) waiting: the leases go after a sixth of a lease."""
+    a, b = await instances(open_store, ["a", "b"])
+    now = T0
+    await beat([a, b], now)
+    await beat([a, b], now + BEAT)
+    database_answers = asyncio.Event()
+
+    async def slow_flush() -> None:
+        await database_answers.wait()
+
+    b._store.flush = slow_flush  # type: ignore[method-assign]
+    c = (await instances(open_store, ["c"]))[0]
+    await c.heartbeat(now + 2 * BEAT)
+    before = set(b.held)
+    try:
+        async with asyncio.timeout(30):  # without the bound, this beat would wait for the database forever
+            await b.heartbeat(now + 2 * BEAT)
+    finally:
+        database_answers.set()
+    assert len(b.held) < len(before), "b released nothing"
+    await beat([a, b, c], now + 3 * BEAT)
+    await beat([a, b, c], now + 4 * BEAT)
+    assert_partition([a, b, c])
