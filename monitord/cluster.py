@@ -227,7 +227,8 @@ class ClusterBeat:
 
         The cadence counts from each beat's start, not its end: a beat slowed by folding many peer rows does not
         push the next renewal back. A beat that starts more than a third of a lease late (a starved process or
-        a blocked loop) is logged: two more such delays and this instance's leases pass to the others.
+        a blocked loop) is logged, and so is one that takes longer than a third of a lease (a slow database):
+        two more such delays and this instance's leases pass to the others.
         """
         loop = asyncio.get_running_loop()
         period = self.cluster.lease_s / 3
@@ -238,7 +239,11 @@ class ClusterBeat:
             if late_s > period:
                 log.warning("cluster.beat_late", late_s=round(late_s, 3), lease_s=self.cluster.lease_s,
                             held=len(self.cluster.held))
+            started = loop.time()
             await self.beat()
+            took_s = loop.time() - started
+            if took_s > period:  # the database or the peer fold slow: the next renewal comes late too
+                log.warning("cluster.beat_slow", took_s=round(took_s, 3), lease_s=self.cluster.lease_s)
             due = next_beat(due, loop.time(), period)
 
     async def beat(self) -> None:
