@@ -312,8 +312,7 @@ async def probe_provider(spec: ProviderSpec, adapter: Adapter, session: aiohttp.
         http = AiohttpProbeHttp(session, spec, deadline, ssl_context, attempt)
         try:
             remaining = max(deadline - time.perf_counter(), 0.0)
-            async with asyncio.timeout(remaining):  # in this task: wait_for would start a task per probe
-                observation = await adapter.observe(http, spec)
+            observation = await asyncio.wait_for(adapter.observe(http, spec), remaining)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every failure below us is classified here, once

@@ -145,8 +145,8 @@ async def optional_get(http: ProbeHttp, path: str, spec: ProviderSpec, *,
     only OPTIONAL_BUDGET_SHARE of the probe budget. The caller still checks the status and the body.
     """
     try:
-        async with asyncio.timeout(spec.timeout_s * OPTIONAL_BUDGET_SHARE):  # no task per request, as wait_for
-            return await http.get(path, authenticated=authenticated)
+        return await asyncio.wait_for(http.get(path, authenticated=authenticated),
+                                      spec.timeout_s * OPTIONAL_BUDGET_SHARE)
     except (ProbeError, TimeoutError, OSError, aiohttp.ClientError):
         return None
 
