@@ -21,11 +21,12 @@ CANARY_INTERVAL_S = 4.0  # the issue's target: stalled within two canary interva
 DEADLINE_S = 2.0
 
 
-def config_text(providers: dict[str, tuple[str, str, int]], db_url: str, canary: str, webhook: str) -> str:
+def config_text(providers: dict[str, tuple[str, str, float]], db_url: str, canary: str, webhook: str) -> str:
+    """`providers`: name -> (type, endpoint, weight)."""
     lines = ["providers:"]
-    for name, (provider_type, url, priority) in providers.items():
+    for name, (provider_type, url, weight) in providers.items():
         lines += [f"  {name}:", f"    type: {provider_type}", f"    endpoint: {url}",
-                  f"    parameters: {{timeout: 1s, max_retries: 0, probe_interval: 1s, priority: {priority}, "
+                  f"    parameters: {{timeout: 1s, max_retries: 0, probe_interval: 1s, weight: {weight:g}, "
                   f"canary: {canary}}}"]
     lines += ["storage:", f"  url: {db_url}", "  flush_interval: 50ms", "api:", "  listen: 127.0.0.1:0",
               "alerts:", "  webhooks:", f"    - url: {webhook}", "      events: [provider.stalled, provider.up]"]
@@ -44,7 +45,7 @@ async def test_an_engine_that_stops_generating_is_stalled_and_never_selected(sql
     spare = await provider_double("vllm")
     receiver = await WebhookReceiver().start()
     canary = f"{{interval: {CANARY_INTERVAL_S:g}s, deadline: {DEADLINE_S:g}s, timeout: 5s}}"
-    daemon = Daemon(parse_config(config_text({"gpu": ("vllm", gpu.url, 5), "spare": ("vllm", spare.url, 0)},
+    daemon = Daemon(parse_config(config_text({"gpu": ("vllm", gpu.url, 1.0), "spare": ("vllm", spare.url, 0.3)},
                                              sqlite_url, canary, receiver.url)), install_signal_handlers=False)
     await daemon.start()
     try:
@@ -54,7 +55,9 @@ async def test_an_engine_that_stops_generating_is_stalled_and_never_selected(sql
                 return state.status if state is not None else None
 
             await eventually(lambda: status("gpu") is Status.UP and status("spare") is Status.UP, 10, "both up")
-            assert await selected(client, daemon) == "gpu"  # higher priority
+            # gpu's weight keeps it first whatever the canaries time on a loaded machine (a priority edge is
+            # a tenth of the score, less than a just-recovered provider's recency and speed can move)
+            assert await selected(client, daemon) == "gpu"
 
             await gpu.set("up", generation="hang")  # /health and /v1/models keep answering in milliseconds
             took_s = await eventually(lambda: status("gpu") is Status.STALLED, 2 * CANARY_INTERVAL_S + 15,

@@ -205,8 +205,9 @@ async def test_an_event_the_receiver_refuses_holds_back_only_its_provider(sqlite
         async with daemon(text) as running:
             await eventually(lambda: all_up(running), what="every provider up")
             await shared.set("down")
-            await eventually(lambda: len({name for _, name, _ in sent(receiver)}) == 19, timeout_s=20.0,
-                             what="the other 19 delivered")
+            await eventually(lambda: len({name for _, name, _ in sent(receiver)}) == 19
+                             and any(not r.delivered for r in receiver.requests), timeout_s=20.0,
+                             what="the other 19 delivered and p00's refused")
             refused = [r for r in receiver.requests if not r.delivered]
             assert refused and {r.json()["provider"]["name"] for r in refused} == {"p00"}
             await eventually(lambda: sum(not r.delivered for r in receiver.requests) >= 2, timeout_s=10.0,
