@@ -435,11 +435,14 @@ async def test_weeks_of_probes_stay_bounded(store_factory: StoreFactory, db_url:
     for key in ("probes_rows", "rollup_60_rows", "rollup_3600_rows"):
         assert len({d[key] for d in steady}) == 1, f"{key} still moving: {[d[key] for d in daily]}"
     assert steady[-1]["probes_rows"] <= SIM_PROVIDERS * per_day * (SIM_POLICY.raw_s / 86400 + 1)
-    # No real new highs once steady (vacuum may dip). 10 %: PostgreSQL's autovacuum hands pages back on its own
-    # schedule, so a plateau wobbles by a few percent from day to day; a leak grows by a day's rows every day.
+    # No real new highs once steady (vacuum may dip). SQLite's VACUUM rebuilds the file: 10 %. PostgreSQL's plain
+    # VACUUM recycles emptied index pages only a cycle later and autovacuum runs on its own schedule (on a loaded
+    # machine a plateau wobbled by 13 %): 25 %. A leak adds a day's rows every day, a third of the raw rows kept
+    # here (2 days of raw retention) per day: over the four steady days it passes either bound.
+    bound = 1.10 if db_url.startswith("sqlite") else 1.25
     for key in [k for k in steady[-1] if k.endswith("_bytes")]:
         before, high = max(d[key] for d in daily[:-len(steady)]), max(d[key] for d in steady)
-        assert high <= before * 1.10, f"{key} still growing: {[d[key] for d in daily]}"
+        assert high <= before * bound, f"{key} still growing: {[d[key] for d in daily]}"
     last = max(steady, key=lambda d: d["probes_bytes"])
     raw_row = last["probes_bytes"] / last["probes_rows"]
     rollup_row = last["probe_rollups_bytes"] / (last["rollup_60_rows"] + last["rollup_3600_rows"])
