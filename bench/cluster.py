@@ -914,6 +914,13 @@ def tables(outcome: Outcome, quick: bool) -> list[Table]:
     ]
     if extra:
         main.notes.append(f"Unexpected or repeated provider alerts: {extra[:10]}")
+    for event_id in list(twice)[:5]:  # when each copy came, against the signals: a send not recorded before a kill
+        copies = [d for d in outcome.deliveries if d.event_id == event_id]
+        main.notes.append(f"Delivered {len(copies)} times: {copies[0].event} {copies[0].provider} ({event_id}) at "
+                          + ", ".join(f"{d.at - marks.kill_at:+.1f} s" for d in copies) + " from the SIGKILL ("
+                          f"SIGTERM at {marks.term_at - marks.kill_at:+.1f} s). A first copy just before the kill and "
+                          "a second a claim length later is a delivery its killed sender had not recorded as sent, "
+                          "sent again (at least once; receivers de-duplicate by X-Monitord-Delivery).")
     if quick:
         main.notes.append("Quick mode: a small fleet at a 2 s interval; figures are not meaningful.")
 
