@@ -547,3 +547,34 @@ async def test_a_row_written_twice_is_stored_once_and_the_batch_lands(store: Sto
     assert (store.pending, store.dropped_total, store.written_total) == (0, 0, 3)
     assert [(s.ts, s.status) for s in await store.history("a")] == [(T0 + timedelta(seconds=30), Status.DOWN),
                                                                     (T0, Status.UP)]
+
+
+@pytest.mark.postgres
+async def test_a_kept_connection_closed_between_batches_costs_no_failed_write(postgres_url: str) -> None:
+    """Batches share one connection while they keep coming (no pool pre-ping, three round trips on PostgreSQL, per
+    batch); when the server has closed it meanwhile (a restart, an administrator), the batch is written at once on
+    a fresh one, as a pre-ping would have made it: no failed write, no red store."""
+    import asyncpg
+
+    await migrate.upgrade(postgres_url)
+    store = await Store.open(postgres_url, flush_interval_s=60)
+    try:
+        store.enqueue(result("a", T0))
+        await store.flush()
+        kept = store._writer._held.conn
+        assert kept is not None
+        pid = (await kept.get_raw_connection()).driver_connection.get_server_pid()  # type: ignore[union-attr]
+        admin = await asyncpg.connect(make_url(postgres_url).set(drivername="postgresql").render_as_string(
+            hide_password=False).split("?")[0])
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        with capture_logs() as logs:
+            store.enqueue(result("a", T0 + timedelta(seconds=30)))
+            await store.flush()
+        assert (store.written_total, store.pending, store.healthy) == (2, 0, True)
+        assert [e for e in logs if e["event"] == "store.write_failed"] == []
+        assert len(await store.history("a")) == 2
+    finally:
+        await store.close()

@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, ColumnElement, Connection, Integer, Select, T
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from monitord.text import redact_url
@@ -202,6 +202,27 @@ async def insert_records(conn: AsyncConnection, table: Table, columns: Sequence[
         # connection to the next caller: drop it from the pool, so the next batch reconnects.
         await conn.invalidate()
         raise
+
+
+# asyncpg's InternalClientError: the protocol is out of step (a termination notice arrived while idle), so the
+# connection is no use either
+_GONE = (ConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.ConnectionDoesNotExistError,
+         asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether `exc` says the connection is gone (closed, reset, terminated), not that a statement failed: what
+    SQLAlchemy marked as a disconnect, or a closed-connection error of the driver anywhere in its causes."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, _GONE):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def upsert(

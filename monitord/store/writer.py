@@ -38,6 +38,7 @@ MODELS_REMEMBERED = 100_000
 MAX_MODELS_PER_PROVIDER = 1000
 FORGET_MODELS_AFTER_S = 7 * 86400.0
 MODEL_PRUNE_EVERY_S = 600.0
+HOLD_IDLE_S = 5.0  # a connection idle this long between batches goes back to the pool
 ERROR_REFRESH_S = rows.ERROR_REFRESH_S
 ERRORS_REMEMBERED = 10_000
 
@@ -54,6 +55,10 @@ class StoreHealth:
     error: str | None  # the last failure while unhealthy
     pending: int
     dropped_total: int
+
+
+class _StaleConnection(Exception):
+    """A connection kept from the previous batch was found closed (database restart, network cut): try anew."""
 
 
 class WriteTimedOut(Exception):
@@ -130,6 +135,9 @@ class Writer:
         self._errors_used: dict[int, int] = {}
         # providers.server_version as last written: rewriting an unchanged one every batch only made dead rows
         self._versions_written: dict[str, str] = {}
+        # the connection batches share while they keep coming (see _commit), and when it last wrote one
+        self._held = _Held()
+        self._held_used = 0.0
         # Alert events and states waiting for the next batch; never dropped for room (there are few of them).
         self._alerts: list[OutboxEntry] = []
         self._alert_states: dict[str, AlertState] = {}
@@ -230,6 +238,7 @@ class Writer:
             await self._task
             self._task = None
         await self.flush()
+        await self._held.release()
         if self.pending:
             lost = self.pending
             self._buffer.clear()
@@ -249,14 +258,13 @@ class Writer:
             async with self._write_lock:
                 pass
         batches = max(-(-len(self._buffer) // self._batch_size), 1 if self.alerts_pending else 0)
-        held = _Held()
-        try:
-            for _ in range(batches):
-                if not await self._write_one_batch(held):
-                    return False
-            return True
-        finally:
+        held = self._held
+        if held.conn is not None and time.monotonic() - self._held_used > HOLD_IDLE_S:
             await held.release()
+        for _ in range(batches):
+            if not await self._write_one_batch(held):
+                return False
+        return True
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -282,13 +290,7 @@ class Writer:
             alerts, self._alerts = self._alerts, []
             states, self._alert_states = self._alert_states, {}
             try:
-                try:
-                    await self._commit(results, model_rows, samples, alerts, list(states.values()), held)
-                except IntegrityError:
-                    # a row already stored (a batch retried after a commit whose answer was lost): write again,
-                    # skipping rows whose key is taken, which the fast path (COPY) cannot do
-                    await self._commit(results, model_rows, samples, alerts, list(states.values()), held,
-                                       dedupe=True)
+                await self._commit_once(results, model_rows, samples, alerts, list(states.values()), held)
             except _POISON_ERRORS as exc:
                 self._in_flight = []
                 if batch:  # the probe rows are the poison (or may be): alerts get a batch of their own next
@@ -328,6 +330,26 @@ class Writer:
                 self.on_alerts_written()
             return True
 
+    async def _commit_once(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
+                           samples: list[GenerationSample], alerts: list[OutboxEntry], states: list[AlertState],
+                           held: _Held | None) -> None:
+        """_commit, again on a fresh connection if a kept one turned out dead (what a pool pre-ping would have
+        found), and again skipping rows already stored if a key was taken (a batch retried after a commit whose
+        answer was lost, or the commit of the dead connection's try went through)."""
+        dedupe = stale_retried = False
+        while True:
+            try:
+                await self._commit(batch, model_rows, samples, alerts, states, held, dedupe=dedupe)
+                return
+            except _StaleConnection as stale:
+                if stale_retried:
+                    raise stale.__cause__ or stale from None
+                stale_retried = True
+            except IntegrityError:
+                if dedupe:
+                    raise
+                dedupe = True  # COPY cannot skip a taken key: insert with ON CONFLICT DO NOTHING instead
+
     async def _commit(self, batch: list[ProbeResult], model_rows: list[dict[str, Any]],
                       samples: list[GenerationSample], alerts: list[OutboxEntry], states: list[AlertState],
                       held: _Held | None = None, dedupe: bool = False) -> None:
@@ -338,8 +360,10 @@ class Writer:
         pool forgets it; the batch is then retried on a new connection. The outer timeout covers a checkout that
         hangs before there is a connection to cut.
 
-        The batches of one flush share a connection (`held`): checked out of the pool, and pinged, once, not per
-        batch; a batch that fails in any way closes it, so the next one checks out a fresh one.
+        Batches share a connection (`held`) while they keep coming (less than HOLD_IDLE_S apart): checked out of
+        the pool, and pinged, once, not per batch (a pre-ping is three round trips on PostgreSQL). A batch that
+        fails in any way closes it, so the next one checks out a fresh one; a kept connection found dead raises
+        _StaleConnection, and the batch is written again at once on a fresh one (_commit_once).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._write_timeout_s
@@ -351,6 +375,7 @@ class Writer:
             dialects.abort_connection(driver_connection)
 
         conn = held.take() if held is not None else None
+        reused = conn is not None
         try:
             async with asyncio.timeout_at(deadline + ABORT_GRACE_S):
                 if conn is None:
@@ -366,7 +391,8 @@ class Writer:
                 finally:
                     watchdog.cancel()
                 if held is not None:
-                    held.conn, conn = conn, None  # for the flush's next batch
+                    held.conn, conn = conn, None  # for the next batch
+                    self._held_used = time.monotonic()
                 else:
                     done, conn = conn, None
                     await done.close()
@@ -376,6 +402,8 @@ class Writer:
         except Exception as exc:
             if aborted or isinstance(exc, TimeoutError):
                 raise WriteTimedOut(f"no answer within {self._write_timeout_s:g}s; connection discarded") from exc
+            if reused and dialects.is_disconnect(exc):
+                raise _StaleConnection("the kept connection was closed") from exc
             raise
         finally:
             if conn is not None:  # the batch failed or was cancelled: this connection is not used again
@@ -519,7 +547,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 class _Held:
-    """The connection the batches of one flush share (see Writer._commit)."""
+    """The connection consecutive batches share (see Writer._commit)."""
 
     def __init__(self) -> None:
         self.conn: AsyncConnection | None = None
