@@ -221,12 +221,15 @@ class Daemon:
             self.supervisor.spawn("cluster.beat", beat.run())
         self.supervisor.spawn("store.retention", prune_periodically(
             self.store.retention, self._retention_schedule, self.clock, rescheduled=self._retention_rescheduled))
+        cluster = self._cluster
         self._scheduler = ProbeScheduler(self._probe, concurrency=cfg.monitor.concurrency,
-                                         jitter_s=cfg.monitor.jitter_s)
+                                         jitter_s=cfg.monitor.jitter_s,
+                                         wanted=(lambda spec: cluster.owns(spec.name)) if cluster else None)
         self._scheduler.sync(specs)
         self._scheduler.start()
         self.canaries = CanaryRunner(self._session, concurrency=cfg.monitor.canary.concurrency, now=self.clock)
-        self._canary_scheduler = ProbeScheduler(self._canary, concurrency=cfg.monitor.canary.concurrency)
+        self._canary_scheduler = ProbeScheduler(self._canary, concurrency=cfg.monitor.canary.concurrency,
+                                                wanted=(lambda job: cluster.owns(job.spec.name)) if cluster else None)
         self._canary_scheduler.sync(canary_jobs(specs))
         self._canary_scheduler.start()
         self.api.metrics.register(SchedulerCollector(

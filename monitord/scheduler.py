@@ -102,8 +102,12 @@ class ProbeScheduler(Generic[JobT]):
 
     def __init__(self, run_probe: Callable[[JobT], Awaitable[float | None]], *, concurrency: int,
                  jitter_s: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, wanted: Callable[[JobT], bool] | None = None) -> None:
         self._run_probe = run_probe
+        # Runs this instance should make now (a cluster member: the providers it holds a lease on). The others
+        # keep their place in the heap but start no task and take no concurrency slot: in a cluster of three, two
+        # thirds of all due runs; run_probe checks again, since a lease can change hands while a run waits.
+        self._wanted = wanted
         self._jitter_s = jitter_s
         self._rng = rng or random.Random()
         self._limit = Limit(concurrency)
@@ -272,15 +276,8 @@ class ProbeScheduler(Generic[JobT]):
             self._arm(heap[0][0])
 
     def _run(self, name: str, due: float, now: float, horizon: float) -> None:
-        self.lateness_ms.append(max(0.0, now - due) * 1000)
-        current = self._current.get(name)
-        if current is not None and not current.done():
-            self.skipped_total += 1  # no overlapping runs of one provider
-            log.warning("probe.skipped_overlap", provider=name)
-        else:
-            task = asyncio.create_task(self._job(name), name=f"monitord.probe.{name}")
-            self._current[name] = task
-            self._tasks.add(task)
+        if self._wanted is None or self._wanted(self._specs[name]):  # another instance's keeps its place only
+            self._start(name, due, now)
         interval_s = self._specs[name].probe_interval_s
         due += interval_s
         if due <= horizon:  # after a stall, run once, not once per missed interval
@@ -289,6 +286,17 @@ class ProbeScheduler(Generic[JobT]):
         self._due[name] = due
         self._token[name] = token
         heapq.heappush(self._heap, (due, token, name))  # _tick re-arms once every due run has started
+
+    def _start(self, name: str, due: float, now: float) -> None:
+        self.lateness_ms.append(max(0.0, now - due) * 1000)
+        current = self._current.get(name)
+        if current is not None and not current.done():
+            self.skipped_total += 1  # no overlapping runs of one provider
+            log.warning("probe.skipped_overlap", provider=name)
+            return
+        task = asyncio.create_task(self._job(name), name=f"monitord.probe.{name}")
+        self._current[name] = task
+        self._tasks.add(task)
 
     async def _job(self, name: str) -> None:
         task = asyncio.current_task()

@@ -11,6 +11,7 @@ from itertools import pairwise
 
 from monitord.model import ProviderSpec
 from monitord.scheduler import ProbeScheduler
+from tests.tools.polling import eventually
 
 
 def spec(name: str, interval_s: float = 0.2) -> ProviderSpec:
@@ -186,3 +187,23 @@ async def test_a_failing_provider_is_probed_again_after_the_retry_interval() -> 
     assert sched.retries_total == 3 and next_run_s is not None and next_run_s > 25  # the interval again
     await sched.shutdown()
     assert all(0.03 < b - a < 5 for a, b in pairwise(runs)), runs
+
+
+async def test_runs_another_instance_holds_keep_their_place_but_start_nothing() -> None:
+    """A cluster member schedules every provider but starts runs only for those it holds: the others take no
+    concurrency slot and count no lateness, and a provider it comes to hold runs at its next due time."""
+    runs: dict[str, int] = defaultdict(int)
+    held = {"mine"}
+
+    async def run(s: ProviderSpec) -> None:
+        runs[s.name] += 1
+
+    sched = ProbeScheduler(run, concurrency=1, wanted=lambda s: s.name in held)
+    sched.start()
+    sched.schedule(spec("mine", 0.1), first_delay_s=0)
+    sched.schedule(spec("theirs", 0.1), first_delay_s=0)
+    await eventually(lambda: runs["mine"] >= 3, 10.0, "three runs of the held provider")
+    assert runs["theirs"] == 0 and runs["mine"] <= len(sched.lateness_ms) <= runs["mine"] + 1  # one may be starting
+    held.add("theirs")  # taken over
+    await eventually(lambda: runs["theirs"] >= 2, 10.0, "the taken-over provider running on its schedule")
+    await sched.shutdown()
