@@ -578,3 +578,14 @@ async def test_a_kept_connection_closed_between_batches_costs_no_failed_write(po
         assert len(await store.history("a")) == 2
     finally:
         await store.close()
+
+
+async def test_capacity_counts_past_their_column_are_capped(store: Store) -> None:
+    """The counts are SMALLINT on PostgreSQL (revision 0009): a server claiming more is stored at the cap, never
+    rejected with its batch."""
+    store.enqueue(result("a", T0, capacity=Capacity(slots_total=70_000, slots_busy=3, queue_depth=-70_000)))
+    await store.flush()
+    [sample] = await store.history("a")
+    assert sample.capacity is not None
+    assert (sample.capacity.slots_total, sample.capacity.slots_busy, sample.capacity.queue_depth) == (
+        32767, 3, -32767)

@@ -126,12 +126,16 @@ def probe_record(result: ProbeResult, provider_id: int, ts: int, error_id: int |
                 result.http_status, models if models <= SMALLINT_MAX else SMALLINT_MAX, result.attempts,
                 None, None, None, None, None)
     kv_cache = load.kv_cache_usage
+    slots, busy, queue, running = load.slots_total, load.slots_busy, load.queue_depth, load.requests_running
     return (provider_id, ts, _STATUS[result.status], None if error_class is None else _CLASS[error_class],
             error_id, None if connect_ms is None else round(connect_ms * 1000),
             None if ttfb_ms is None else round(ttfb_ms * 1000), total_us if total_us <= INT32_MAX else INT32_MAX,
             result.http_status, models if models <= SMALLINT_MAX else SMALLINT_MAX, result.attempts,
-            _small(load.slots_total), _small(load.slots_busy), _small(load.queue_depth),
-            _small(load.requests_running), None if kv_cache is None else round(kv_cache * 1_000_000))
+            slots if slots is None or -SMALLINT_MAX <= slots <= SMALLINT_MAX else _small(slots),
+            busy if busy is None or -SMALLINT_MAX <= busy <= SMALLINT_MAX else _small(busy),
+            queue if queue is None or -SMALLINT_MAX <= queue <= SMALLINT_MAX else _small(queue),
+            running if running is None or -SMALLINT_MAX <= running <= SMALLINT_MAX else _small(running),
+            None if kv_cache is None else round(kv_cache * 1_000_000))
 
 
 def _small(count: int | None) -> int | None:
