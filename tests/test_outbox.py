@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from structlog.testing import capture_logs
 
 from monitord.alerts.delivery import RetryPolicy
@@ -24,6 +24,7 @@ from monitord.config import WebhookConfig
 from monitord.model import AlertEvent, AlertProvider, AlertType, DeliveryState, ErrorClass, Status
 from monitord.store import Store, dialects, migrate
 from tests.doubles.webhook_receiver import Reply, WebhookReceiver
+from tests.e2e.test_run import sync_engine
 
 SECRET = "whsec-outbox-0123456789"
 TOKEN = "token-outbox-abcdef"
@@ -432,3 +433,44 @@ async def _state_is(dispatcher: Dispatcher, event_id: str, hook: str, state: Del
 
 async def _attempted(dispatcher: Dispatcher, event_id: str) -> bool:
     return any(row.attempts > 0 for row in await dispatcher.outbox.deliveries(event_id))
+
+
+async def test_events_of_a_batch_in_flight_during_a_webhook_swap_go_to_the_new_webhooks(
+        postgres_url: str, session: aiohttp.ClientSession) -> None:
+    """A reload's replan waits for the batch the writer has in flight: a batch that fails puts its events back
+    planned for the old webhooks, and they were then stored for webhooks no dispatcher sends to (seen as a flaky
+    tests/test_reload.py). The batch is held on a table lock, then fails on the renamed table."""
+    await migrate.upgrade(postgres_url)
+    store = await Store.open(postgres_url, flush_interval_s=0.02)
+    await store.start()
+    old = Dispatcher(store, session, [webhook("old")])
+    new = Dispatcher(store, session, [webhook("new")])
+    engine = sync_engine(postgres_url)
+    try:
+        with engine.connect() as locker, engine.connect() as watcher:
+            locker.execute(text("LOCK TABLE alert_events IN ACCESS EXCLUSIVE MODE"))
+            old.emit([event()])
+
+            async def batch_waits() -> bool:
+                waiting = watcher.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'alert_events'::regclass"))
+                watcher.rollback()
+                return bool(waiting.scalar_one()) and store.alerts_unsaved == 0
+
+            await eventually(batch_waits)  # the event is in the batch in flight, not in the buffer
+            replan = asyncio.ensure_future(new.replan())
+            await asyncio.sleep(0)  # a turn of the loop: the replan starts while the batch is still in flight
+            locker.execute(text("ALTER TABLE alert_events RENAME TO alert_events_away"))
+            locker.commit()  # the batch fails, its event goes back to the buffer
+            await replan
+            locker.execute(text("ALTER TABLE alert_events_away RENAME TO alert_events"))
+            locker.commit()
+        await eventually(lambda: _stored(new, event().id))
+        assert await states(new.outbox, event().id) == {"new": DeliveryState.PENDING}
+    finally:
+        engine.dispose()
+        await store.close()
+
+
+async def _stored(dispatcher: Dispatcher, event_id: str) -> bool:
+    return bool(await dispatcher.outbox.deliveries(event_id))

@@ -195,9 +195,10 @@ class Dispatcher:
         batch has not run)."""
         return self._store.alerts_unsaved
 
-    def replan(self) -> None:
-        """Events still waiting in the writer go to this dispatcher's webhooks (a reload swapped them)."""
-        self._store.replan_alerts(self.outbox.entry)
+    async def replan(self) -> None:
+        """Events still waiting in the writer, a batch in flight's included, go to this dispatcher's webhooks (a
+        reload swapped them)."""
+        await self._store.replan_alerts(self.outbox.entry)
 
     async def put(self, event: AlertEvent, *, only: str | None = None) -> bool:
         """Store one event now (raises if the database is away) and send it soon. For `alert test`."""

@@ -145,7 +145,7 @@ class AlertsService:
         await self.dispatcher.stop()
         self._results_before += self.dispatcher.results
         self.dispatcher = Dispatcher(self.store, self.session, webhooks, group_wait_s=self.group_wait_s)
-        self.dispatcher.replan()
+        await self.dispatcher.replan()
         await self.dispatcher.start()
 
     # -- the API's AlertsBackend -------------------------------------------------------------------------------

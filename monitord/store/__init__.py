@@ -168,9 +168,10 @@ class Store:
         """Alert events buffered and not yet committed."""
         return self._writer.alerts_unsaved
 
-    def replan_alerts(self, plan: Callable[[AlertEvent], OutboxEntry]) -> None:
-        """Plan the deliveries of the alert events still buffered again (a reload swapped the webhooks)."""
-        self._writer.replan_alerts(plan)
+    async def replan_alerts(self, plan: Callable[[AlertEvent], OutboxEntry]) -> None:
+        """Plan the deliveries of the alert events not stored yet again (a reload swapped the webhooks); waits for
+        a batch in flight, whose events may come back to the buffer."""
+        await self._writer.replan_alerts(plan)
 
     @property
     def alerts_pending(self) -> int:

@@ -176,9 +176,15 @@ class Writer:
         """Alert events buffered and not yet committed."""
         return len(self._alerts)
 
-    def replan_alerts(self, plan: Callable[[AlertEvent], OutboxEntry]) -> None:
-        """Plan the deliveries of the events still buffered again (a reload swapped the webhooks)."""
-        self._alerts = [plan(entry.event) for entry in self._alerts]
+    async def replan_alerts(self, plan: Callable[[AlertEvent], OutboxEntry]) -> None:
+        """Plan the deliveries of the events not stored yet again (a reload swapped the webhooks).
+
+        A batch in flight is waited for (the write timeout bounds it): it holds its events outside the buffer, and
+        a failed one puts them back as planned before, so they would be stored for the old webhooks after the
+        reload (and sent to nobody). Once it ends, every event not stored is in the buffer.
+        """
+        async with self._write_lock:
+            self._alerts = [plan(entry.event) for entry in self._alerts]
 
     @property
     def failing(self) -> bool:
