@@ -157,11 +157,11 @@ def fill(directory: Path) -> Path:
     """Write zeros until the filesystem says ENOSPC; returns the filler file."""
     filler = directory / "filler"
     chunk = b"\0" * (64 << 10)
-    with open(filler, "wb") as out:
+    # Unbuffered: a buffered file keeps what a short write left over and raises ENOSPC again when it closes.
+    with open(filler, "wb", buffering=0) as out:
         try:
             while True:
                 out.write(chunk)
-                out.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler
