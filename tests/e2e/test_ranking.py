@@ -4,8 +4,6 @@ honours capability criteria."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 
 from monitord.config import parse_config
 from monitord.daemon import Daemon
+from tests.tools.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -51,56 +50,63 @@ async def top(client: aiohttp.ClientSession) -> str | None:
     return body["ranking"][0]["provider"] if body["ranking"] else None
 
 
-async def wait_for_top(client: aiohttp.ClientSession, predicate: Any, timeout_s: float = 10.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if predicate(await top(client)):
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"ranking top still {await top(client)!r} after {timeout_s}s")
+async def wait_for_top(client: aiohttp.ClientSession, predicate: Any, what: str, timeout_s: float = 10.0) -> float:
+    async def holds() -> bool:
+        return bool(predicate(await top(client)))
+
+    return await eventually(holds, timeout_s, what)
+
+
+async def json_of(client: aiohttp.ClientSession, path: str) -> Any:
+    async with client.get(path) as reply:
+        return await reply.json()
+
+
+async def answers(client: aiohttp.ClientSession, path: str, status: int) -> bool:
+    async with client.get(path) as reply:
+        return reply.status == status
 
 
 async def test_dead_provider_leaves_the_top_and_comes_back(fleet: Any) -> None:
     _, client, fast = fleet
-    for _ in range(100):  # ready once every provider has been probed (first probes are spread over the interval)
-        if (await client.get("/readyz")).status == 200:
-            break
-        await asyncio.sleep(0.05)
-    assert (await client.get("/readyz")).status == 200
-    await wait_for_top(client, lambda name: name == "fast")
+    # ready once every provider has been probed (first probes are spread over the interval)
+    await eventually(lambda: answers(client, "/readyz", 200), 5.0, "/readyz answering 200")
+    await wait_for_top(client, lambda name: name == "fast", "fast on top")
 
     await fast.set("down")
-    left_after_s = await wait_for_top(client, lambda name: name != "fast")
+    left_after_s = await wait_for_top(client, lambda name: name != "fast", "fast leaving the top")
     # Routing reacts to the first failed probe (suspect ranks below every healthy provider) ...
     assert left_after_s < INTERVAL_S * 2 + 2.0, left_after_s
     state = (await (await client.get("/v1/providers/fast")).json())
     assert state["suspect"] and state["failures_in_a_row"] >= 1
     # ... while the status, and so the alerts, wait for three failed probes in a row.
-    for _ in range(200):
-        state = (await (await client.get("/v1/providers/fast")).json())
-        if state["status"] == "down":
-            break
-        await asyncio.sleep(0.05)
+    async def down() -> bool:
+        return bool((await json_of(client, "/v1/providers/fast"))["status"] == "down")
+
+    await eventually(down, 10.0, "fast down")
+    state = await json_of(client, "/v1/providers/fast")
     assert state["status"] == "down" and state["failures_in_a_row"] >= 3
     ranking = await (await client.get("/v1/ranking")).json()
     assert "fast" in ranking["excluded"] and all(e["provider"] != "fast" for e in ranking["ranking"])
 
     await fast.set("up")
     # Back in the ranking after success_threshold probes, but marked as just recovered ...
-    for _ in range(200):
-        entries = {e["provider"]: e for e in (await (await client.get("/v1/ranking")).json())["ranking"]}
-        if "fast" in entries:
-            break
-        await asyncio.sleep(0.05)
+    entries: dict[str, Any] = {}
+
+    async def ranked_again() -> bool:
+        entries.update({e["provider"]: e for e in (await json_of(client, "/v1/ranking"))["ranking"]})
+        return "fast" in entries
+
+    await eventually(ranked_again, 10.0, "fast ranked again")
     assert entries["fast"]["status"] == "up" and entries["fast"]["components"]["recency"] < 0.1
     # ... and on top again, where its configured weight (2.0) outweighs the recency penalty.
-    await wait_for_top(client, lambda name: name == "fast")
+    await wait_for_top(client, lambda name: name == "fast", "fast on top again")
 
 
 async def test_select_with_vision_and_tools_picks_only_matching(fleet: Any) -> None:
     _, client, _ = fleet
-    await wait_for_top(client, lambda name: name is not None)
-    await asyncio.sleep(INTERVAL_S * 2)  # every provider probed at least once
+    # every provider probed at least once: /readyz answers 200 from then on
+    await eventually(lambda: answers(client, "/readyz", 200), 5.0, "/readyz answering 200")
     resp = await client.post("/v1/select", json={"required_capabilities": ["vision", "tools"]})
     body = await resp.json()
     assert resp.status == 200, body
